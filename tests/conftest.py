@@ -1,0 +1,49 @@
+"""Shared fixtures: a private Tansu broker and redis-server per test session, and the real model.
+
+Each starts on a free port, is waited for, and is stopped at the end of the session even when
+tests fail; the child processes also die with the test process if it is killed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.config import DEFAULT_MODEL, Settings, load_settings
+from worker.embedding.model import ModelSpec, resolve_model
+from worker.embedding.prepare import prepare
+from worker.local.broker import LocalBroker
+from worker.local.redis import LocalRedis
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    with LocalRedis() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings(model_name=DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def model_spec(base_settings: Settings) -> ModelSpec:
+    """The real all-MiniLM-L6-v2 export (prepared by `make test`; prepared here if missing)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    prepare(base_settings.cache_dir)
+    return resolve_model(base_settings)
+
+
+@pytest.fixture
+def tmp_store(tmp_path: Path) -> Path:
+    return tmp_path / "store.sqlite3"

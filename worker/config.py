@@ -1,0 +1,186 @@
+"""One frozen, validated settings object. Environment: ``ROUTEWORKER_<NAME>``; optional file.
+
+The file (TOML, YAML or JSON) is named by ``ROUTEWORKER_CONFIG_FILE``; environment variables win
+over it. A bad value fails at start with one line naming the setting (:func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.contracts.limits import MAX_TOP_N, Limits
+from worker.errors import ConfigError
+
+ENV_PREFIX = "ROUTEWORKER_"
+CONFIG_FILE_ENV = "ROUTEWORKER_CONFIG_FILE"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "routeworker"
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything a replica, the CLI and the benchmarks can be told. Immutable once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", case_sensitive=False
+    )
+
+    # --- Kafka ---
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Comma-separated bootstrap servers.")
+    kafka_client_id: str = Field("routeworker", description="Client id sent to the brokers.")
+    group_id: str = Field("routeworker", description="Consumer group of the query workers.")
+    topic_queries: str = Field("queries", description="Input topic.")
+    topic_intents: str = Field("routed-intents", description="Output topic.")
+    topic_mutations: str = Field("route-mutations", description="Compacted route-mutation log.")
+    topic_dlq: str = Field("queries.dlq", description="Dead-letter topic.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How clients talk to the brokers."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="Required with SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client key (mutual TLS).")
+    kafka_session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
+    kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, description="Consumer heartbeat interval.")
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1_000, description="Longest gap between polls.")
+    kafka_request_timeout_ms: int = Field(30_000, ge=1_000, description="Broker request timeout.")
+    kafka_linger_ms: int = Field(
+        2, ge=0, description="Producer linger: batches acks of one batch of intents."
+    )
+    kafka_compression: Literal["none", "gzip"] = Field("none", description="Producer compression.")
+    kafka_fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Most bytes per fetch.")
+    commit_interval_ms: int = Field(1_000, ge=10, description="Cadence of offset commits.")
+    # --- Redis (optional shared embedding cache) ---
+    redis_url: SecretStr | None = Field(
+        None, description="e.g. redis://:password@host:6379/0; unset = in-process LRU."
+    )
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of cached embeddings in Redis.")
+    local_cache_size: int = Field(20_000, ge=0, description="Entries of the in-process LRU embedding cache.")
+    # --- model and encoder pool ---
+    model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
+    model_variant: Literal["fp32", "int8"] = Field(
+        "fp32", description="fp32 is deterministic; int8 is faster."
+    )
+    model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and build env.")
+    encoder_threads: int = Field(
+        1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
+    )
+    encoder_max_pending: int = Field(8, ge=1, description="Embedding batches queued before callers wait.")
+    # --- batching and flow control ---
+    batch_size: int = Field(32, ge=1, le=4096, description="Most queries per batch.")
+    batch_wait_ms: int = Field(5, ge=0, le=10_000, description="Longest wait to fill a batch.")
+    max_in_flight_batches: int = Field(4, ge=1, description="Batches in flight before partitions pause.")
+    # --- limits ---
+    max_message_bytes: int = Field(64 * 1024, ge=256, description="Largest query record accepted.")
+    max_text_chars: int = Field(4_000, ge=1, description="Longest query text accepted.")
+    max_top_n: int = Field(20, ge=1, le=MAX_TOP_N, description="Most candidates a query may ask for.")
+    max_mutation_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest route-mutation record.")
+    # --- routing ---
+    top_n: int = Field(3, ge=1, le=MAX_TOP_N, description="Candidates per routed intent by default.")
+    # --- state and process ---
+    store_path: Path = Field(
+        Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."
+    )
+    replica_id: str = Field(default_factory=_default_replica_id, description="Names this replica in intents.")
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period to finish in-flight work.")
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector URL; unset = no export.")
+    health_port: int | None = Field(
+        None, ge=0, le=65535, description="HTTP port for /livez, /readyz, /metrics."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
+            raise ValueError("kafka_sasl_mechanism is required with a SASL security protocol")
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError(
+                "kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms"
+            )
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_text_chars=self.max_text_chars,
+            max_top_n=self.max_top_n,
+            max_mutation_bytes=self.max_mutation_bytes,
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as plain values with every secret masked: safe to log or print."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Values from the file named by ROUTEWORKER_CONFIG_FILE (keys are setting names)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        name = os.environ.get(CONFIG_FILE_ENV)
+        if not name:
+            return {}
+        path = Path(name)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{CONFIG_FILE_ENV}: {path} must hold a mapping of setting names to values")
+        return {str(k).lower(): v for k, v in data.items()}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load settings, turning any validation failure into one readable :class:`ConfigError` line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        name = f"{ENV_PREFIX}{loc.upper()}" if loc else "settings"
+        value = first.get("input")
+        shown = "" if loc in _SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
+        raise ConfigError(f"{name}: {first['msg']}{shown}") from None
+    except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}: {exc}") from None
+
+
+_SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_url"})

@@ -1,0 +1,25 @@
+"""Message contracts of the four topics, and their wire codec."""
+
+from worker.contracts.codec import decode_mutation, decode_query, encode
+from worker.contracts.dlq import DeadLetter, Header, SourcePosition
+from worker.contracts.intent import CandidateScore, RoutedIntent, Timings
+from worker.contracts.limits import Limits
+from worker.contracts.mutation import RouteDefinition, RouteMutation, ShippedEmbeddings
+from worker.contracts.query import Query
+
+__all__ = [
+    "CandidateScore",
+    "DeadLetter",
+    "Header",
+    "Limits",
+    "Query",
+    "RouteDefinition",
+    "RouteMutation",
+    "RoutedIntent",
+    "ShippedEmbeddings",
+    "SourcePosition",
+    "Timings",
+    "decode_mutation",
+    "decode_query",
+    "encode",
+]

@@ -1,0 +1,99 @@
+"""Bytes <-> messages. Every malformed input becomes one :class:`ContractError` with a code."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from worker.contracts.limits import Limits
+from worker.contracts.mutation import RouteDefinition, RouteMutation
+from worker.contracts.query import Query
+from worker.errors import ContractError, ErrorCode
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(message: BaseModel) -> bytes:
+    """Serialise a message for the wire (UTF-8 JSON; nulls kept, so the schema stays explicit)."""
+    return orjson.dumps(message.model_dump(mode="json"))
+
+
+def _load_object(raw: bytes | None, max_bytes: int, what: str) -> dict[str, Any]:
+    if raw is None:
+        raise ContractError(ErrorCode.SCHEMA, f"{what} has no value")
+    # checked before parsing: a huge document must not cost a parse
+    if len(raw) > max_bytes:
+        raise ContractError(ErrorCode.TOO_LARGE, f"{what} is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(
+            ErrorCode.INVALID_UTF8, f"{what} is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ContractError(ErrorCode.INVALID_JSON, f"{what} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ContractError(
+            ErrorCode.NOT_AN_OBJECT, f"{what} must be a JSON object, got {type(doc).__name__}"
+        )
+    return doc
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
+def _validate(model: type[M], doc: dict[str, Any], what: str) -> M:
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        kind = first["type"]
+        code = ErrorCode.SCHEMA
+        if kind == "extra_forbidden":
+            code = ErrorCode.UNKNOWN_FIELD
+        elif kind == "string_too_long":
+            code = ErrorCode.TOO_LARGE
+        elif kind == "string_too_short" and first["loc"] == ("text",):
+            code = ErrorCode.EMPTY_TEXT
+        details = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors[:3])
+        more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise ContractError(code, f"{what} breaks its schema: {details}{more}") from None
+
+
+def decode_query(raw: bytes | None, limits: Limits) -> Query:
+    """Parse and validate one ``queries`` record value."""
+    query = _validate(Query, _load_object(raw, limits.max_message_bytes, "query"), "query")
+    if not query.text.strip():
+        raise ContractError(ErrorCode.EMPTY_TEXT, "query text is empty after stripping white space")
+    if len(query.text) > limits.max_text_chars:
+        raise ContractError(
+            ErrorCode.TOO_LARGE, f"query text is {len(query.text)} characters, limit {limits.max_text_chars}"
+        )
+    if query.top_n is not None and query.top_n > limits.max_top_n:
+        raise ContractError(ErrorCode.SCHEMA, f"top_n is {query.top_n}, limit {limits.max_top_n}")
+    return query
+
+
+def decode_mutation(key: bytes | None, raw: bytes | None, limits: Limits) -> RouteMutation:
+    """Parse one ``route-mutations`` record. A null value is a tombstone for the key's route."""
+    if not key:
+        raise ContractError(ErrorCode.MISSING_KEY, "mutation record has no key (the route name)")
+    try:
+        name = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ContractError(ErrorCode.INVALID_UTF8, "mutation key is not UTF-8") from None
+    if raw is None:
+        return RouteMutation(name=name, definition=None)
+    doc = _load_object(raw, limits.max_mutation_bytes, f"route {name!r}")
+    definition = _validate(RouteDefinition, doc, f"route {name!r}")
+    if definition.name != name:
+        raise ContractError(
+            ErrorCode.KEY_MISMATCH, f"record key {name!r} differs from the route's name {definition.name!r}"
+        )
+    return RouteMutation(name=name, definition=definition)

@@ -27,8 +27,8 @@ model: $(STAMP)
 	$(BIN)/routeworker model prepare
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests benchmarks
-	$(BIN)/ruff format --check worker tests benchmarks
+	$(BIN)/ruff check worker tests $(wildcard benchmarks)
+	$(BIN)/ruff format --check worker tests $(wildcard benchmarks)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy worker

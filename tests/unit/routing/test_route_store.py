@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.routing import OffsetRegression, RouteStore, RouteTable, RouteVectors, SchemaTooNew
+from worker.routing.store import SCHEMA_VERSION
+
+MakeRoute = Callable[..., RouteVectors]
+
+
+def _same(a: RouteVectors, b: RouteVectors) -> bool:
+    return (
+        a.route == b.route
+        and a.fingerprint == b.fingerprint
+        and a.digest == b.digest
+        and np.array_equal(a.utterance_vectors, b.utterance_vectors)
+        and np.array_equal(a.negative_vectors, b.negative_vectors)
+    )
+
+
+def test_apply_then_load_round_trips(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    billing = make_route("billing", ["pay my bill", "invoice"], ["pay a friend"], 0.7)
+    weather = make_route("weather", ["will it rain"])
+    store.apply([billing, weather], [], {0: 2, 1: 1})
+    store.apply([], ["weather"], {1: 2})
+    state = store.load()
+    assert state.version == ((0, 2), (1, 2))
+    assert [rv.name for rv in state.routes] == ["billing"]
+    assert _same(state.routes[0], billing)
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_a_failure_mid_apply_writes_nothing(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay my bill"])], [], {0: 1})
+    # The routes are written first; the out-of-range offset fails inside the same transaction.
+    with pytest.raises(OverflowError):
+        store.apply([make_route("weather", ["rain"])], ["billing"], {0: 2, 1: 2**70})
+    state = store.load()
+    assert [rv.name for rv in state.routes] == ["billing"]
+    assert state.version == ((0, 1),)
+
+
+def test_offsets_never_move_backwards(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([], [], {0: 5})
+    with pytest.raises(OffsetRegression):
+        store.apply([make_route("billing", ["pay"])], [], {0: 4})
+    assert store.load().routes == ()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "routes.db"
+    RouteStore(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(SchemaTooNew, match="upgrade routeworker"):
+        RouteStore(path)
+
+
+def test_store_uses_wal_journal(tmp_path: Path) -> None:
+    path = tmp_path / "routes.db"
+    RouteStore(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_readers_in_threads_see_whole_batches(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    batches = 30
+    seen: list[tuple[int, int]] = []
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                state = store.load()
+                seen.append((len(state.routes), dict(state.version).get(0, 0)))
+        except BaseException as error:
+            failures.append(error)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for i in range(batches):
+        # Each batch adds two routes and moves the offset by two: a reader sees both or neither.
+        store.apply([make_route(f"a{i}", ["x"]), make_route(f"b{i}", ["y"])], [], {0: 2 * (i + 1)})
+    done.set()
+    for reader in readers:
+        reader.join()
+    assert not failures
+    assert seen
+    assert all(routes == offset for routes, offset in seen)
+
+
+def test_reloaded_table_equals_the_live_one(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    live = RouteTable(64, "hashing-bow@test:0")
+    batches = [
+        ([make_route("billing", ["pay my bill"]), make_route("weather", ["rain today"])], [], {0: 2}),
+        ([make_route("billing", ["pay my bill", "refund"])], ["weather"], {0: 4}),
+        ([make_route("news", ["headlines"], ["weather news"])], [], {1: 1}),
+    ]
+    for upserts, deletes, offsets in batches:
+        store.apply(upserts, deletes, offsets)
+        live.apply(upserts, deletes, tuple(sorted({**dict(live.version), **offsets}.items())))
+    state = store.load()
+    reloaded = RouteTable.from_routes(state.routes, state.version, 64, "hashing-bow@test:0")
+    assert reloaded.version == live.version == ((0, 4), (1, 1))
+    assert reloaded.digest() == live.digest()
+    assert reloaded.route_names() == live.route_names() == ["billing", "news"]
+
+
+def test_clear_forgets_everything(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay"])], [], {0: 3})
+    store.clear()
+    state = store.load()
+    assert state.routes == ()
+    assert state.version == ()

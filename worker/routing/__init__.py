@@ -1,0 +1,64 @@
+"""The routing engine: route store, searchable route table, router, threshold fitting, encoder pool.
+
+Pure: it knows nothing of Kafka. Everything here is synchronous except ``EncoderPool.embed``.
+"""
+
+from worker.routing.encoder import EncoderPool
+from worker.routing.errors import (
+    DimensionMismatch,
+    EncoderError,
+    FingerprintMismatch,
+    InvalidRoute,
+    OffsetRegression,
+    RoutingError,
+    SchemaTooNew,
+    StoreError,
+)
+from worker.routing.fitting import FitMetrics, FittedThresholds, fit_thresholds
+from worker.routing.index import IndexSettings
+from worker.routing.router import Router
+from worker.routing.scoring import ScoringConfig, Thresholds
+from worker.routing.store import RouteStore, StoredState
+from worker.routing.table import Hits, RouteTable, TableSnapshot
+from worker.routing.types import (
+    Candidate,
+    Decision,
+    Encoder,
+    Route,
+    RouteVectors,
+    TableVersion,
+    l2_normalise,
+    make_version,
+)
+
+__all__ = [
+    "Candidate",
+    "Decision",
+    "DimensionMismatch",
+    "Encoder",
+    "EncoderError",
+    "EncoderPool",
+    "FingerprintMismatch",
+    "FitMetrics",
+    "FittedThresholds",
+    "Hits",
+    "IndexSettings",
+    "InvalidRoute",
+    "OffsetRegression",
+    "Route",
+    "RouteStore",
+    "RouteTable",
+    "RouteVectors",
+    "Router",
+    "RoutingError",
+    "SchemaTooNew",
+    "ScoringConfig",
+    "StoreError",
+    "StoredState",
+    "TableSnapshot",
+    "TableVersion",
+    "Thresholds",
+    "fit_thresholds",
+    "l2_normalise",
+    "make_version",
+]

@@ -1,0 +1,194 @@
+"""SQLite store of routes, their vectors and the mutation-log offsets they reflect.
+
+State and offsets are written in one transaction, so after a crash the store resumes the log exactly
+where its state stops. Every call opens its own connection: a store object may be used from any
+thread, SQLite's WAL journal lets readers run while one writer commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from worker.routing.errors import OffsetRegression, SchemaTooNew, StoreError
+from worker.routing.types import Route, RouteVectors, TableVersion, make_version
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS routes (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    utterance_vectors BLOB NOT NULL,
+    negative_vectors BLOB NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offsets (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """Everything a replica needs to rebuild its route table without re-embedding (routes unordered)."""
+
+    routes: tuple[RouteVectors, ...]
+    version: TableVersion
+
+
+class RouteStore:
+    """Routes with their vectors and the applied mutation-log offsets, in one SQLite file.
+
+    All methods are synchronous and do file I/O: call them from a worker thread, never the event loop.
+    """
+
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._timeout = timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            # Vectors are kilobytes per route: bigger pages mean fewer overflow pages to chase on load.
+            # (Only takes effect while the file is new, before WAL is switched on.)
+            conn.execute("PRAGMA page_size=16384")
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._migrate(conn)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # One short-lived connection per call keeps every connection on the thread that made it.
+        with closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as conn:
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(statement)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"{self.path} has schema version {row[0]}, this routeworker understands up to "
+                    f"{SCHEMA_VERSION}: upgrade routeworker or point it at a fresh store"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def apply(
+        self,
+        upserts: Sequence[RouteVectors],
+        deletes: Sequence[str],
+        offsets: Mapping[int, int],
+    ) -> None:
+        """Write route upserts, deletions and the new log offsets in ONE transaction.
+
+        Offsets are next offsets (last applied + 1) per partition; moving one backwards raises
+        :class:`OffsetRegression` and writes nothing.
+        """
+        rows = [_route_row(rv) for rv in upserts]
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._check_offsets(conn, offsets)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO routes (name, definition, fingerprint, dim, utterance_vectors, "
+                    "negative_vectors, digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.executemany("DELETE FROM routes WHERE name = ?", [(name,) for name in deletes])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO offsets (partition, next_offset) VALUES (?, ?)",
+                    [(int(p), int(o)) for p, o in offsets.items()],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        logger.debug("stored %d upserts, %d deletes, offsets %s", len(rows), len(deletes), dict(offsets))
+
+    @staticmethod
+    def _check_offsets(conn: sqlite3.Connection, offsets: Mapping[int, int]) -> None:
+        stored = dict(conn.execute("SELECT partition, next_offset FROM offsets").fetchall())
+        for partition, offset in offsets.items():
+            if offset < stored.get(partition, 0):
+                raise OffsetRegression(
+                    f"partition {partition}: offset {offset} is behind the stored {stored[partition]}"
+                )
+
+    def load(self) -> StoredState:
+        """Read every route with its vectors, and the offsets they reflect, in one consistent read."""
+        with self._connect() as conn:
+            conn.execute("BEGIN")
+            try:
+                cursor = conn.execute(
+                    "SELECT definition, fingerprint, dim, utterance_vectors, negative_vectors, digest "
+                    # table order, not name order: a sequential scan is what makes a cold start fast
+                    "FROM routes"
+                )
+                routes = tuple(_route_from_row(*row) for row in cursor)
+                version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+            finally:
+                conn.execute("COMMIT")
+        logger.info("loaded %d routes at %s from %s", len(routes), version, self.path)
+        return StoredState(routes, version)
+
+    def version(self) -> TableVersion:
+        """The stored mutation-log position."""
+        with self._connect() as conn:
+            return make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+
+    def clear(self) -> None:
+        """Forget every route and offset (a replica that must replay its log from the start)."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM routes")
+            conn.execute("DELETE FROM offsets")
+            conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path} has no schema version")
+        return int(row[0])
+
+
+def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, bytes, bytes, str]:
+    return (
+        rv.name,
+        rv.route.canonical_json(),
+        rv.fingerprint,
+        rv.dim,
+        # One contiguous little-endian blob per route: loading is a single np.frombuffer, no parsing.
+        rv.utterance_vectors.astype("<f4", copy=False).tobytes(),
+        rv.negative_vectors.astype("<f4", copy=False).tobytes(),
+        rv.digest,
+    )
+
+
+def _route_from_row(
+    definition: str, fingerprint: str, dim: int, utterances: bytes, negatives: bytes, digest: str
+) -> RouteVectors:
+    return RouteVectors(
+        route=Route.from_definition(orjson.loads(definition)),
+        utterance_vectors=np.frombuffer(utterances, dtype="<f4").reshape(-1, dim),
+        negative_vectors=np.frombuffer(negatives, dtype="<f4").reshape(-1, dim),
+        fingerprint=fingerprint,
+        digest=digest,
+    )

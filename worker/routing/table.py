@@ -1,0 +1,278 @@
+"""The route table: an immutable snapshot (main index + overlay + version) swapped by reference.
+
+Searches never take a lock: they read the current snapshot reference once and search it. Mutations
+build a new snapshot with a new overlay under a short lock; a background rebuild folds the overlay
+into a new main index off to the side and swaps it in, keeping mutations that arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from worker.routing.errors import DimensionMismatch, FingerprintMismatch
+from worker.routing.index import IndexSettings, Int64s, MainIndex, build_main, faiss, table_digest
+from worker.routing.index_file import load_main, save_main
+from worker.routing.overlay import Overlay
+from worker.routing.types import RouteVectors, TableVersion, Vectors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Nearest utterances per query, best first: similarities and route ids (``-1`` pads)."""
+
+    similarities: Vectors
+    route_ids: Int64s
+
+
+@dataclass(frozen=True, eq=False)
+class TableSnapshot:
+    """One consistent state of the route table. Route id ``i < len(main.names)`` is a main slot,
+    larger ids are overlay slots (``i - len(main.names)``)."""
+
+    main: MainIndex
+    overlay: Overlay
+    version: TableVersion
+
+    def search(self, queries: Vectors, k: int) -> Hits:
+        """The ``k`` nearest utterances of each query among all live routes."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.main.dim:
+            raise DimensionMismatch(f"queries of shape {queries.shape}, table dimension {self.main.dim}")
+        main_sims, main_slots = self.main.search(queries, k, self.overlay.masked)
+        if self.overlay.rows == 0:
+            return Hits(main_sims, main_slots)
+        overlay_sims, overlay_slots = self.overlay.search(queries, k)
+        overlay_ids = np.where(overlay_slots >= 0, overlay_slots + len(self.main.names), -1)
+        sims = np.concatenate([main_sims, overlay_sims], axis=1)
+        ids = np.concatenate([main_slots, overlay_ids], axis=1)
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return Hits(np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1))
+
+    def route_at(self, route_id: int) -> RouteVectors:
+        """The route behind a route id returned by :meth:`search`."""
+        slots = len(self.main.names)
+        if route_id < slots:
+            return self.main.routes[self.main.names[route_id]]
+        return self.overlay.routes[self.overlay.names[route_id - slots]]
+
+    @cached_property
+    def utterance_counts(self) -> Int64s:
+        """Utterances per route id."""
+        return np.concatenate([self.main.counts, self.overlay.counts])
+
+    def route(self, name: str) -> RouteVectors | None:
+        """The live route called ``name``, if any."""
+        if name in self.overlay.routes:
+            return self.overlay.routes[name]
+        slot = self.main.slot_of.get(name)
+        if slot is None or self.overlay.masked[slot]:
+            return None
+        return self.main.routes[name]
+
+    def routes(self) -> Iterator[RouteVectors]:
+        """Every live route (main routes in name order, then overlay routes)."""
+        for slot, name in enumerate(self.main.names):
+            if not self.overlay.masked[slot]:
+                yield self.main.routes[name]
+        yield from self.overlay.routes.values()
+
+    def route_names(self) -> list[str]:
+        """Sorted names of the live routes."""
+        return sorted(rv.name for rv in self.routes())
+
+    def __len__(self) -> int:
+        return len(self.main.names) - int(self.overlay.masked.sum()) + len(self.overlay.routes)
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 over the sorted live routes' definitions and vectors (equal tables, equal digest)."""
+        return table_digest((rv.name, rv.digest) for rv in self.routes())
+
+
+class RouteTable:
+    """The live set of routes of one replica, searchable while it changes.
+
+    ``apply`` is fast and synchronous; its result is visible to the next search. ``rebuild``
+    folds the overlay into a new main index (in a background thread unless ``block``), then
+    persists it into ``index_dir`` if given.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        fingerprint: str,
+        settings: IndexSettings | None = None,
+        index_dir: Path | None = None,
+        *,
+        main: MainIndex | None = None,
+        version: TableVersion = (),
+    ) -> None:
+        self.dim = dim
+        self.fingerprint = fingerprint
+        self.settings = settings or IndexSettings()
+        self.index_dir = index_dir
+        if self.settings.faiss_threads is not None:
+            faiss.omp_set_num_threads(self.settings.faiss_threads)
+        main = main or MainIndex.empty(dim)
+        self._snapshot = TableSnapshot(main, Overlay.empty(main), version)
+        self._swap_lock = threading.Lock()  # held only to build and publish a small new snapshot
+        self._rebuild_lock = threading.Lock()  # one rebuild at a time
+        self._rebuild_scheduled = False
+        self._rebuild_thread: threading.Thread | None = None
+        self.last_rebuild_error: BaseException | None = None
+
+    @classmethod
+    def from_routes(
+        cls,
+        routes: Sequence[RouteVectors],
+        version: TableVersion,
+        dim: int,
+        fingerprint: str,
+        settings: IndexSettings | None = None,
+        index_dir: Path | None = None,
+    ) -> RouteTable:
+        """A table holding ``routes`` (e.g. loaded from the store), reusing a persisted index.
+
+        Blocking: builds the main index when no persisted one fits (call it from a thread).
+        """
+        settings = settings or IndexSettings()
+        for rv in routes:
+            _check(rv, dim, fingerprint)
+        by_name = {rv.name: rv for rv in routes}
+        main = load_main(index_dir, by_name, dim, fingerprint, settings) if index_dir else None
+        if main is None:
+            table = cls(dim, fingerprint, settings, index_dir, version=version)
+            table.apply(routes, (), version, rebuild=False)
+            table.rebuild(block=True)
+            return table
+        table = cls(dim, fingerprint, settings, index_dir, main=main, version=version)
+        stale = [name for name in main.names if name not in main.routes and name not in by_name]
+        table.apply(
+            [rv for rv in routes if main.routes.get(rv.name) is not rv], stale, version, rebuild=False
+        )
+        if table.snapshot().overlay.rows >= settings.overlay_rebuild_rows:
+            table.rebuild(block=False)
+        return table
+
+    def snapshot(self) -> TableSnapshot:
+        """The current consistent state; searching it never blocks and never sees half a mutation."""
+        return self._snapshot
+
+    @property
+    def version(self) -> TableVersion:
+        """The mutation-log position the current state reflects."""
+        return self._snapshot.version
+
+    def digest(self) -> str:
+        """Deterministic sha256 of the live routes (see :attr:`TableSnapshot.digest`)."""
+        return self._snapshot.digest
+
+    def route_names(self) -> list[str]:
+        """Sorted names of the live routes."""
+        return self._snapshot.route_names()
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+    def apply(
+        self,
+        upserts: Sequence[RouteVectors],
+        deletes: Sequence[str],
+        version: TableVersion,
+        *,
+        rebuild: bool = True,
+    ) -> None:
+        """Add or replace ``upserts`` and remove ``deletes``; visible to the next search on return.
+
+        ``version`` is the mutation-log position after this batch. Deleting an unknown route is a
+        no-op (replays see tombstones of routes they never had). Triggers a background rebuild when
+        the overlay outgrows ``settings.overlay_rebuild_rows`` unless ``rebuild`` is False.
+        """
+        for rv in upserts:
+            _check(rv, self.dim, self.fingerprint)
+        with self._swap_lock:
+            current = self._snapshot
+            overlay = current.overlay.with_mutations(current.main, upserts, deletes)
+            self._snapshot = TableSnapshot(current.main, overlay, version)
+        if rebuild and overlay.rows >= self.settings.overlay_rebuild_rows:
+            self.rebuild(block=False)
+
+    def rebuild(self, block: bool = False) -> None:
+        """Fold the overlay into a new main index and swap it in.
+
+        With ``block`` the caller's thread does the work and every mutation applied before the call
+        is in the main index on return; otherwise a background thread is started (at most one
+        pending), whose errors are logged and kept in :attr:`last_rebuild_error`.
+        """
+        if block:
+            with self._rebuild_lock:
+                self._rebuild_once()
+            return
+        with self._swap_lock:
+            if self._rebuild_scheduled:
+                return
+            self._rebuild_scheduled = True
+        self._rebuild_thread = threading.Thread(
+            target=self._rebuild_in_background, name="route-rebuild", daemon=True
+        )
+        self._rebuild_thread.start()
+
+    def wait_for_rebuild(self, timeout: float | None = None) -> None:
+        """Wait until the background rebuild started last (if any) has finished."""
+        thread = self._rebuild_thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _rebuild_in_background(self) -> None:
+        with self._rebuild_lock:
+            with self._swap_lock:
+                self._rebuild_scheduled = False
+            try:
+                self._rebuild_once()
+            except Exception as error:  # a failed rebuild leaves the table serving from its overlay
+                self.last_rebuild_error = error
+                logger.exception("route index rebuild failed")
+
+    def _rebuild_once(self) -> None:
+        started = time.perf_counter()
+        base = self._snapshot
+        if base.overlay.rows == 0 and not base.overlay.routes and not base.overlay.masked.any():
+            return
+        main = build_main(base.routes(), self.dim, self.settings)
+        with self._swap_lock:
+            current = self._snapshot
+            # Only this thread replaces main, so current.main is base.main and every route changed
+            # since `base` is in current.overlay: keep those changes on top of the new main.
+            kept = [rv for name, rv in current.overlay.routes.items() if main.routes.get(name) is not rv]
+            gone = [name for name in current.overlay.deleted if name in main.slot_of]
+            overlay = Overlay.empty(main).with_mutations(main, kept, gone)
+            self._snapshot = TableSnapshot(main, overlay, current.version)
+        logger.info(
+            "rebuilt %s route index: %d routes, %d vectors in %.2fs (%d routes still in overlay)",
+            main.kind,
+            len(main.names),
+            main.rows,
+            time.perf_counter() - started,
+            len(kept),
+        )
+        if self.index_dir is not None:
+            save_main(main, self.index_dir, self.fingerprint)
+
+
+def _check(rv: RouteVectors, dim: int, fingerprint: str) -> None:
+    if rv.fingerprint != fingerprint:
+        raise FingerprintMismatch(
+            f"route {rv.name!r} was embedded with {rv.fingerprint!r}, this table serves {fingerprint!r}"
+        )
+    if rv.dim != dim:
+        raise DimensionMismatch(f"route {rv.name!r} has vectors of dimension {rv.dim}, table has {dim}")

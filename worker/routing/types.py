@@ -1,0 +1,211 @@
+"""Value types of the routing engine: routes, their vectors, decisions and the table version."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.routing.errors import DimensionMismatch, InvalidRoute
+
+Vectors = npt.NDArray[np.float32]
+
+#: The mutation-log position a route table reflects: sorted ``(partition, next_offset)`` pairs.
+TableVersion = tuple[tuple[int, int], ...]
+
+
+def make_version(offsets: Mapping[int, int]) -> TableVersion:
+    """Turn a partition -> next offset mapping into the canonical, sorted ``TableVersion``."""
+    return tuple(sorted((int(p), int(o)) for p, o in offsets.items()))
+
+
+def merge_versions(older: TableVersion, newer: TableVersion) -> TableVersion:
+    """Combine two versions; the newer position wins per partition."""
+    merged = dict(older)
+    merged.update(newer)
+    return make_version(merged)
+
+
+def l2_normalise(vectors: npt.ArrayLike) -> Vectors:
+    """Return float32, C-contiguous, row-wise L2-normalised copies (zero rows stay zero)."""
+    # float64 while dividing: tiny float32 rows would otherwise lose their norm to underflow.
+    wide = np.array(vectors, dtype=np.float64, ndmin=2)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    np.divide(wide, norms, out=wide, where=norms > 0)
+    return np.ascontiguousarray(wide, dtype=np.float32)
+
+
+def frozen_vectors(vectors: npt.ArrayLike, dim: int | None = None) -> Vectors:
+    """Return a read-only float32 C-contiguous 2-D view or copy of ``vectors``."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim == 1 and array.size == 0 and dim is not None:
+        array = array.reshape(0, dim)
+    if array.ndim != 2:
+        raise DimensionMismatch(f"expected a 2-D array of vectors, got shape {array.shape}")
+    if dim is not None and array.shape[1] != dim:
+        raise DimensionMismatch(f"expected vectors of dimension {dim}, got {array.shape[1]}")
+    if array.flags.writeable:
+        # A snapshot shares these arrays with concurrent searches: nobody may mutate them in place.
+        # Copying (rather than freezing the caller's array) leaves the caller's data alone.
+        array = array.copy()
+        array.flags.writeable = False
+    return array
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route as users define it: example utterances, optional negatives, threshold and metadata."""
+
+    name: str
+    utterances: tuple[str, ...]
+    negative_utterances: tuple[str, ...] = ()
+    threshold: float | None = None
+    metadata: Mapping[str, object] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise InvalidRoute("a route needs a non-empty name")
+        for attribute in ("utterances", "negative_utterances"):
+            value = getattr(self, attribute)
+            if _is_text(value):
+                raise InvalidRoute(f"route {self.name!r}: {attribute} must be a sequence of strings")
+            if type(value) is not tuple:
+                object.__setattr__(self, attribute, tuple(value))
+
+    def definition(self) -> dict[str, object]:
+        """The route as a JSON-ready mapping (the shape stored and published)."""
+        return {
+            "name": self.name,
+            "utterances": list(self.utterances),
+            "negative_utterances": list(self.negative_utterances),
+            "threshold": self.threshold,
+            "metadata": dict(self.metadata),
+        }
+
+    def canonical_json(self) -> str:
+        """Deterministic JSON of the definition: equal routes give equal text on every replica."""
+        return json.dumps(self.definition(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_definition(cls, definition: Mapping[str, object]) -> Route:
+        """Build a route from the mapping produced by :meth:`definition`."""
+        threshold = definition.get("threshold")
+        metadata = definition.get("metadata") or {}
+        return cls(
+            name=str(definition["name"]),
+            utterances=tuple(map(str, _strings(definition.get("utterances")))),
+            negative_utterances=tuple(map(str, _strings(definition.get("negative_utterances")))),
+            threshold=None if threshold is None else float(threshold),  # type: ignore[arg-type]
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
+        )
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _strings(value: object) -> Sequence[object]:
+    if value is None:
+        return ()
+    if isinstance(value, list | tuple):
+        return value
+    raise InvalidRoute(f"expected a list of utterances, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, eq=False)
+class RouteVectors:
+    """A route with the embeddings of its utterances and negatives, made by one model (fingerprint).
+
+    Row ``i`` of ``utterance_vectors`` embeds ``route.utterances[i]``; vectors are expected to be
+    L2-normalised (see :func:`l2_normalise`). Arrays are frozen (read-only) on construction.
+    ``digest`` may be passed when it is already known (the store keeps it); otherwise it is computed.
+    """
+
+    route: Route
+    utterance_vectors: Vectors
+    negative_vectors: Vectors
+    fingerprint: str
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        utterances = frozen_vectors(self.utterance_vectors)
+        dim = utterances.shape[1]
+        negatives = frozen_vectors(self.negative_vectors, dim)
+        if utterances.shape[0] != len(self.route.utterances):
+            raise InvalidRoute(
+                f"route {self.route.name!r}: {len(self.route.utterances)} utterances "
+                f"but {utterances.shape[0]} vectors"
+            )
+        if negatives.shape[0] != len(self.route.negative_utterances):
+            raise InvalidRoute(
+                f"route {self.route.name!r}: {len(self.route.negative_utterances)} negative utterances "
+                f"but {negatives.shape[0]} vectors"
+            )
+        object.__setattr__(self, "utterance_vectors", utterances)
+        object.__setattr__(self, "negative_vectors", negatives)
+        if not self.digest:
+            object.__setattr__(
+                self, "digest", route_digest(self.route, utterances, negatives, self.fingerprint)
+            )
+
+    @property
+    def name(self) -> str:
+        """The route's name (its key in the mutation log)."""
+        return self.route.name
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors."""
+        return int(self.utterance_vectors.shape[1])
+
+
+def route_digest(route: Route, utterances: Vectors, negatives: Vectors, fingerprint: str) -> str:
+    """sha256 over a route's canonical definition, model fingerprint and vector bytes."""
+    sha = hashlib.sha256()
+    for part in (route.canonical_json().encode(), fingerprint.encode(), str(utterances.shape).encode()):
+        sha.update(len(part).to_bytes(8, "little"))
+        sha.update(part)
+    sha.update(utterances.astype("<f4", copy=False).tobytes())
+    sha.update(negatives.astype("<f4", copy=False).tobytes())
+    return sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored route among the top-n answers to a query."""
+
+    route: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The router's answer to one query: the winning route (None for no match) and its candidates."""
+
+    route: str | None
+    score: float
+    candidates: tuple[Candidate, ...]
+    routes_version: TableVersion
+
+
+class Encoder(Protocol):
+    """Turns texts into L2-normalised float32 vectors, the same on every replica for the same model."""
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors."""
+        ...
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the model that produced the vectors (name, variant, weights hash)."""
+        ...
+
+    def embed_sync(self, texts: Sequence[str]) -> Vectors:
+        """Embed ``texts`` into an ``(len(texts), dim)`` array, blocking the caller."""
+        ...

@@ -37,5 +37,9 @@ test: setup lint typecheck
 	$(BIN)/routeworker schemas check
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
+# the main job on embedded defaults: private broker + Redis, topics, routes, two replicas, traffic
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/routeworker demo
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,80 @@
+"""Helpers of the mutation-log integration tests: topics, raw records, running replicas, digests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from worker.config import Settings, load_settings
+from worker.contracts import RouteDefinition
+from worker.replication import RouteReplica, TopicSpec, ensure_topics
+from worker.replication.kafka import running
+from worker.replication.vectors import shipped_vectors
+from worker.routing import EncoderPool, RouteVectors
+from worker.routing.index import table_digest
+
+
+def mutation_settings(bootstrap: str, **overrides: object) -> Settings:
+    """Settings naming a mutation topic private to one test."""
+    return load_settings(
+        kafka_bootstrap=bootstrap, topic_mutations=f"mutations-{uuid.uuid4().hex[:8]}", **overrides
+    )
+
+
+async def create_mutation_topic(settings: Settings, partitions: int = 3) -> None:
+    await ensure_topics(
+        settings, [TopicSpec(settings.topic_mutations, partitions, {"cleanup.policy": "compact"})]
+    )
+
+
+async def produce_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+    """Write records as they are (malformed ones included), each acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=False)
+    async with running(producer):
+        for key, value in records:
+            await producer.send_and_wait(settings.topic_mutations, value, key=key)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it holds; fail with ``what`` after ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():  # noqa: ASYNC110 - state of another process or of the replica
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+@asynccontextmanager
+async def replica_running(
+    settings: Settings, encoder: EncoderPool, store: Path, *, timeout_s: float = 30.0
+) -> AsyncIterator[RouteReplica]:
+    """A replica replaying and tailing in the background, ready when the block starts."""
+    replica = RouteReplica(settings, encoder, store_path=store)
+    task = asyncio.create_task(replica.run())
+    try:
+        ready = asyncio.create_task(replica.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task in done:
+            await task  # raises the replica's error
+        assert replica.ready.is_set(), "replica not ready in time"
+        yield replica
+    finally:
+        await replica.stop()
+        await task
+
+
+def folded_digest(routes: Mapping[str, RouteDefinition], fingerprint: str, dim: int) -> str:
+    """Digest of a route table holding the log folded by key (every record ships vectors)."""
+    vectors: list[RouteVectors] = []
+    for definition in routes.values():
+        rv = shipped_vectors(definition, fingerprint, dim)
+        assert rv is not None, f"route {definition.name} carries no vectors of {fingerprint}"
+        vectors.append(rv)
+    return table_digest((rv.name, rv.digest) for rv in vectors)

@@ -1,0 +1,118 @@
+"""Folding mutation records: last valid value per key, tombstones delete, malformed records skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from worker.contracts import Limits, RouteDefinition, encode
+from worker.replication import fold
+from worker.replication.fold import FoldedMutations
+from worker.replication.vectors import attach_embeddings, route_of, shipped_vectors
+from worker.routing import RouteVectors, l2_normalise
+
+LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    topic: str = "route-mutations"
+
+
+def upsert(partition: int, offset: int, name: str, *utterances: str) -> Record:
+    definition = RouteDefinition(name=name, utterances=list(utterances or ("hello",)))
+    return Record(partition, offset, name.encode(), encode(definition))
+
+
+def test_the_last_value_per_key_wins_and_offsets_point_past_the_last_record() -> None:
+    folded = fold(
+        [upsert(0, 0, "a", "one"), upsert(0, 1, "b"), upsert(0, 2, "a", "two"), upsert(1, 7, "c")], LIMITS
+    )
+    assert {name: d.utterances if d else None for name, d in folded.changes.items()} == {
+        "a": ["two"],
+        "b": ["hello"],
+        "c": ["hello"],
+    }
+    assert folded.offsets == {0: 3, 1: 8}
+    assert folded.records == 4
+
+
+def test_a_tombstone_deletes_and_a_later_record_re_adds() -> None:
+    deleted = fold([upsert(0, 0, "a"), Record(0, 1, b"a", None)], LIMITS)
+    assert deleted.changes == {"a": None}
+    readded = fold([upsert(0, 0, "a"), Record(0, 1, b"a", None), upsert(0, 2, "a", "back")], LIMITS)
+    definition = readded.changes["a"]
+    assert definition is not None
+    assert definition.utterances == ["back"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "code"),
+    [
+        (None, b"{}", "missing_key"),
+        (b"a", b"\xff\xfe", "invalid_utf8"),
+        (b"a", b"not json", "invalid_json"),
+        (b"a", b"[1]", "not_object"),
+        (b"a", b'{"name": "a", "utterances": []}', "schema"),
+        (b"a", b'{"name": "a", "utterances": ["x"], "extra": 1}', "unknown_field"),
+        (b"a", b'{"name": "b", "utterances": ["x"]}', "key_mismatch"),
+    ],
+)
+def test_a_malformed_record_is_skipped_with_its_position(
+    key: bytes | None, value: bytes, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    folded = fold([upsert(2, 4, "a", "valid"), Record(2, 5, key, value)], LIMITS)
+    definition = folded.changes["a"]
+    assert definition is not None
+    assert definition.utterances == ["valid"]  # the route keeps its last valid definition
+    (skipped,) = folded.skipped
+    assert (skipped.partition, skipped.offset) == (2, 5)
+    assert skipped.reason.startswith(code)
+    assert folded.offsets == {2: 6}  # consumed: replay never stops or loops on it
+    assert "route-mutations[2] offset 5" in caplog.text
+
+
+def test_an_oversized_record_is_skipped() -> None:
+    folded = fold([upsert(0, 0, "a", "x" * 2000)], Limits(max_mutation_bytes=1024))
+    assert folded.changes == {}
+    assert folded.skipped[0].reason.startswith("too_large")
+
+
+def test_merging_keeps_log_order() -> None:
+    first = fold([upsert(0, 0, "a", "one"), upsert(0, 1, "b")], LIMITS)
+    later = fold([Record(0, 2, b"b", None), upsert(0, 3, "a", "two")], LIMITS)
+    first.merge(later)
+    assert list(first.changes) == ["b", "a"]
+    assert first.changes["b"] is None
+    assert first.offsets == {0: 4}
+    assert first.records == 4
+
+
+def _shipped(name: str, fingerprint: str, vectors: np.ndarray) -> RouteDefinition:
+    definition = RouteDefinition(name=name, utterances=[f"u{i}" for i in range(vectors.shape[0])])
+    rv = RouteVectors(route_of(definition), vectors, np.zeros((0, vectors.shape[1]), np.float32), fingerprint)
+    return attach_embeddings(definition, rv)
+
+
+def test_resolved_vectors_follow_their_record_and_bad_vectors_count_as_malformed() -> None:
+    good = l2_normalise(np.random.default_rng(1).normal(size=(2, 8)))
+    ok = _shipped("a", "m:1", good)
+    not_unit = _shipped("a", "m:1", good * 3)
+    records = [Record(0, 0, b"a", encode(ok)), Record(0, 1, b"a", encode(not_unit))]
+    folded = fold(records, LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
+    assert folded.changes["a"] == ok  # the later record is unusable: the last valid one stays
+    assert np.array_equal(folded.vectors["a"].utterance_vectors, good)
+    assert folded.skipped[0].reason.startswith("embedding_shape")
+
+
+def test_a_later_record_without_vectors_drops_the_earlier_resolved_ones() -> None:
+    good = l2_normalise(np.random.default_rng(2).normal(size=(1, 8)))
+    records = [Record(0, 0, b"a", encode(_shipped("a", "m:1", good))), upsert(0, 1, "a", "plain")]
+    folded: FoldedMutations = fold(records, LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
+    assert "a" not in folded.vectors

@@ -1,0 +1,84 @@
+"""Where a replica's route vectors come from: shipped (same model only), kept, or embedded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from worker.contracts import RouteDefinition
+from worker.errors import ContractError
+from worker.replication import ReplicaStats, with_embeddings
+from worker.replication.encoders import hashing_pool
+from worker.replication.fold import FoldedMutations
+from worker.replication.resolve import resolve_changes
+from worker.replication.vectors import attach_embeddings, embed_routes, route_of, shipped_vectors
+from worker.routing import EncoderPool, RouteVectors, l2_normalise
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[EncoderPool]:
+    with hashing_pool(32) as made:
+        yield made
+
+
+def definition(name: str, *utterances: str, negatives: tuple[str, ...] = ()) -> RouteDefinition:
+    return RouteDefinition(name=name, utterances=list(utterances), negative_utterances=list(negatives))
+
+
+async def test_shipped_vectors_equal_what_a_replica_would_embed(pool: EncoderPool) -> None:
+    route = definition("billing", "pay my bill", "invoice please", negatives=("pay a friend",))
+    (shipped,) = await with_embeddings(pool, [route])
+    assert shipped.embeddings is not None
+    assert shipped.embeddings.fingerprint == pool.fingerprint
+    from_record = shipped_vectors(shipped, pool.fingerprint, pool.dim)
+    (embedded,) = await embed_routes(pool, [route_of(route)])
+    assert from_record is not None
+    assert from_record.digest == embedded.digest
+    assert from_record.negative_vectors.shape == (1, pool.dim)
+
+
+async def test_vectors_of_another_model_are_not_used(pool: EncoderPool) -> None:
+    (shipped,) = await with_embeddings(pool, [definition("a", "hello")])
+    assert shipped_vectors(shipped, "another-model@fp32:0", pool.dim) is None
+    assert shipped_vectors(definition("a", "hello"), pool.fingerprint, pool.dim) is None
+
+
+def test_unusable_vectors_of_this_model_are_a_contract_error() -> None:
+    route = definition("a", "x", "y")
+    bad = np.array([[np.nan] * 4, [1, 0, 0, 0]], dtype=np.float32)
+    rv = RouteVectors(route_of(route), bad, np.zeros((0, 4), np.float32), "m:1")
+    with pytest.raises(ContractError, match="not finite unit vectors"):
+        shipped_vectors(attach_embeddings(route, rv), "m:1", 4)
+    with pytest.raises(ContractError, match="dimension 4"):
+        shipped_vectors(attach_embeddings(route, rv), "m:1", 8)
+
+
+def test_resolving_uses_shipped_keeps_unchanged_texts_and_embeds_the_rest() -> None:
+    dim = 4
+    unit = l2_normalise(np.eye(2, dim))
+    none = np.zeros((0, dim), np.float32)
+    current = {"kept": RouteVectors(route_of(definition("kept", "a", "b")), unit, none, "m:1")}
+    shipped_def = definition("shipped", "a", "b")
+    folded = FoldedMutations()
+    folded.changes = {
+        "shipped": shipped_def,
+        "kept": definition("kept", "a", "b").model_copy(update={"threshold": 0.9}),
+        "new": definition("new", "c"),
+        "foreign": attach_embeddings(
+            definition("foreign", "d"),
+            RouteVectors(route_of(definition("foreign", "d")), unit[:1], none, "other:2"),
+        ),
+        "gone": None,
+    }
+    folded.vectors = {"shipped": RouteVectors(route_of(shipped_def), unit, none, "m:1")}
+    stats = ReplicaStats()
+    resolved = resolve_changes(folded, current.get, "m:1", stats)
+    assert [rv.name for rv in resolved.upserts] == ["shipped", "kept"]
+    kept = resolved.upserts[1]
+    assert kept.route.threshold == 0.9  # new definition, vectors kept
+    assert np.array_equal(kept.utterance_vectors, unit)
+    assert [r.name for r in resolved.to_embed] == ["new", "foreign"]
+    assert resolved.deletes == ["gone"]
+    assert (stats.shipped, stats.reused, stats.embedded, stats.re_embedded) == (1, 1, 1, 1)

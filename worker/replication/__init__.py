@@ -1,0 +1,58 @@
+"""The route mutation log: publishing route changes, and replicas that replay and tail it.
+
+The compacted ``route-mutations`` topic is the source of truth; each replica folds it into its
+SQLite store and route table (see :class:`RouteReplica`).
+"""
+
+from worker.replication.apply import apply_routes, delete_routes, plan_routes, publish_plan
+from worker.replication.errors import ReplicationError, RouteFileError, RouteProblem, TopicMissing
+from worker.replication.fold import FoldedMutations, SkippedRecord, fold
+from worker.replication.log import LogState, read_routes
+from worker.replication.plan import MutationPlan, RouteChange, describe_difference, plan_changes
+from worker.replication.publisher import MutationPublisher, PublishReceipt
+from worker.replication.replica import RouteReplica
+from worker.replication.routefile import load_route_file, parse_routes
+from worker.replication.stats import ReplicaStats
+from worker.replication.topics import TopicSpec, TopicStatus, ensure_topics, topic_specs
+from worker.replication.vectors import (
+    attach_embeddings,
+    embed_routes,
+    route_of,
+    shipped_vectors,
+    with_embeddings,
+)
+
+__all__ = [
+    "FoldedMutations",
+    "LogState",
+    "MutationPlan",
+    "MutationPublisher",
+    "PublishReceipt",
+    "ReplicaStats",
+    "ReplicationError",
+    "RouteChange",
+    "RouteFileError",
+    "RouteProblem",
+    "RouteReplica",
+    "SkippedRecord",
+    "TopicMissing",
+    "TopicSpec",
+    "TopicStatus",
+    "apply_routes",
+    "attach_embeddings",
+    "delete_routes",
+    "describe_difference",
+    "embed_routes",
+    "ensure_topics",
+    "fold",
+    "load_route_file",
+    "parse_routes",
+    "plan_changes",
+    "plan_routes",
+    "publish_plan",
+    "read_routes",
+    "route_of",
+    "shipped_vectors",
+    "topic_specs",
+    "with_embeddings",
+]

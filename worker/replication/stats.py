@@ -1,0 +1,37 @@
+"""Counters of a route replica (exported as metrics and written by the replica's status file)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class ReplicaStats:
+    """What a replica did with the mutation log since it started. Mutated only by its replica."""
+
+    #: mutation records read (valid or not)
+    records: int = 0
+    #: records read before the replica became ready (replay of what the store did not hold yet)
+    replayed_on_start: int = 0
+    #: net route upserts and deletions written to the store and the table
+    applied: int = 0
+    #: malformed records skipped (each logged with its position)
+    skipped_malformed: int = 0
+    #: routes applied with the vectors shipped in their record
+    shipped: int = 0
+    #: routes embedded here because their record carried no vectors
+    embedded: int = 0
+    #: routes embedded here because their shipped vectors came from another model
+    re_embedded: int = 0
+    #: routes whose utterances were unchanged: their current vectors were kept
+    reused: int = 0
+    #: store transactions (one per batch of records)
+    batches: int = 0
+    #: times the store was found ahead of the topic and rebuilt from the log
+    rebuilt_from_log: int = 0
+    #: routes re-embedded at start because the store held vectors of another model
+    re_embedded_at_open: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by name."""
+        return asdict(self)

@@ -1,0 +1,101 @@
+"""From route definitions to route vectors: shipped embeddings when they fit, else the encoder pool.
+
+A route is always embedded on its own (its utterances, then its negatives, in one call), whether by
+a publisher shipping vectors or by a replica: the vectors of a route then depend only on the route
+and the model, never on which other routes shared a batch, so every replica holds identical bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+from collections.abc import Sequence
+
+import numpy as np
+
+from worker.contracts import RouteDefinition, ShippedEmbeddings
+from worker.errors import ContractError, ErrorCode
+from worker.routing import EncoderPool, Route, RouteVectors
+from worker.routing.types import Vectors
+
+#: routes embedded concurrently; the pool's own ``max_pending`` bounds the threads' queue
+_CONCURRENT_ROUTES = 16
+#: shipped vectors must be unit length (model output is L2-normalised) within this tolerance
+_NORM_TOLERANCE = 1e-3
+
+
+def route_of(definition: RouteDefinition) -> Route:
+    """The routing engine's view of a published definition."""
+    return Route(
+        name=definition.name,
+        utterances=tuple(definition.utterances),
+        negative_utterances=tuple(definition.negative_utterances),
+        threshold=definition.threshold,
+        metadata=dict(definition.metadata),
+    )
+
+
+def shipped_vectors(definition: RouteDefinition, fingerprint: str, dim: int) -> RouteVectors | None:
+    """The route with its shipped vectors if they were made by this model (``fingerprint``), else None.
+
+    Raises :class:`ContractError` when vectors of this model are unusable (not finite, not unit
+    length): such a record is malformed, not a reason to trust or re-embed it.
+    """
+    shipped = definition.embeddings
+    if shipped is None or shipped.fingerprint != fingerprint:
+        return None
+    if shipped.dim != dim:
+        raise ContractError(
+            ErrorCode.EMBEDDING_SHAPE,
+            f"route {definition.name!r}: vectors of dimension {shipped.dim} from model {fingerprint!r} "
+            f"whose dimension is {dim}",
+        )
+    # The definition's validator has checked the base64 and the sizes already; decoding without
+    # re-validating into read-only arrays spares a copy (replaying 50k routes is mostly this).
+    utterances = _matrix(shipped.utterances, dim)
+    negatives = _matrix(shipped.negative_utterances, dim)
+    for label, matrix in (("utterances", utterances), ("negative_utterances", negatives)):
+        norms = np.linalg.norm(matrix, axis=1)
+        if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1.0) > _NORM_TOLERANCE):
+            raise ContractError(
+                ErrorCode.EMBEDDING_SHAPE,
+                f"route {definition.name!r}: embeddings.{label} are not finite unit vectors",
+            )
+    return RouteVectors(route_of(definition), utterances, negatives, fingerprint)
+
+
+def _matrix(encoded: str, dim: int) -> Vectors:
+    return np.frombuffer(binascii.a2b_base64(encoded), dtype="<f4").reshape(-1, dim)
+
+
+async def embed_route(pool: EncoderPool, route: Route) -> RouteVectors:
+    """Embed one route's utterances and negatives in the pool (one call: deterministic bytes)."""
+    vectors = await pool.embed([*route.utterances, *route.negative_utterances])
+    count = len(route.utterances)
+    return RouteVectors(route, vectors[:count], vectors[count:], pool.fingerprint)
+
+
+async def embed_routes(pool: EncoderPool, routes: Sequence[Route]) -> list[RouteVectors]:
+    """Embed many routes, a few at a time, in order."""
+    embedded: list[RouteVectors] = []
+    for start in range(0, len(routes), _CONCURRENT_ROUTES):
+        chunk = routes[start : start + _CONCURRENT_ROUTES]
+        embedded.extend(await asyncio.gather(*(embed_route(pool, route) for route in chunk)))
+    return embedded
+
+
+async def with_embeddings(pool: EncoderPool, definitions: Sequence[RouteDefinition]) -> list[RouteDefinition]:
+    """Copies of ``definitions`` carrying their vectors and the model fingerprint (``--with-embeddings``)."""
+    embedded = await embed_routes(pool, [route_of(d) for d in definitions])
+    return [attach_embeddings(d, rv) for d, rv in zip(definitions, embedded, strict=True)]
+
+
+def attach_embeddings(definition: RouteDefinition, vectors: RouteVectors) -> RouteDefinition:
+    """``definition`` with ``vectors`` as its shipped embeddings."""
+    shipped = ShippedEmbeddings(
+        fingerprint=vectors.fingerprint,
+        dim=vectors.dim,
+        utterances=ShippedEmbeddings.encode_matrix(vectors.utterance_vectors),
+        negative_utterances=ShippedEmbeddings.encode_matrix(vectors.negative_vectors),
+    )
+    return definition.model_copy(update={"embeddings": shipped})

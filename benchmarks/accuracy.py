@@ -40,6 +40,8 @@ from worker.routing import (
     ScoringConfig,
     fit_thresholds,
 )
+from worker.routing.fitting import fit_head_weight
+from worker.routing.head import HeadConfig, train_head
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console()
@@ -96,6 +98,23 @@ def evaluate(ds: Dataset, cache: VectorCache, fingerprint: str, with_sr: bool) -
     results["routeworker (fitted)"] = report(
         predict(Router(table, config, fitted), vec["test"]), ds.test.labels
     )
+    # Head: trained on the fitting routes, weight + thresholds chosen on the fit split only; the
+    # served head is then retrained (same settings) on all routes.
+    head_config = HeadConfig()
+    started = time.perf_counter()
+    fitting_head = train_head(fitting_table.snapshot().routes(), head_config)
+    timings["head_train_fitting_routes_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    head_router, head_fitted = fit_head_weight(
+        Router(fitting_table, config, None, fitting_head), vec["fit"], ds.fit.labels
+    )
+    timings["head_fit_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    head = train_head(table.snapshot().routes(), head_config)
+    timings["head_train_all_routes_s"] = time.perf_counter() - started
+    results["routeworker (fitted + head)"] = report(
+        predict(Router(table, head_router.config, head_fitted, head), vec["test"]), ds.test.labels
+    )
     sr_info: dict[str, object] = {}
     if with_sr:
         with tempfile.TemporaryDirectory() as tmp:
@@ -110,6 +129,17 @@ def evaluate(ds: Dataset, cache: VectorCache, fingerprint: str, with_sr: bool) -
         "timings": timings,
         "fitted": {"default": fitted.default, "margin": fitted.margin, "per_route": len(fitted.per_route)},
         "scoring_config": config.__dict__,
+        "head": {
+            "config": head_config.__dict__,
+            "scoring_config": head_router.config.__dict__,
+            "fitted": {
+                "default": head_fitted.default,
+                "margin": head_fitted.margin,
+                "per_route": len(head_fitted.per_route),
+                "fit_accuracy_before": head_fitted.before.accuracy if head_fitted.before else None,
+                "fit_accuracy_after": head_fitted.after.accuracy if head_fitted.after else None,
+            },
+        },
         "semantic_router": sr_info,
     }
 

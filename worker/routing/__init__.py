@@ -14,7 +14,8 @@ from worker.routing.errors import (
     SchemaTooNew,
     StoreError,
 )
-from worker.routing.fitting import FitMetrics, FittedThresholds, fit_thresholds
+from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight, fit_thresholds
+from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
 from worker.routing.index import IndexSettings
 from worker.routing.router import Router
 from worker.routing.scoring import ScoringConfig, Thresholds
@@ -41,11 +42,14 @@ __all__ = [
     "FingerprintMismatch",
     "FitMetrics",
     "FittedThresholds",
+    "HeadConfig",
+    "HeadTrainer",
     "Hits",
     "IndexSettings",
     "InvalidRoute",
     "OffsetRegression",
     "Route",
+    "RouteHead",
     "RouteStore",
     "RouteTable",
     "RouteVectors",
@@ -58,7 +62,9 @@ __all__ = [
     "TableSnapshot",
     "TableVersion",
     "Thresholds",
+    "fit_head_weight",
     "fit_thresholds",
     "l2_normalise",
     "make_version",
+    "train_head",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,9 @@ from worker.routing.scoring import Floats, Thresholds
 logger = logging.getLogger(__name__)
 
 Labels = npt.NDArray[np.int64]  # route codes, -1 for "no match"
+
+#: the threshold that accepts every score (fitted when no example says "no match")
+ACCEPT_ALL = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,9 @@ def fit_thresholds(
 
     ``labels[i]`` is the route example ``i`` belongs to, or None for "no match". Routes with fewer
     than ``min_examples`` examples ranked first get the default threshold. ``margins`` are the
-    candidate margins (by default 0 and quantiles of the observed runner-up gaps).
+    candidate margins (by default 0 and quantiles of the observed runner-up gaps). Among equally
+    good cuts the most permissive wins; without "no match" examples everything is accepted; when no
+    candidate beats the router's current thresholds on these examples, those are kept.
     """
     snapshot, ranked = router.score(vectors)
     names = sorted(set(snapshot.route_names()) | {label for label in labels if label is not None})
@@ -109,6 +114,10 @@ def fit_thresholds(
     _, margin, thresholds, default = best_fit
     examples = np.bincount(best[best >= 0], minlength=len(names))
     per_route = {name: float(thresholds[i]) for i, name in enumerate(names) if examples[i] >= min_examples}
+    if best_fit[0] < before.accuracy:
+        # A fit never makes the examples it was fitted on worse: keep what the router had.
+        margin, default, thresholds = router.margin, current_default, before_thresholds
+        per_route = dict(current.per_route) if current is not None else {}
     after = _metrics(scored, thresholds, margin)
     logger.info(
         "fitted thresholds on %d examples: accuracy %.4f -> %.4f (margin %.4f, default %.4f)",
@@ -137,6 +146,9 @@ def _gain(scored: _Scored, margin: float) -> Floats:
 
 
 def _fit_default(scored: _Scored, margin: float, fallback: float) -> float:
+    if not (scored.label < 0).any():
+        # Without a single "no match" example nothing argues for rejecting: accept everything.
+        return ACCEPT_ALL
     groups = np.zeros_like(scored.best)
     return float(_best_cuts(scored.score, groups, _gain(scored, margin), 1, np.array([fallback]))[0])
 
@@ -152,7 +164,8 @@ def _fit_per_route(scored: _Scored, margin: float, default: float, routes: int, 
 
 
 def _best_cuts(score: Floats, group: Labels, gain: Floats, groups: int, prior: Floats) -> Floats:
-    """Per group, the threshold whose accepted set (score >= threshold) has the largest total gain.
+    """Per group, the threshold whose accepted set (score >= threshold) has the largest total gain;
+    among equal gains, the largest accepted set.
 
     Any threshold between the last accepted and the first rejected score is as good on these
     examples; the prior (the default threshold) is taken when it lies in that interval, else the
@@ -177,7 +190,10 @@ def _best_cuts(score: Floats, group: Labels, gain: Floats, groups: int, prior: F
         if best_gain[i] <= 0:
             hi, lo = np.inf, score[begin]  # accept nothing
         else:
-            cut = begin + int(np.argmax(candidate[begin:end] == best_gain[i]))
+            # The most permissive of equally good cuts: a plateau of wrong-route examples (gain 0)
+            # costs nothing on these examples, while rejecting it would reject unseen right ones.
+            ties = np.flatnonzero(candidate[begin:end] == best_gain[i])
+            cut = begin + int(ties[-1])
             hi = score[cut]
             lo = score[cut + 1] if cut + 1 < end else -np.inf
         prior_value = result[ids[i]]
@@ -211,3 +227,24 @@ def _metrics(scored: _Scored, thresholds: Floats, margin: float) -> FitMetrics:
 def _share(hit: npt.NDArray[np.bool_], among: npt.NDArray[np.bool_]) -> float:
     total = int(among.sum())
     return float((hit & among).sum() / total) if total else 0.0
+
+
+def fit_head_weight(
+    router: Router,
+    vectors: npt.ArrayLike,
+    labels: Sequence[str | None],
+    weights: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+) -> tuple[Router, FittedThresholds]:
+    """Choose ``config.head_weight`` and thresholds together: the best fitted accuracy on the
+    examples wins, the smaller weight on ties (closer to plain kNN). Returns the fitted router."""
+    best: tuple[float, Router, FittedThresholds] | None = None
+    for weight in sorted(set(weights)):
+        config = replace(router.config, head_weight=float(weight))
+        candidate = Router(router.table, config, router.thresholds, router.head)
+        fitted = fit_thresholds(candidate, vectors, labels)
+        accuracy = fitted.after.accuracy if fitted.after is not None else 0.0
+        if best is None or accuracy > best[0]:
+            best = (accuracy, candidate, fitted)
+    assert best is not None
+    logger.info("fitted head weight %.2f (accuracy %.4f)", best[1].config.head_weight, best[0])
+    return best[1].with_thresholds(best[2]), best[2]

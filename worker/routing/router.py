@@ -9,7 +9,8 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.routing.errors import DimensionMismatch
-from worker.routing.scoring import RouteScores, ScoringConfig, Thresholds, score_routes
+from worker.routing.head import RouteHead
+from worker.routing.scoring import RouteScores, ScoringConfig, Thresholds, combine_with_head, score_routes
 from worker.routing.table import RouteTable, TableSnapshot
 from worker.routing.types import Candidate, Decision, Vectors
 
@@ -26,6 +27,10 @@ class Router:
     A route's threshold is, in order: the fitted per-route threshold, the threshold in the route's
     definition, the fitted default, ``config.default_threshold``. Fitting is the operator's
     calibration of the deployed model, so it takes precedence over a hand-written value.
+
+    With a ``head``, routes it was trained on (same digest) score ``(1 - w) * knn + w * head
+    probability`` (``w = config.head_weight``); other routes keep their kNN score, so a mutation
+    after training is visible at once. ``router.head`` may be swapped by reference at any time.
     """
 
     def __init__(
@@ -33,14 +38,16 @@ class Router:
         table: RouteTable,
         config: ScoringConfig | None = None,
         thresholds: Thresholds | None = None,
+        head: RouteHead | None = None,
     ) -> None:
         self.table = table
         self.config = config or ScoringConfig()
         self.thresholds = thresholds
+        self.head = head
 
     def with_thresholds(self, thresholds: Thresholds | None) -> Router:
-        """A router over the same table using ``thresholds`` (e.g. fresh from fitting)."""
-        return Router(self.table, self.config, thresholds)
+        """A router over the same table and head using ``thresholds`` (e.g. fresh from fitting)."""
+        return Router(self.table, self.config, thresholds, self.head)
 
     def threshold_for(self, snapshot: TableSnapshot, name: str) -> float:
         """The threshold the winner ``name`` must reach."""
@@ -65,7 +72,11 @@ class Router:
             raise DimensionMismatch(
                 f"query vectors of shape {queries.shape}, table dimension {self.table.dim}"
             )
-        return snapshot, score_routes(queries, snapshot, self.config)
+        ranked = score_routes(queries, snapshot, self.config)
+        head = self.head  # read once: a concurrent swap must not mix two heads in one batch
+        if head is not None and self.config.head_weight > 0:
+            ranked = combine_with_head(ranked, queries, snapshot, head, self.config.head_weight)
+        return snapshot, ranked
 
     def decide(self, query_vectors: Vectors, top_n: int | Sequence[int]) -> list[Decision]:
         """One decision per query row, with ``top_n`` candidates (one count for all, or per query).

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from worker.routing.head import RouteHead
 from worker.routing.index import Int64s
 from worker.routing.table import Hits, TableSnapshot
 from worker.routing.types import Vectors
@@ -42,6 +43,8 @@ class ScoringConfig:
     default_threshold: float = 0.5
     #: the winner must beat the runner-up by this much
     margin: float = 0.0
+    #: weight of the learned head's probability in a known route's score (0 = kNN only)
+    head_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if self.search_k < 1 or self.top_k < 1:
@@ -50,6 +53,8 @@ class ScoringConfig:
             raise ValueError(f"unknown aggregation {self.aggregation!r}")
         if self.temperature <= 0:
             raise ValueError("temperature must be positive")
+        if not 0.0 <= self.head_weight <= 1.0:
+            raise ValueError("head_weight must be within [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,36 @@ def score_routes(queries: Vectors, snapshot: TableSnapshot, config: ScoringConfi
     rows, route_ids, scores = aggregate(hits, snapshot.utterance_counts, config)
     scores = penalise_negatives(rows, route_ids, scores, queries, snapshot, config.negative_penalty)
     names = np.array([snapshot.route_at(int(i)).name for i in route_ids], dtype=object)
+    return _ranked(rows, route_ids, names, scores, queries.shape[0])
+
+
+def _ranked(
+    rows: Int64s, route_ids: Int64s, names: npt.NDArray[np.object_], scores: Floats, n: int
+) -> RouteScores:
     # Ties are broken by name: replicas agree even when equal utterances live in two routes.
     order = np.lexsort((names.astype(str), -scores, rows)) if rows.size else np.zeros(0, dtype=np.int64)
     rows = rows[order]
-    starts = np.searchsorted(rows, np.arange(queries.shape[0] + 1)).astype(np.int64)
+    starts = np.searchsorted(rows, np.arange(n + 1)).astype(np.int64)
     return RouteScores(rows, route_ids[order], tuple(names[order]), scores[order], starts)
+
+
+def combine_with_head(
+    ranked: RouteScores, queries: Vectors, snapshot: TableSnapshot, head: RouteHead, weight: float
+) -> RouteScores:
+    """Blend the head's probability into the kNN score of every route the head knows (same digest).
+
+    Routes the head never saw (added or changed since training) keep their kNN score; deleted
+    routes are not in the snapshot, so they cannot appear.
+    """
+    if ranked.rows.size == 0:
+        return ranked
+    unique, inverse = np.unique(ranked.route_ids, return_inverse=True)
+    columns = np.array([head.column(snapshot.route_at(int(i))) for i in unique], dtype=np.int64)[inverse]
+    known = columns >= 0
+    if not known.any():
+        return ranked
+    probs = head.probabilities(queries)
+    scores = ranked.scores.copy()
+    scores[known] = (1 - weight) * scores[known] + weight * probs[ranked.rows[known], columns[known]]
+    names = np.array(ranked.names, dtype=object)
+    return _ranked(ranked.rows, ranked.route_ids, names, scores, queries.shape[0])

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from worker.routing import (
+    Route,
+    Router,
+    RouteTable,
+    RouteVectors,
+    ScoringConfig,
+    fit_thresholds,
+    l2_normalise,
+)
+from worker.routing.fitting import _best_cuts, fit_head_weight
+from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
+
+DIM = 32
+FP = "synthetic"
+
+
+def _near(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float) -> np.ndarray:
+    return l2_normalise(centre + spread * rng.normal(size=(n, DIM)) / np.sqrt(DIM))
+
+
+def _route(name: str, vectors: np.ndarray) -> RouteVectors:
+    return RouteVectors(
+        Route(name, tuple(f"{name} {j}" for j in range(len(vectors)))),
+        vectors,
+        np.zeros((0, DIM), np.float32),
+        FP,
+    )
+
+
+def _world(seed: int = 0, routes: int = 12) -> tuple[RouteTable, np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    centres = l2_normalise(rng.normal(size=(routes, DIM)))
+    names = [f"r{i:02d}" for i in range(routes)]
+    table = RouteTable(DIM, FP)
+    table.apply([_route(n, _near(rng, centres[i], 10, 0.9)) for i, n in enumerate(names)], [], ())
+    return table, centres, rng.normal(size=(1, DIM)), names
+
+
+def test_head_learns_a_separable_problem() -> None:
+    table, centres, _, names = _world()
+    head = train_head(table.snapshot().routes(), HeadConfig(epochs=20))
+    rng = np.random.default_rng(7)
+    queries = np.concatenate([_near(rng, c, 5, 0.9) for c in centres])
+    truth = np.repeat(np.arange(len(names)), 5)
+    predicted = head.probabilities(queries).argmax(axis=1)
+    assert head.names == tuple(names)
+    assert float(np.mean(predicted == truth)) >= 0.95
+    router = Router(table, ScoringConfig(default_threshold=-1.0), head=head)
+    routed = [d.route for d in router.decide(queries, 3)]
+    assert float(np.mean([r == names[t] for r, t in zip(routed, truth, strict=True)])) >= 0.95
+
+
+def test_training_is_deterministic() -> None:
+    table, *_ = _world()
+    a = train_head(table.snapshot().routes())
+    b = train_head(reversed(list(table.snapshot().routes())))
+    assert a.names == b.names
+    assert np.array_equal(a.weights, b.weights)
+    assert np.array_equal(a.bias, b.bias)
+
+
+def test_route_added_after_training_wins_at_once() -> None:
+    table, _, _, _ = _world()
+    head = train_head(table.snapshot().routes())
+    router = Router(table, ScoringConfig(default_threshold=-1.0), head=head)
+    rng = np.random.default_rng(3)
+    fresh = l2_normalise(rng.normal(size=(1, DIM)))
+    table.apply([_route("fresh", _near(rng, fresh[0], 10, 0.5))], [], ((0, 1),))
+    queries = _near(rng, fresh[0], 20, 0.5)
+    assert all(d.route == "fresh" for d in router.decide(queries, 1))
+
+
+def test_changed_route_is_not_scored_by_the_stale_head() -> None:
+    table, _centres, _, names = _world()
+    head = train_head(table.snapshot().routes())
+    rng = np.random.default_rng(4)
+    elsewhere = l2_normalise(rng.normal(size=(1, DIM)))
+    # r00 moves far away: near its old centre it must lose, near its new one it must win.
+    table.apply([_route(names[0], _near(rng, elsewhere[0], 10, 0.5))], [], ((0, 1),))
+    snapshot = table.snapshot()
+    moved = snapshot.route(names[0])
+    assert moved is not None
+    assert head.column(moved) == -1
+    router = Router(table, ScoringConfig(default_threshold=-1.0), head=head)
+    assert all(d.route == names[0] for d in router.decide(_near(rng, elsewhere[0], 10, 0.5), 1))
+
+
+def test_deleted_route_is_never_returned() -> None:
+    table, centres, _, names = _world()
+    head = train_head(table.snapshot().routes())
+    table.apply([], [names[0]], ((0, 1),))
+    router = Router(table, ScoringConfig(default_threshold=-1.0), head=head)
+    rng = np.random.default_rng(5)
+    decisions = router.decide(_near(rng, centres[0], 30, 0.3), 5)
+    assert all(d.route != names[0] for d in decisions)
+    assert all(c.route != names[0] for d in decisions for c in d.candidates)
+
+
+def test_trainer_swaps_the_head_in_and_skips_known_tables() -> None:
+    table, *_ = _world()
+    router = Router(table, ScoringConfig())
+    landed = threading.Event()
+
+    def swap(head: RouteHead) -> None:
+        router.head = head
+        landed.set()
+
+    trainer = HeadTrainer(swap, HeadConfig(epochs=2))
+    assert trainer.maybe_train(table)
+    trainer.wait()
+    assert landed.is_set()
+    assert router.head is not None
+    assert set(router.head.digests) == set(table.route_names())
+    assert not trainer.maybe_train(table)  # same digest: nothing to do
+    assert trainer.last_error is None
+
+
+def _labelled(seed: int, routes: int = 12) -> tuple[RouteTable, np.ndarray, list[str | None]]:
+    table, centres, _, names = _world(seed, routes)
+    rng = np.random.default_rng(seed + 100)
+    vectors = np.concatenate([_near(rng, c, 8, 1.4) for c in centres])
+    labels: list[str | None] = [n for n in names for _ in range(8)]
+    return table, vectors, labels
+
+
+def test_fitting_never_lowers_fit_accuracy() -> None:
+    for seed in range(4):
+        table, vectors, labels = _labelled(seed)
+        head = train_head(table.snapshot().routes())
+        for router in (Router(table), Router(table, ScoringConfig(default_threshold=-1.0), head=head)):
+            fitted = fit_thresholds(router, vectors, labels)
+            assert fitted.before is not None
+            assert fitted.after is not None
+            assert fitted.after.accuracy >= fitted.before.accuracy
+        fitted_router, fitted = fit_head_weight(Router(table, head=head), vectors, labels)
+        assert fitted.after is not None
+        assert fitted.before is not None
+        assert fitted.after.accuracy >= fitted.before.accuracy
+        assert fitted_router.head is head
+
+
+def test_without_no_match_examples_the_fit_accepts_everything() -> None:
+    table, vectors, labels = _labelled(0)
+    fitted = fit_thresholds(Router(table), vectors, labels)
+    assert fitted.default == float("-inf")
+    assert all(t == float("-inf") for t in fitted.per_route.values())
+    assert fitted.after is not None
+    assert fitted.after.no_match_recall == 0.0
+
+
+def test_plateau_takes_the_most_permissive_cut() -> None:
+    # Scores best first: right (+1), wrong route (0), wrong route (0), then "no match" (-1).
+    score = np.array([0.9, 0.8, 0.7, 0.6])
+    gain = np.array([1.0, 0.0, 0.0, -1.0])
+    cut = _best_cuts(score, np.zeros(4, np.int64), gain, 1, np.array([0.95]))
+    # Anything in (0.6, 0.7] keeps the gain; the cut accepts the whole plateau, rejects the -1.
+    assert 0.6 < cut[0] <= 0.7

@@ -69,13 +69,20 @@ class Settings(BaseSettings):
     )
     kafka_compression: Literal["none", "gzip"] = Field("none", description="Producer compression.")
     kafka_fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Most bytes per fetch.")
+    kafka_fetch_max_wait_ms: int = Field(
+        100, ge=0, le=10_000, description="Longest a fetch waits at the broker for new records."
+    )
     commit_interval_ms: int = Field(1_000, ge=10, description="Cadence of offset commits.")
     # --- Redis (optional shared embedding cache) ---
     redis_url: SecretStr | None = Field(
         None, description="e.g. redis://:password@host:6379/0; unset = in-process LRU."
     )
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of cached embeddings in Redis.")
-    local_cache_size: int = Field(20_000, ge=0, description="Entries of the in-process LRU embedding cache.")
+    local_cache_size: int = Field(
+        20_000,
+        ge=0,
+        description="Entries of the in-process LRU caches (embeddings without Redis; decisions); 0 = none.",
+    )
     # --- model and encoder pool ---
     model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
     model_variant: Literal["fp32", "int8"] = Field(

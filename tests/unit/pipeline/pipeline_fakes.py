@@ -1,0 +1,222 @@
+"""In-memory stand-ins for the aiokafka consumer and producer, and a deterministic encoder.
+
+The consumer serves records appended to its partitions, tracks positions, pauses and commits, and
+can be put through a rebalance; the producer acknowledges (or fails) sends when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.structs import TopicPartition
+
+from worker.routing import l2_normalise
+from worker.routing.types import Vectors
+
+DIM = 64
+FINGERPRINT = "hashing-bow@test:0"
+
+
+class HashingEncoder:
+    """Bag of words hashed into signed buckets; async like the encoder pool. Counts its texts."""
+
+    dim = DIM
+    fingerprint = FINGERPRINT
+
+    def __init__(self) -> None:
+        self.embedded: list[str] = []
+        self.fail_on: Callable[[str], bool] = lambda text: False
+
+    def embed_sync(self, texts: Sequence[str]) -> Vectors:
+        rows = np.zeros((len(texts), DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            if self.fail_on(text):
+                raise RuntimeError(f"cannot embed {text!r}")
+            for word in re.findall(r"\w+", text.lower()):
+                digest = hashlib.sha256(word.encode()).digest()
+                rows[i, digest[0] % DIM] += 1.0 if digest[1] % 2 else -1.0
+        return l2_normalise(rows)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        vectors = self.embed_sync(texts)
+        self.embedded.extend(texts)
+        await asyncio.sleep(0)
+        return vectors
+
+
+@dataclass
+class ConsumerRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class FakeConsumer:
+    """Partitions of one topic; ``getmany`` serves from each partition's position onwards."""
+
+    topic: str = "queries"
+    partitions: int = 2
+    log: dict[int, list[ConsumerRecord]] = field(default_factory=dict)
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+    listener: Any = None
+    assigned: set[TopicPartition] = field(default_factory=set)
+    paused_set: set[TopicPartition] = field(default_factory=set)
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    pauses: int = 0
+    fetches: int = 0
+
+    def __post_init__(self) -> None:
+        for p in range(self.partitions):
+            self.log.setdefault(p, [])
+        self._arrived = asyncio.Event()
+
+    def append(self, partition: int, value: bytes | None, key: bytes | None = None, **kw: Any) -> None:
+        records = self.log[partition]
+        headers = tuple(kw.get("headers", ()))
+        timestamp = int(kw.get("timestamp", 1_700_000_000_000))
+        records.append(ConsumerRecord(self.topic, partition, len(records), timestamp, key, value, headers))
+        self._arrived.set()
+
+    def end_offsets(self) -> dict[TopicPartition, int]:
+        return {TopicPartition(self.topic, p): len(r) for p, r in self.log.items() if r}
+
+    # --- the aiokafka surface the pipeline uses ---
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        assert topics == [self.topic]
+        self.listener = listener
+
+    async def start(self) -> None:
+        await self.assign({TopicPartition(self.topic, p) for p in range(self.partitions)})
+
+    async def stop(self) -> None:
+        self.assigned = set()
+
+    async def assign(self, partitions: set[TopicPartition]) -> None:
+        self.assigned = set(partitions)
+        self.paused_set.clear()
+        for tp in partitions:
+            self.positions[tp] = self.committed.get(tp, 0)
+        if self.listener is not None:
+            await self.listener.on_partitions_assigned(partitions)
+
+    async def rebalance(self, partitions: set[TopicPartition]) -> None:
+        """Eager rebalance: revoke everything (listener first), then assign ``partitions``."""
+        if self.listener is not None:
+            await self.listener.on_partitions_revoked(set(self.assigned))
+        await self.assign(partitions)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.pauses += 1
+        self.paused_set.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused_set.difference_update(partitions)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_set)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return len(self.log[tp.partition])
+
+    def _available(self, max_records: int) -> dict[TopicPartition, list[ConsumerRecord]]:
+        out: dict[TopicPartition, list[ConsumerRecord]] = {}
+        left = max_records
+        for tp in sorted(self.assigned - self.paused_set):
+            if left <= 0:
+                break
+            start = self.positions[tp]
+            chunk = self.log[tp.partition][start : start + left]
+            if chunk:
+                out[tp] = chunk
+                self.positions[tp] = start + len(chunk)
+                left -= len(chunk)
+        return out
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
+        self.fetches += 1
+        limit = max_records or 1_000_000
+        found = self._available(limit)
+        if found:
+            return found
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout_ms / 1000)
+        except TimeoutError:
+            return {}
+        return self._available(limit)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp in offsets:
+            assert tp in self.assigned, f"commit of unassigned {tp}"
+        self.commits.append(dict(offsets))
+        self.committed.update(offsets)
+
+
+@dataclass
+class Sent:
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]] | None
+
+
+@dataclass
+class FakeProducer:
+    """Acknowledges every send on the next loop iteration unless ``fail`` says otherwise.
+
+    ``fail(record, attempt)`` returning True makes that send fail (with a timeout error).
+    ``hold`` (when set) delays every acknowledgement until it is set.
+    """
+
+    sent: list[Sent] = field(default_factory=list)
+    acked: list[Sent] = field(default_factory=list)
+    fail: Callable[[Sent, int], bool] = lambda record, attempt: False
+    hold: asyncio.Event | None = None
+    attempts: dict[bytes, int] = field(default_factory=dict)
+    started: bool = False
+    _settling: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[Any]:
+        record = Sent(topic, value, key, headers)
+        self.sent.append(record)
+        attempt = self.attempts.get(value, 0)
+        self.attempts[value] = attempt + 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def settle() -> None:
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.fail(record, attempt):
+                future.set_exception(KafkaTimeoutError("simulated broker timeout"))
+            else:
+                self.acked.append(record)
+                future.set_result(None)
+
+        task = asyncio.get_running_loop().create_task(settle())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return future

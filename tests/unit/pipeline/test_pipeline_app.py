@@ -1,0 +1,361 @@
+"""The pipeline end to end over in-memory consumer and producer stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import orjson
+import pytest
+from aiokafka.structs import TopicPartition
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder
+
+from worker.config import Settings
+from worker.contracts import DeadLetter, RoutedIntent
+from worker.pipeline import QueryPipeline
+from worker.routing import Router
+from worker.telemetry import Telemetry
+
+P0 = TopicPartition("queries", 0)
+P1 = TopicPartition("queries", 1)
+UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+UPSTREAM = f"00-{UPSTREAM_TRACE}-00f067aa0ba902b7-01".encode()
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - state of the fakes under test
+            await asyncio.sleep(0.002)
+
+
+def query(i: int, text: str = "play some jazz music", **extra: object) -> bytes:
+    return orjson.dumps({"id": f"q{i}", "text": text, **extra})
+
+
+@contextmanager
+def running(pipeline: QueryPipeline) -> Iterator[asyncio.Task[None]]:
+    task = asyncio.create_task(pipeline.run())
+    try:
+        yield task
+    finally:
+        pipeline.stop()
+
+
+def intents(producer: FakeProducer) -> list[RoutedIntent]:
+    return [RoutedIntent.model_validate_json(s.value) for s in producer.acked if s.topic == "routed-intents"]
+
+
+def letters(producer: FakeProducer) -> list[DeadLetter]:
+    return [DeadLetter.model_validate_json(s.value) for s in producer.acked if s.topic == "queries.dlq"]
+
+
+@pytest.fixture
+def consumer() -> FakeConsumer:
+    return FakeConsumer()
+
+
+@pytest.fixture
+def producer() -> FakeProducer:
+    return FakeProducer()
+
+
+@pytest.fixture
+def pipeline(
+    settings: Settings,
+    encoder: HashingEncoder,
+    router: Router,
+    telemetry: Telemetry,
+    consumer: FakeConsumer,
+    producer: FakeProducer,
+) -> QueryPipeline:
+    return QueryPipeline(
+        settings, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producer=producer
+    )
+
+
+async def test_every_record_gives_one_output_and_offsets_reach_the_end(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, telemetry: Telemetry
+) -> None:
+    for i in range(10):
+        consumer.append(i % 2, query(i, metadata={"n": i}), key=f"k{i}".encode())
+    consumer.append(0, b"{broken", key=b"bad-0")
+    consumer.append(1, b'{"id": "x", "text": ""}')
+    consumer.append(1, query(10, "what is the weather today"))
+    with running(pipeline) as task:
+        await until(lambda: consumer.committed == consumer.end_offsets())
+    await asyncio.wait_for(task, 5)
+    routed = intents(producer)
+    assert sorted(i.query_id for i in routed) == sorted(f"q{i}" for i in range(11))
+    by_id = {i.query_id: i for i in routed}
+    assert by_id["q3"].metadata == {"n": 3}
+    assert by_id["q3"].route == "music"
+    assert by_id["q10"].route == "weather"
+    assert len(by_id["q3"].candidates) == 2  # settings.top_n
+    assert by_id["q3"].routes_version == {"0": 3}
+    keys = {
+        RoutedIntent.model_validate_json(s.value).query_id: s.key
+        for s in producer.acked
+        if s.topic == "routed-intents"
+    }
+    assert keys["q4"] == b"k4"
+    assert sorted(d.error_code.value for d in letters(producer)) == ["empty_text", "invalid_json"]
+    text = telemetry.metrics_text()
+    assert "routeworker_queries_routed_total 11" in text
+    assert 'error_code="invalid_json"} 1' in text
+
+
+async def test_output_follows_consumption_order_within_a_partition(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+) -> None:
+    for i in range(40):
+        consumer.append(0, query(i, f"send money number {i}"), key=b"same-key")
+    with running(pipeline) as task:
+        await until(lambda: consumer.committed == consumer.end_offsets())
+    await asyncio.wait_for(task, 5)
+    sent_ids = [RoutedIntent.model_validate_json(s.value).query_id for s in producer.sent]
+    assert sent_ids == [f"q{i}" for i in range(40)]
+
+
+async def test_nothing_is_committed_past_an_unacknowledged_output(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+) -> None:
+    producer.hold = asyncio.Event()
+    for i in range(4):
+        consumer.append(0, query(i))
+    with running(pipeline) as task:
+        await until(lambda: len(producer.sent) == 4)
+        assert await pipeline.committer.commit("test") == {}
+        assert consumer.commits == []
+        producer.hold.set()
+        await until(lambda: consumer.committed == {P0: 4})
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_failed_produce_is_retried_and_holds_back_later_commits(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, telemetry: Telemetry
+) -> None:
+    failing = query(0)
+    give_up_failing = asyncio.Event()
+    producer.fail = lambda record, attempt: (
+        record.value.startswith(b'{"query_id":"q0"') and not give_up_failing.is_set()
+    )
+    for i in range(12):
+        consumer.append(0, query(i))
+    assert failing
+    with running(pipeline) as task:
+        await until(lambda: len(intents(producer)) == 11)
+        assert all(max(c.values()) <= 0 for c in consumer.commits)  # q0 is at offset 0: nothing passes it
+        give_up_failing.set()
+        await until(lambda: consumer.committed == {P0: 12})
+    await asyncio.wait_for(task, 5)
+    assert "routeworker_produce_retries_total" in telemetry.metrics_text()
+
+
+async def test_partitions_pause_while_the_in_flight_window_is_full(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, settings: Settings
+) -> None:
+    producer.hold = asyncio.Event()
+    for i in range(40):
+        consumer.append(0, query(i))
+    with running(pipeline) as task:
+        await until(lambda: len(consumer.paused()) > 0)
+        window = settings.max_in_flight_batches * settings.batch_size
+        assert consumer.positions[P0] == window
+        assert len(pipeline.tracker) == settings.max_in_flight_batches
+        producer.hold.set()
+        await until(lambda: consumer.committed == {P0: 40})
+        assert consumer.paused() == set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_revoke_finishes_and_commits_in_flight_work_first(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+) -> None:
+    producer.hold = asyncio.Event()
+    for i in range(6):
+        consumer.append(i % 2, query(i))
+    with running(pipeline) as task:
+        await until(lambda: len(producer.sent) == 6)
+        rebalance = asyncio.create_task(consumer.rebalance({P1}))
+        await asyncio.sleep(0.01)
+        assert not rebalance.done()  # waiting for the in-flight batches
+        producer.hold.set()
+        await asyncio.wait_for(rebalance, 5)
+        assert consumer.commits[-1] == {P0: 3, P1: 3}
+        consumer.append(1, query(6))
+        await until(lambda: consumer.committed.get(P1) == 4)
+    await asyncio.wait_for(task, 5)
+    assert sorted(i.query_id for i in intents(producer)) == [f"q{i}" for i in range(7)]
+
+
+async def test_stop_finishes_in_flight_work_then_commits_and_closes(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+) -> None:
+    producer.hold = asyncio.Event()
+    for i in range(8):
+        consumer.append(0, query(i))
+    task = asyncio.create_task(pipeline.run())
+    await until(lambda: len(producer.sent) == 8)
+    pipeline.stop()
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    producer.hold.set()
+    await asyncio.wait_for(task, 5)
+    assert consumer.committed == {P0: 8}
+    assert not producer.started
+    assert consumer.assigned == set()
+
+
+async def test_a_crash_in_a_batch_stops_the_pipeline_loudly(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, router: Router
+) -> None:
+    def broken(*args: object) -> list[object]:
+        raise ZeroDivisionError("bug in the router")
+
+    router.decide = broken  # type: ignore[method-assign]
+    consumer.append(0, query(0))
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(pipeline.run(), 5)
+    assert caught.group_contains(ZeroDivisionError)
+    assert consumer.commits == []
+    assert not producer.started
+
+
+async def test_a_failing_rebalance_handler_stops_the_pipeline(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+) -> None:
+    async def failing_commit(offsets: object) -> None:
+        raise RuntimeError("coordinator exploded")
+
+    producer.hold = asyncio.Event()
+    for i in range(2):
+        consumer.append(0, query(i))
+    task = asyncio.create_task(pipeline.run())
+    await until(lambda: len(producer.sent) == 2)
+    consumer.commit = failing_commit  # type: ignore[method-assign]
+    rebalance = asyncio.create_task(consumer.rebalance({P0}))
+    producer.hold.set()
+    with pytest.raises(RuntimeError):
+        await rebalance
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(task, 5)
+    assert caught.group_contains(RuntimeError, match="coordinator exploded")
+
+
+async def test_the_routed_intent_continues_the_query_trace(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, spans: InMemorySpanExporter
+) -> None:
+    consumer.append(0, query(0), headers=[("traceparent", UPSTREAM), ("tenant", b"acme")])
+    consumer.append(0, query(1))
+    with running(pipeline) as task:
+        await until(lambda: consumer.committed == {P0: 2})
+    await asyncio.wait_for(task, 5)
+    by_id = {
+        RoutedIntent.model_validate_json(s.value).query_id: dict(s.headers or []) for s in producer.acked
+    }
+    traced = by_id["q0"]
+    assert traced["tenant"] == b"acme"
+    assert traced["traceparent"].decode().split("-")[1] == UPSTREAM_TRACE
+    finished = spans.get_finished_spans()
+    names = {s.name for s in finished}
+    assert {
+        "routeworker.batch",
+        "routeworker.decode",
+        "routeworker.embed",
+        "routeworker.search",
+        "routeworker.produce",
+    } <= names
+    (batch,) = [s for s in finished if s.name == "routeworker.batch"]
+    for step in ("routeworker.decode", "routeworker.embed", "routeworker.search", "routeworker.produce"):
+        (child,) = [s for s in finished if s.name == step]
+        assert child.parent is not None
+        assert child.parent.span_id == batch.context.span_id
+    (upstream_span,) = [s for s in finished if s.name == "routeworker.route"]  # only q0 has a trace
+    assert upstream_span.attributes is not None
+    assert upstream_span.attributes["routeworker.query_id"] == "q0"
+    assert format(upstream_span.context.trace_id, "032x") == UPSTREAM_TRACE
+    assert upstream_span.parent is not None
+    assert upstream_span.parent.span_id == 0x00F067AA0BA902B7
+    assert upstream_span.links[0].context.span_id == batch.context.span_id
+    assert traced["traceparent"].decode().split("-")[2] == format(upstream_span.context.span_id, "016x")
+    # without an upstream trace the intent continues the batch's trace
+    _, trace_id, span_id, _ = by_id["q1"]["traceparent"].decode().split("-")
+    assert trace_id == format(batch.context.trace_id, "032x")
+    assert span_id == format(batch.context.span_id, "016x")
+
+
+async def test_queries_arriving_while_the_encoder_is_busy_wait_to_form_one_batch(
+    pipeline: QueryPipeline, consumer: FakeConsumer, encoder: HashingEncoder
+) -> None:
+    busy = asyncio.Event()
+    release = asyncio.Event()
+    calls: list[int] = []
+    original = encoder.embed
+
+    async def slow_embed(texts: list[str]) -> object:
+        calls.append(len(texts))
+        busy.set()
+        await release.wait()
+        return await original(texts)
+
+    encoder.embed = slow_embed  # type: ignore[method-assign]
+    consumer.append(0, query(0, "first query alone"))
+    with running(pipeline) as task:
+        await asyncio.wait_for(busy.wait(), 5)
+        for i in range(1, 5):  # arriving one by one: each would be a batch of its own (batch_wait 0)
+            consumer.append(0, query(i, f"queued query {i}"))
+            await asyncio.sleep(0.01)
+        # one encoder session: one batch embedding, one waiting ready, the rest still unfetched
+        assert calls == [1, 1]
+        release.set()
+        await until(lambda: consumer.committed == {P0: 5})
+    await asyncio.wait_for(task, 5)
+    assert calls == [1, 1, 3]
+
+
+async def test_a_query_the_model_cannot_embed_is_dead_lettered_and_the_rest_routed(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, encoder: HashingEncoder
+) -> None:
+    encoder.fail_on = lambda text: "poison" in text
+    consumer.append(0, query(0, "play some jazz music"))
+    consumer.append(0, query(1, "poison pill"), key=b"bad")
+    consumer.append(0, query(2, "send money"))
+    with running(pipeline) as task:
+        await until(lambda: consumer.committed == {P0: 3})
+        consumer.append(0, query(3, "poison alone in its batch"))
+        await until(lambda: consumer.committed == {P0: 4})
+    await asyncio.wait_for(task, 5)
+    assert sorted(i.query_id for i in intents(producer)) == ["q0", "q2"]
+    assert [(d.error_code.value, d.source.offset) for d in letters(producer)] == [
+        ("processing", 1),
+        ("processing", 3),
+    ]
+    assert "cannot embed" in letters(producer)[0].reason
+
+
+async def test_work_unfinished_within_the_grace_period_fails_the_stop_and_stays_uncommitted(
+    settings: Settings,
+    encoder: HashingEncoder,
+    router: Router,
+    telemetry: Telemetry,
+    consumer: FakeConsumer,
+    producer: FakeProducer,
+) -> None:
+    from worker.pipeline import ShutdownTimeout
+
+    hurried = settings.model_copy(update={"shutdown_timeout_s": 0.2})
+    pipeline = QueryPipeline(
+        hurried, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producer=producer
+    )
+    producer.hold = asyncio.Event()  # the broker never acknowledges
+    consumer.append(0, query(0))
+    task = asyncio.create_task(pipeline.run())
+    await until(lambda: len(producer.sent) == 1)
+    pipeline.stop()
+    with pytest.raises(ExceptionGroup) as caught:
+        await asyncio.wait_for(task, 5)
+    assert caught.group_contains(ShutdownTimeout)
+    assert consumer.commits == []
+    producer.hold.set()

@@ -1,0 +1,243 @@
+"""The query pipeline of one replica: consume -> process -> produce -> commit, at least once.
+
+Batches are processed concurrently (embedding of one overlaps the search and produce of another)
+within a window of ``max_in_flight_batches``; their output is handed to the producer in
+consumption order, and offsets advance only past batches whose every output is acknowledged
+(:class:`OffsetTracker`). All tasks live in one :class:`asyncio.TaskGroup`: a crash in any of
+them stops the pipeline with that error instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiokafka.errors import KafkaError
+
+from worker.cache import AsyncEncoder
+from worker.config import Settings
+from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
+from worker.pipeline.batcher import Batcher
+from worker.pipeline.clients import output_producer, query_consumer
+from worker.pipeline.commit import Committer
+from worker.pipeline.errors import ShutdownTimeout
+from worker.pipeline.offsets import InFlightBatch, OffsetTracker
+from worker.pipeline.process import BatchProcessor, ProcessedBatch
+from worker.pipeline.produce import Delivery
+from worker.pipeline.rebalance import DrainOnRevoke
+from worker.pipeline.types import InputRecord, next_offsets
+from worker.routing import Router
+from worker.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+
+class QueryPipeline:
+    """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
+
+    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests may
+    pass stand-ins with the same methods. ``remember_decisions`` sizes the memo of decisions of
+    repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        encoder: AsyncEncoder,
+        router: Router,
+        telemetry: Telemetry,
+        consumer: Any | None = None,
+        producer: Any | None = None,
+        remember_decisions: int = 0,
+    ) -> None:
+        self.settings = settings
+        self.telemetry = telemetry
+        metrics = telemetry.metrics
+        self._consumer = consumer if consumer is not None else query_consumer(settings)
+        self._producer = producer if producer is not None else output_producer(settings)
+        self.tracker = OffsetTracker()
+        self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
+        self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
+        self._embed_gate = EmbedGate(settings.encoder_threads + 1)
+        self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
+        self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
+        self.processor = BatchProcessor(
+            settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions
+        )
+        self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._last_sent: asyncio.Event | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no new batches; in-flight work finishes and is committed."""
+        self._stopping.set()
+        self.tracker.poke()
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop`; returns after the final commit, raises on a fatal error.
+
+        The Kafka clients are closed on the way out whatever happened, so create the pipeline
+        only when it is going to run.
+        """
+        try:
+            await self._producer.start()
+            listener = DrainOnRevoke(self._on_revoked, self._on_assigned, self._on_listener_error)
+            self._consumer.subscribe([self.settings.topic_queries], listener=listener)
+            await self._consumer.start()
+            await self._run_tasks()
+        finally:
+            await self._consumer.stop()  # leaves the group; the final commit is already done
+            await self._producer.stop()
+            await asyncio.to_thread(self.processor.close)
+
+    async def _run_tasks(self) -> None:
+        clean = False
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.committer.run(), name="offset-committer")
+                try:
+                    await self._consume(tasks)
+                    await self._drain()
+                finally:
+                    self.committer.stop()
+            clean = True
+        finally:
+            await self._final_commit(clean)
+
+    async def _final_commit(self, clean: bool) -> None:
+        # Finished work is acknowledged, so committing it is safe even when stopping on an error.
+        try:
+            await self.committer.commit_all("shutdown", self.settings.shutdown_timeout_s)
+        except (KafkaError, TimeoutError):
+            if clean:
+                raise
+            logger.exception("final offset commit failed while stopping on an error")
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _drain(self) -> None:
+        pending = len(self.tracker)
+        if pending:
+            logger.info("stopping: finishing %d in-flight batches", pending)
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await self.tracker.wait_until(lambda: not len(self.tracker) or self._fatal is not None)
+        except TimeoutError:
+            raise ShutdownTimeout(
+                f"{len(self.tracker)} batches still in flight after {self.settings.shutdown_timeout_s}s"
+            ) from None
+        self._raise_if_fatal()
+
+    # --- consuming ---------------------------------------------------------------------------
+
+    async def _consume(self, tasks: asyncio.TaskGroup) -> None:
+        self.telemetry.health.set_state("consuming", ready=True)
+        while not self._stopping.is_set():
+            self._raise_if_fatal()
+            await self._flow.wait_for_room(self._stopping.is_set)
+            if self._stopping.is_set():
+                break
+            place = await self._embed_gate.enter()
+            if self._stopping.is_set():  # asked while waiting for the encoder
+                place.leave()
+                break
+            try:
+                records = await self._batcher.next_batch()
+            except BaseException:
+                place.leave()
+                raise
+            self._raise_if_fatal()
+            if not records:
+                place.leave()
+                continue
+            self._record_lag(records)
+            batch = self.tracker.start(next_offsets(records))
+            previous, sent = self._last_sent, asyncio.Event()
+            self._last_sent = sent
+            tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
+        self.telemetry.health.set_state("stopping", ready=False)
+
+    def _record_lag(self, records: list[InputRecord]) -> None:
+        last: dict[Any, int] = {}
+        for record in records:
+            last[record.topic_partition] = record.offset
+        for tp, offset in last.items():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, highwater - offset - 1)
+
+    async def _handle(
+        self,
+        batch: InFlightBatch,
+        records: list[InputRecord],
+        place: EmbedPass,
+        previous: asyncio.Event | None,
+        sent: asyncio.Event,
+    ) -> None:
+        tracer = self.telemetry.tracer
+        processed: ProcessedBatch | None = None
+        try:
+            with tracer.start_as_current_span(
+                "routeworker.batch", attributes={"routeworker.batch.size": len(records)}
+            ):
+                processed = await self.processor.process(records, place.leave)
+                outbounds = processed.outbounds
+                if previous is not None:
+                    await previous.wait()  # keeps output in consumption order, per key included
+                with tracer.start_as_current_span(
+                    "routeworker.produce", attributes={"records": len(outbounds)}
+                ):
+                    futures = await self._delivery.enqueue(outbounds)
+                    sent.set()
+                    await self._delivery.confirm(outbounds, futures)
+        finally:
+            place.leave()
+            sent.set()
+            if processed is not None:
+                processed.trace.end()
+        self.tracker.finish(batch)
+        self._account(processed)
+
+    def _account(self, processed: ProcessedBatch) -> None:
+        metrics = self.telemetry.metrics
+        metrics.decisions(processed.routed, processed.no_match)
+        for code in processed.dead_codes:
+            metrics.dead_lettered(code)
+        now_ms = time.time() * 1000
+        metrics.end_to_end_ms(now_ms - ts for ts in processed.routed_timestamps_ms)
+
+    # --- rebalancing -------------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[Any]) -> None:
+        self._batcher.discard_pending()
+        if not revoked:
+            return
+        self.telemetry.health.set_state("rebalancing", ready=True)
+        logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), len(self.tracker))
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await self.tracker.wait_until(lambda: not len(self.tracker) or self._fatal is not None)
+        except TimeoutError:
+            logger.error(
+                "in-flight work did not finish before partitions were given up: their next owner "
+                "processes it again"
+            )
+        await self.committer.commit("revoke")
+        self.tracker.forget(revoked)
+
+    async def _on_assigned(self, assigned: set[Any]) -> None:
+        logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
+        if not self._stopping.is_set():
+            self.telemetry.health.set_state("consuming", ready=True)
+
+    def _on_listener_error(self, error: BaseException) -> None:
+        logger.error("rebalance handling failed: %s", error)
+        self._fatal = error
+        self.tracker.poke()

@@ -1,0 +1,72 @@
+"""Consumption in batches: up to ``batch_size`` records, waiting at most ``batch_wait`` to fill one.
+
+A batch starts with the first record that arrives and is handed over when full or when the wait
+since that first record is over, whichever comes first: a lone query waits ``batch_wait`` at
+most, and under load batches fill at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from worker.pipeline.types import InputRecord
+
+# How long one empty poll blocks: also how quickly an idle consumer notices a stop request.
+DEFAULT_POLL_S = 0.2
+
+
+class Batcher:
+    """Pulls records from an aiokafka consumer (anything with ``getmany``) into batches.
+
+    :meth:`discard_pending` (called when partitions are revoked) drops the records of the batch
+    being filled that were fetched before the revocation: they were not processed, and whoever owns
+    their partitions next reads them again from the committed offset.
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        batch_size: int,
+        batch_wait_s: float,
+        *,
+        poll_s: float = DEFAULT_POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._consumer = consumer
+        self.batch_size = batch_size
+        self.batch_wait_s = max(batch_wait_s, 0.0)
+        self._poll_ms = max(int(poll_s * 1000), 1)
+        self._clock = clock
+        self._generation = 0
+
+    def discard_pending(self) -> None:
+        """Drop the batch being filled (partitions were revoked under it)."""
+        self._generation += 1
+
+    async def _fetch(self, timeout_ms: int, max_records: int) -> list[InputRecord]:
+        fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [InputRecord.from_kafka(r) for records in fetched.values() for r in records]
+
+    async def next_batch(self) -> list[InputRecord]:
+        """The next batch, or an empty list when nothing arrived within one poll."""
+        records = await self._fetch(self._poll_ms, self.batch_size)
+        if not records:
+            return []
+        generation = self._generation
+        deadline = self._clock() + self.batch_wait_s
+        while len(records) < self.batch_size:
+            left_ms = int((deadline - self._clock()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await self._fetch(left_ms, self.batch_size - len(records))
+            if generation != self._generation:
+                # fetched under the revoked assignment; ``more`` arrived after the new one
+                records, generation = [], self._generation
+            records += more
+        if generation != self._generation:
+            return []
+        return records

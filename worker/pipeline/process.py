@@ -1,0 +1,182 @@
+"""Processing step: decode; reuse remembered decisions of repeated texts; embed the other texts
+(through the cache), search and decide; build the output records.
+
+Runs inside the batch span of :mod:`worker.pipeline.app` and adds a child span per step; the trace
+context of each routed intent comes from :class:`QueryTracer`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry.trace import Tracer
+
+from worker.cache import AsyncEncoder, CachedEncoder
+from worker.config import Settings
+from worker.contracts import encode
+from worker.errors import ErrorCode
+from worker.pipeline.decisions import DecisionMemo, RouterState, router_state, same_state
+from worker.pipeline.decode import Accepted, Rejected, dead_letter, decode_batch
+from worker.pipeline.embed import embed_isolating, unique_texts
+from worker.pipeline.intents import build_intent
+from worker.pipeline.query_trace import QueryTracer
+from worker.pipeline.search import SearchThread
+from worker.pipeline.types import InputRecord, Outbound
+from worker.routing import Decision, Router
+from worker.telemetry import PipelineMetrics
+
+
+@dataclass
+class ProcessedBatch:
+    """A batch's output records and what is needed to account for them once acknowledged."""
+
+    trace: QueryTracer
+    intents: list[Outbound] = field(default_factory=list)
+    dead_letters: list[Outbound] = field(default_factory=list)
+    routed_timestamps_ms: list[int] = field(default_factory=list)
+    routed: int = 0
+    no_match: int = 0
+    dead_codes: list[str] = field(default_factory=list)
+
+    @property
+    def outbounds(self) -> list[Outbound]:
+        """Every record to produce, intents first (both in consumption order)."""
+        return self.intents + self.dead_letters
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000
+
+
+class BatchProcessor:
+    """Turns consumed records into routed intents and dead letters; :meth:`close` when done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: AsyncEncoder,
+        router: Router,
+        tracer: Tracer,
+        metrics: PipelineMetrics,
+        *,
+        remember_decisions: int = 0,
+    ) -> None:
+        self._settings = settings
+        self._limits = settings.limits
+        self._encoder = encoder
+        self._model = encoder.encoder if isinstance(encoder, CachedEncoder) else encoder
+        self.router = router
+        self._tracer = tracer
+        self._metrics = metrics
+        self._search = SearchThread()
+        self._memo = DecisionMemo(remember_decisions)
+
+    def close(self) -> None:
+        """Stop the search thread."""
+        self._search.close()
+
+    def _reject(self, out: ProcessedBatch, rejected: Rejected) -> None:
+        out.dead_letters.append(dead_letter(rejected, self._settings.topic_dlq, self._settings.replica_id))
+        out.dead_codes.append(rejected.code.value)
+
+    async def process(
+        self, records: Sequence[InputRecord], on_embedded: Callable[[], None] = lambda: None
+    ) -> ProcessedBatch:
+        """Every record becomes exactly one output record: an intent or a dead letter.
+
+        ``on_embedded`` is called as soon as the batch no longer needs the encoder.
+        """
+        started_ns = time.time_ns()
+        out = ProcessedBatch(QueryTracer(self._tracer, started_ns))
+        self._metrics.batch_size(len(records))
+        with self._tracer.start_as_current_span("routeworker.decode"):
+            decoded = decode_batch(records, self._limits)
+        for rejected in decoded.rejected:
+            self._reject(out, rejected)
+        accepted = decoded.accepted
+        if not accepted:
+            on_embedded()
+            return out
+        unique = unique_texts([a.query.text for a in accepted])
+        top_n = [0] * len(unique.texts)
+        for a, i in zip(accepted, unique.index, strict=True):
+            top_n[i] = max(top_n[i], a.query.top_n or self._settings.top_n)
+        state = router_state(self.router)
+        decisions = self._remembered(unique.texts, top_n, state)
+        wanted = [i for i in range(len(unique.texts)) if i not in decisions]
+        with self._tracer.start_as_current_span("routeworker.embed", attributes={"texts": len(wanted)}):
+            clock = time.perf_counter()
+            embedded = await embed_isolating(
+                self._encoder, [unique.texts[i] for i in wanted], model=self._model
+            )
+            embed_ms = _ms_since(clock)
+        on_embedded()
+        self._metrics.embed_ms(embed_ms)
+        failed = {wanted[j]: reason for j, reason in embedded.failed.items()}
+        routable = [j for j in range(len(wanted)) if j not in embedded.failed]
+        with self._tracer.start_as_current_span("routeworker.search", attributes={"queries": len(routable)}):
+            clock = time.perf_counter()
+            if routable:
+                vectors = embedded.vectors[routable]
+                decided = await self._search.decide(
+                    self.router, vectors, [top_n[wanted[j]] for j in routable]
+                )
+                unchanged = same_state(state, router_state(self.router))
+                for j, decision in zip(routable, decided, strict=True):
+                    i = wanted[j]
+                    decisions[i] = decision
+                    if unchanged:
+                        self._memo.put((unique.texts[i], top_n[i]), decision, state)
+            search_ms = _ms_since(clock)
+        self._metrics.search_ms(search_ms)
+        facts = _BatchFacts(self._encoder.fingerprint, started_ns / 1e6, embed_ms, search_ms)
+        for a, i in zip(accepted, unique.index, strict=True):
+            if i in failed:
+                self._reject(out, Rejected(a.record, ErrorCode.PROCESSING, failed[i]))
+            else:
+                self._route(out, a, decisions[i], facts)
+        return out
+
+    def _remembered(self, texts: list[str], top_n: list[int], state: RouterState) -> dict[int, Decision]:
+        """Decisions the memo holds for this router state: those texts need neither embedding nor
+        search. New decisions are kept only if the state read after deciding is still the one the
+        memo serves (see :meth:`DecisionMemo.put`)."""
+        self._memo.use(state)
+        found: dict[int, Decision] = {}
+        for i, text in enumerate(texts):
+            remembered = self._memo.get((text, top_n[i]))
+            if remembered is not None:
+                found[i] = remembered
+        self._metrics.decisions_remembered(len(found))
+        return found
+
+    def _route(self, out: ProcessedBatch, accepted: Accepted, decision: Decision, batch: _BatchFacts) -> None:
+        intent = build_intent(
+            accepted,
+            decision,
+            accepted.query.top_n or self._settings.top_n,
+            model=batch.model,
+            worker=self._settings.replica_id,
+            batch_started_ms=batch.started_ms,
+            embed_ms=batch.embed_ms,
+            search_ms=batch.search_ms,
+        )
+        headers = out.trace.headers(accepted, decision)
+        out.intents.append(
+            Outbound(self._settings.topic_intents, accepted.record.key, encode(intent), headers)
+        )
+        out.routed_timestamps_ms.append(accepted.record.timestamp_ms)
+        if decision.route is None:
+            out.no_match += 1
+        else:
+            out.routed += 1
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchFacts:
+    model: str
+    started_ms: float
+    embed_ms: float
+    search_ms: float

@@ -1,0 +1,64 @@
+"""Value types passed between the pipeline's steps."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.structs import TopicPartition
+
+Headers = tuple[tuple[str, bytes | None], ...]
+OutHeaders = list[tuple[str, bytes]]
+
+__all__ = ["Headers", "InputRecord", "OutHeaders", "Outbound", "TopicPartition", "next_offsets"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One consumed ``queries`` record: where it sits, when it was made, and its raw bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+    @classmethod
+    def from_kafka(cls, record: Any) -> InputRecord:
+        """Copy the fields the pipeline uses out of an aiokafka ``ConsumerRecord``."""
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            key=record.key,
+            value=record.value,
+            headers=tuple(record.headers or ()),
+        )
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        """The partition this record came from."""
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One record to produce: a routed intent or a dead letter."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: OutHeaders = field(default_factory=list)
+
+
+def next_offsets(records: Iterable[InputRecord]) -> dict[TopicPartition, int]:
+    """Per partition, the offset to commit once every record is done: the highest offset + 1."""
+    positions: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = record.topic_partition
+        positions[tp] = max(positions.get(tp, 0), record.offset + 1)
+    return positions

@@ -1,0 +1,113 @@
+"""The replica's metrics, recorded through OpenTelemetry instruments named in :mod:`names`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation, _Gauge
+from opentelemetry.util.types import Attributes
+
+from worker.telemetry.names import METRICS, MetricName
+
+
+class PipelineMetrics:
+    """Typed recording methods; instruments exist only for names in the closed list."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+        self._counters: dict[MetricName, Counter] = {}
+        self._histograms: dict[MetricName, Histogram] = {}
+        self._gauges: dict[MetricName, _Gauge] = {}
+        for name, spec in METRICS.items():
+            if name is MetricName.CACHE_HIT_RATIO:
+                continue  # observed from the hit and miss totals below
+            if spec.kind == "counter":
+                self._counters[name] = meter.create_counter(name, spec.unit, spec.description)
+            elif spec.kind == "histogram":
+                self._histograms[name] = meter.create_histogram(
+                    name,
+                    spec.unit,
+                    spec.description,
+                    explicit_bucket_boundaries_advisory=list(spec.buckets) if spec.buckets else None,
+                )
+            else:
+                self._gauges[name] = meter.create_gauge(name, spec.unit, spec.description)
+        ratio = METRICS[MetricName.CACHE_HIT_RATIO]
+        meter.create_observable_gauge(
+            MetricName.CACHE_HIT_RATIO, [self._observe_hit_ratio], ratio.unit, ratio.description
+        )
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._lookups = 0
+
+    def _add(self, name: MetricName, amount: int, attributes: Attributes = None) -> None:
+        if amount:
+            self._counters[name].add(amount, attributes)
+
+    def _record(self, name: MetricName, value: float, attributes: Attributes = None) -> None:
+        self._histograms[name].record(value, attributes)
+
+    def decisions(self, routed: int, no_match: int) -> None:
+        """Count the routed intents of a batch."""
+        self._add(MetricName.ROUTED, routed)
+        self._add(MetricName.NO_MATCH, no_match)
+
+    def dead_lettered(self, code: str, count: int = 1) -> None:
+        """Count records sent to the DLQ with ``code``."""
+        self._add(MetricName.DEAD_LETTERED, count, {"error_code": code})
+
+    def end_to_end_ms(self, values: Iterable[float]) -> None:
+        """Record per-query latency from the query's timestamp."""
+        for value in values:
+            self._record(MetricName.END_TO_END_LATENCY, max(value, 0.0))
+
+    def batch_size(self, size: int) -> None:
+        """Record the size of a consumed batch."""
+        self._record(MetricName.BATCH_SIZE, size)
+
+    def embed_ms(self, value: float) -> None:
+        """Record a batch's embedding time."""
+        self._record(MetricName.EMBED_DURATION, value)
+
+    def search_ms(self, value: float) -> None:
+        """Record a batch's search-and-decide time."""
+        self._record(MetricName.SEARCH_DURATION, value)
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Set a partition's lag (high watermark minus next offset)."""
+        self._gauges[MetricName.CONSUMER_LAG].set(max(lag, 0), {"topic": topic, "partition": partition})
+
+    def cache_lookups(self, hits: int, misses: int) -> None:
+        """Count one batch's embedding-cache hits and misses."""
+        self._add(MetricName.CACHE_HITS, hits)
+        self._add(MetricName.CACHE_MISSES, misses)
+        with self._lock:
+            self._hits += hits
+            self._lookups += hits + misses
+
+    def cache_unavailable(self, backend: str) -> None:
+        """Count a failed cache call."""
+        self._add(MetricName.CACHE_UNAVAILABLE, 1, {"backend": backend})
+
+    def produce_retries(self, count: int) -> None:
+        """Count output records sent again."""
+        self._add(MetricName.PRODUCE_RETRIES, count)
+
+    def paused(self) -> None:
+        """Count one pause of consumption under backpressure."""
+        self._add(MetricName.PARTITIONS_PAUSED, 1)
+
+    def decisions_remembered(self, count: int) -> None:
+        """Count texts whose decision came from the memo."""
+        self._add(MetricName.DECISIONS_REMEMBERED, count)
+
+    def committed(self, reason: str) -> None:
+        """Count one offset commit (``reason``: cadence, revoke, shutdown)."""
+        self._add(MetricName.COMMITS, 1, {"reason": reason})
+
+    def _observe_hit_ratio(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            if self._lookups == 0:
+                return []
+            return [Observation(self._hits / self._lookups)]

@@ -1,0 +1,105 @@
+"""The closed list of metrics a replica emits: adding one means adding it here, nowhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+InstrumentKind = Literal["counter", "histogram", "gauge"]
+
+
+class MetricName(StrEnum):
+    """Every metric name; dashboards and alerts key on these strings, so they are stable."""
+
+    ROUTED = "routeworker.queries.routed"
+    NO_MATCH = "routeworker.queries.no_match"
+    DEAD_LETTERED = "routeworker.queries.dead_lettered"
+    END_TO_END_LATENCY = "routeworker.query.latency"
+    BATCH_SIZE = "routeworker.batch.size"
+    EMBED_DURATION = "routeworker.embed.duration"
+    SEARCH_DURATION = "routeworker.search.duration"
+    CONSUMER_LAG = "routeworker.consumer.lag"
+    CACHE_HITS = "routeworker.cache.hits"
+    CACHE_MISSES = "routeworker.cache.misses"
+    CACHE_HIT_RATIO = "routeworker.cache.hit_ratio"
+    CACHE_UNAVAILABLE = "routeworker.cache.unavailable"
+    PRODUCE_RETRIES = "routeworker.produce.retries"
+    PARTITIONS_PAUSED = "routeworker.consumer.paused"
+    COMMITS = "routeworker.offsets.committed"
+    DECISIONS_REMEMBERED = "routeworker.decisions.remembered"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    """How one metric is recorded."""
+
+    kind: InstrumentKind
+    unit: str
+    description: str
+    buckets: tuple[float, ...] | None = None  # histogram bucket bounds
+
+
+LATENCY_MS_BUCKETS = (
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    35.0,
+    50.0,
+    75.0,
+    100.0,
+    200.0,
+    500.0,
+    1000.0,
+    2000.0,
+    5000.0,
+)
+SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0)
+
+
+METRICS: dict[MetricName, MetricSpec] = {
+    MetricName.ROUTED: MetricSpec("counter", "{query}", "Queries answered with a route."),
+    MetricName.NO_MATCH: MetricSpec("counter", "{query}", "Queries answered with no match."),
+    MetricName.DEAD_LETTERED: MetricSpec(
+        "counter", "{record}", "Input records sent to the dead-letter topic, by error code."
+    ),
+    MetricName.END_TO_END_LATENCY: MetricSpec(
+        "histogram",
+        "ms",
+        "From the query record's timestamp to its routed intent being acknowledged.",
+        LATENCY_MS_BUCKETS,
+    ),
+    MetricName.BATCH_SIZE: MetricSpec("histogram", "{record}", "Records per consumed batch.", SIZE_BUCKETS),
+    MetricName.EMBED_DURATION: MetricSpec(
+        "histogram",
+        "ms",
+        "Time a batch spends in the embedding step: cache lookup, waiting for a session, embedding.",
+        LATENCY_MS_BUCKETS,
+    ),
+    MetricName.SEARCH_DURATION: MetricSpec(
+        "histogram", "ms", "Route search and decision time per batch.", LATENCY_MS_BUCKETS
+    ),
+    MetricName.CONSUMER_LAG: MetricSpec(
+        "gauge", "{record}", "Records between the partition's high watermark and the next one consumed."
+    ),
+    MetricName.CACHE_HITS: MetricSpec("counter", "{text}", "Embedding cache lookups that found a vector."),
+    MetricName.CACHE_MISSES: MetricSpec("counter", "{text}", "Embedding cache lookups that had to embed."),
+    MetricName.CACHE_HIT_RATIO: MetricSpec("gauge", "1", "Embedding cache hits / lookups since start."),
+    MetricName.CACHE_UNAVAILABLE: MetricSpec(
+        "counter", "{error}", "Embedding cache calls that failed (routing went on without the cache)."
+    ),
+    MetricName.PRODUCE_RETRIES: MetricSpec(
+        "counter", "{record}", "Output records sent again after a failure."
+    ),
+    MetricName.PARTITIONS_PAUSED: MetricSpec(
+        "counter", "{event}", "Times consumption paused because in-flight work hit its bound."
+    ),
+    MetricName.COMMITS: MetricSpec("counter", "{commit}", "Offset commits, by reason."),
+    MetricName.DECISIONS_REMEMBERED: MetricSpec(
+        "counter", "{text}", "Texts routed from the decision memo (same text, unchanged route table)."
+    ),
+}
+
+assert set(METRICS) == set(MetricName), "every metric name needs a spec"

@@ -1,0 +1,55 @@
+"""`routeworker fit`: thresholds fitted on labelled examples with the real model, written back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.cli.main import main
+from worker.embedding.model import ModelSpec
+from worker.replication.routefile import load_route_file
+
+pytestmark = pytest.mark.integration
+
+ROUTES = Path(__file__).resolve().parents[2] / "examples" / "routes.yaml"
+EXAMPLES = """text,label
+where's my package,order_status
+I'd like to cancel what I just ordered,cancel_order
+the box came crushed and the mug is broken,damaged_item
+money was taken twice from my card,double_charge
+can't get into my account,account_locked
+what's the weather tomorrow,oos
+tell me a joke,
+how do I return these shoes,return_item
+"""
+
+
+def test_fit_prints_a_table_and_writes_thresholds(
+    model_spec: ModelSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    examples = tmp_path / "examples.csv"
+    examples.write_text(EXAMPLES)
+    out = tmp_path / "fitted.yaml"
+    assert main(["fit", "--routes", str(ROUTES), "--examples", str(examples), "--write", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted thresholds" in printed
+    assert "no-match recall" in printed
+    fitted = load_route_file(out)
+    original = load_route_file(ROUTES)
+    assert [r.name for r in fitted] == [r.name for r in original]
+    assert all(r.threshold is not None and -1.0 <= r.threshold <= 1.0 for r in fitted)
+    assert [r.utterances for r in fitted] == [r.utterances for r in original]
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "message"),
+    [("words,label\nhi,order_status\n", "text,label"), ("text,label\nhi,no_such_route\n", "no_such_route")],
+)
+def test_fit_rejects_bad_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], csv_text: str, message: str
+) -> None:
+    examples = tmp_path / "bad.csv"
+    examples.write_text(csv_text)
+    assert main(["fit", "--routes", str(ROUTES), "--examples", str(examples)]) == 2
+    assert message in capsys.readouterr().err

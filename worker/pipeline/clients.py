@@ -5,31 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.helpers import create_ssl_context
 
 from worker.config import Settings
-
-
-def connection_options(settings: Settings) -> dict[str, Any]:
-    """Bootstrap, client id, timeouts and security (SASL / TLS) shared by every client."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "client_id": settings.kafka_client_id,
-        "request_timeout_ms": settings.kafka_request_timeout_ms,
-        "security_protocol": settings.kafka_security_protocol,
-    }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
-        )
-    if settings.kafka_sasl_mechanism is not None:
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        password = settings.kafka_sasl_password
-        options["sasl_plain_password"] = password.get_secret_value() if password else None
-    return options
+from worker.kafka_client import client_options
 
 
 def query_consumer(settings: Settings) -> Any:
@@ -49,7 +27,7 @@ def query_consumer(settings: Settings) -> Any:
         fetch_max_bytes=settings.kafka_fetch_max_bytes,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         max_poll_records=settings.batch_size,
-        **connection_options(settings),
+        **client_options(settings),
     )
 
 
@@ -64,5 +42,5 @@ def output_producer(settings: Settings) -> Any:
         enable_idempotence=False,
         linger_ms=settings.kafka_linger_ms,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
-        **connection_options(settings),
+        **client_options(settings),
     )

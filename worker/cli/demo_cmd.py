@@ -14,9 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "demo", help="run broker, Redis, two replicas and sample traffic locally; show intents live"
-    )
+    parser = sub.add_parser("demo", help="run everything locally on sample traffic and watch it live")
     parser.add_argument("--queries", type=int, default=400, help="sample queries to produce")
     parser.add_argument("--rate", type=float, default=40.0, help="queries per second")
     parser.add_argument("--replicas", type=int, default=2, help="worker replicas")

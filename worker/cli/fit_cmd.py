@@ -92,7 +92,7 @@ def _clamp(threshold: float) -> float:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("fit", help="fit route thresholds and margin on labelled examples; print a table")
+    parser = sub.add_parser("fit", help="fit route thresholds and margin on labelled examples")
     parser.add_argument("--routes", type=Path, required=True, help="route file (YAML or JSON)")
     parser.add_argument("--examples", type=Path, required=True, help="CSV with columns text,label")
     parser.add_argument("--no-match-label", default="oos", help="label meaning no match (default: oos)")

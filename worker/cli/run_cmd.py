@@ -92,7 +92,5 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "run", help="route queries: consume, embed, decide, produce routed intents (until SIGTERM)"
-    )
+    parser = sub.add_parser("run", help="route queries from Kafka to routed intents until SIGTERM")
     parser.set_defaults(handler=_run)

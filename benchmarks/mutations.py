@@ -43,9 +43,10 @@ import numpy as np
 
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition, RouteMutation, ShippedEmbeddings
+from worker.embedding.pool import encoder_pool
 from worker.local.broker import LocalBroker
 from worker.replication import MutationPublisher, RouteReplica, TopicSpec, ensure_topics, with_embeddings
-from worker.replication.encoders import hashing_pool, model_pool
+from worker.replication.encoders import hashing_pool
 from worker.routing import EncoderPool, Router, l2_normalise
 
 RESULTS = Path(__file__).parent / "results" / "mutations.json"
@@ -276,7 +277,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             base = load_settings()
             try:
-                pools = [await asyncio.to_thread(model_pool, base) for _ in range(args.replicas)]
+                pools = [await asyncio.to_thread(encoder_pool, base) for _ in range(args.replicas)]
                 results["model"] = pools[0].fingerprint
             except Exception as error:  # no prepared model: measure with the hashing stand-in
                 print(f"real model unavailable ({error}); using the hashing encoder")

@@ -24,9 +24,10 @@ from replication_harness import create_mutation_topic, mutation_settings, produc
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding.model import ModelSpec
+from worker.embedding.pool import encoder_pool
 from worker.local.broker import LocalBroker
 from worker.replication import MutationPublisher, read_routes, route_of, shipped_vectors, with_embeddings
-from worker.replication.encoders import hashing_pool, model_pool
+from worker.replication.encoders import hashing_pool
 from worker.replication.vectors import embed_routes
 from worker.routing import EncoderPool, RouteVectors
 from worker.routing.index import table_digest
@@ -267,7 +268,7 @@ async def test_replicas_embedding_with_the_real_model_converge(
         replicas[0].start()
         await asyncio.gather(*(publisher(settings, seed, 30, names, None, pause_s=0.02) for seed in (3, 4)))
         statuses, state = await converge(replicas, settings)
-        pool = await asyncio.to_thread(model_pool, base_settings)
+        pool = await asyncio.to_thread(encoder_pool, base_settings)
         try:
             assert pool.fingerprint == statuses[0]["fingerprint"]
             embedded = await embed_routes(pool, [route_of(d) for d in state.routes.values()])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from worker.cli.console import console, err_console, table
 from worker.config import load_settings
-from worker.replication.encoders import model_pool
+from worker.embedding.pool import encoder_pool
 from worker.replication.errors import RouteFileError
 from worker.replication.routefile import dump_routes, load_route_file
 from worker.replication.vectors import embed_routes, route_of
@@ -67,7 +67,7 @@ def _fit(args: argparse.Namespace) -> int:
         )
         return 2
     with console.status("embedding routes and examples"):
-        pool = model_pool(settings)
+        pool = encoder_pool(settings)
         try:
             routes = asyncio.run(embed_routes(pool, [route_of(d) for d in definitions]))
             vectors = pool.embed_sync(texts)

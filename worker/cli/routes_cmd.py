@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worker.cli.console import console, err_console, table
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition
+from worker.embedding.pool import encoder_pool
 from worker.replication import (
     MutationPlan,
     PublishReceipt,
@@ -26,7 +27,6 @@ from worker.replication import (
     publish_plan,
     read_routes,
 )
-from worker.replication.encoders import model_pool
 from worker.replication.replica_main import add_arguments, run_from_args
 from worker.replication.routefile import dump_routes
 from worker.routing import EncoderPool
@@ -65,7 +65,7 @@ async def _apply_async(settings: Settings, routes: list[RouteDefinition], args: 
     encoder: EncoderPool | None = None
     if args.with_embeddings:
         with console.status("loading the embedding model"):
-            encoder = await asyncio.to_thread(model_pool, settings)
+            encoder = await asyncio.to_thread(encoder_pool, settings)
     try:
         fingerprint = encoder.fingerprint if encoder is not None else None
         with console.status(f"reading {settings.topic_mutations}"):

@@ -13,11 +13,11 @@ import logging
 import signal
 
 from worker.config import Settings, load_settings
+from worker.embedding.pool import encoder_pool
 from worker.pipeline.supervisor import (
     EncoderFactory,
     ReplicaFactory,
     ReplicaWorker,
-    encoder_pool,
     route_replica,
 )
 from worker.telemetry import Telemetry

@@ -15,12 +15,12 @@ from typing import Any, Protocol
 
 from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
-from worker.embedding.model import resolve_model
+from worker.embedding.pool import encoder_pool
 from worker.health import HealthServer
 from worker.pipeline.app import QueryPipeline
 from worker.pipeline.errors import PipelineError
 from worker.replication.replica import RouteReplica
-from worker.routing import EncoderPool, Router, RouteTable
+from worker.routing import Router, RouteTable
 from worker.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -56,19 +56,6 @@ EncoderFactory = Callable[[Settings], Any]
 def route_replica(settings: Settings, encoder: Any) -> Replica:
     """The production replica: the route-mutation log replayed into the store and the table."""
     return RouteReplica(settings, encoder, store_path=Path(settings.store_path))
-
-
-def encoder_pool(settings: Settings) -> EncoderPool:
-    """The encoder pool of the configured model (blocking: loads ONNX sessions)."""
-    model = resolve_model(settings)
-    return EncoderPool(
-        model.path,
-        model.name,
-        settings.encoder_threads,
-        settings.encoder_max_pending,
-        batch_size=settings.batch_size,
-        cache_dir=settings.cache_dir,
-    )
 
 
 class ReplicaWorker:

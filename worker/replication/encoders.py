@@ -13,8 +13,6 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from worker.config import Settings
-from worker.embedding.model import resolve_model
 from worker.routing import EncoderPool
 
 HASHING_MODEL = "hashing-bow"
@@ -49,16 +47,4 @@ def hashing_pool(dim: int = 64, *, name: str = HASHING_MODEL, pool_size: int = 1
     """An encoder pool over :class:`HashingSession` (fingerprint ``<name>-<dim>@default:unknown``)."""
     return EncoderPool(
         None, f"{name}-{dim}", pool_size, max_pending=64, session_factory=lambda: HashingSession(dim)
-    )
-
-
-def model_pool(settings: Settings) -> EncoderPool:
-    """The configured embedding model in a pool of ``encoder_threads`` sessions (blocking: loads ONNX)."""
-    spec = resolve_model(settings)
-    return EncoderPool(
-        spec.path,
-        spec.name,
-        settings.encoder_threads,
-        settings.encoder_max_pending,
-        cache_dir=settings.cache_dir,
     )

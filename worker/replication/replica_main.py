@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import Settings, load_settings
-from worker.replication.encoders import hashing_pool, model_pool
+from worker.embedding.pool import encoder_pool
+from worker.replication.encoders import hashing_pool
 from worker.replication.replica import RouteReplica
 from worker.routing import EncoderPool, Router
 
@@ -131,7 +132,7 @@ async def serve(settings: Settings, encoder: EncoderPool, args: argparse.Namespa
 def run_from_args(args: argparse.Namespace) -> int:
     """Build the encoder, run the replica, return the process exit code."""
     settings = load_settings()
-    encoder = hashing_pool(args.hashing_dim) if args.encoder == "hashing" else model_pool(settings)
+    encoder = hashing_pool(args.hashing_dim) if args.encoder == "hashing" else encoder_pool(settings)
     try:
         asyncio.run(serve(settings, encoder, args))
     except Exception:

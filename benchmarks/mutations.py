@@ -7,13 +7,12 @@
    has applied it (``RouteReplica.wait_for_position``) is measured, with vectors shipped in the
    record and with the replicas embedding (the real model when prepared). Replicas run in this
    process (one event loop, each with its own encoder pool), on the same machine as the broker.
-2. Routing throughput while 1,000 routes are added: the engine's ``Router.decide`` in a thread
-   (the query pipeline is measured separately; ``pipeline_throughput_under_mutations`` is the hook
-   for it).
-3. Fresh join (last: it leaves a long background index build behind): a log of N routes x 5
+2. Fresh join (last: it leaves a long background index build behind): a log of N routes x 5
    utterances with shipped synthetic 384-d vectors; a replica with an empty store opens and
    replays it until ready. Then a replica restarts from that store (nothing to replay) while the
    first one's background rebuild is still running, so no persisted index exists yet.
+
+Query throughput of the real pipeline while 1,000 routes are added: benchmarks/pipeline_mutations.py.
 
 Prints a table and writes every figure, with machine, versions and settings, to
 benchmarks/results/mutations.json.
@@ -31,9 +30,8 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,71 +202,6 @@ async def fresh_join(
         pool.close()
 
 
-def decide_rate(router: Router, queries: np.ndarray, seconds: float) -> float:
-    """Queries per second of Router.decide in one thread, batches of 32."""
-    done = 0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        router.decide(queries, 3)
-        done += queries.shape[0]
-    return done / seconds
-
-
-async def throughput_under_mutations(
-    bootstrap: str, scratch: Path, *, base_routes: int, added: int, dim: int = 384
-) -> dict[str, Any]:
-    """Router.decide throughput before and while ``added`` routes are published and applied."""
-    settings = await new_topic(bootstrap, 3, scratch)
-    pool = await asyncio.to_thread(hashing_pool, dim)
-    try:
-        base = synthetic_routes(base_routes + added, 5, dim, pool.fingerprint)
-        async with MutationPublisher(settings) as publisher:
-            await publisher.publish([RouteMutation(d.name, d) for d in base[:base_routes]])
-            replica = RouteReplica(settings, pool, store_path=scratch / "throughput.db")
-            runner = asyncio.create_task(replica.run())
-            await asyncio.wait_for(replica.ready.wait(), 300)
-            await asyncio.to_thread(replica.table.rebuild, True)
-            router = Router(replica.table)
-            queries = l2_normalise(np.random.default_rng(2).normal(size=(32, dim)))
-            baseline = await asyncio.to_thread(decide_rate, router, queries, 3.0)
-            result: dict[str, float] = {}
-            measuring = threading.Thread(target=lambda: result.update(qps=decide_rate(router, queries, 3.0)))
-            measuring.start()
-            started = time.perf_counter()
-            receipt = await publisher.publish([RouteMutation(d.name, d) for d in base[base_routes:]])
-            await replica.wait_for_position(receipt.positions)
-            applied_s = time.perf_counter() - started
-            await asyncio.to_thread(measuring.join)
-        await replica.stop()
-        await runner
-        return {
-            "base_routes": base_routes,
-            "added_routes": added,
-            "decide_qps_before": baseline,
-            "decide_qps_while_adding": result["qps"],
-            "throughput_ratio": result["qps"] / baseline,
-            "publish_and_apply_s": applied_s,
-            "note": "engine-level proxy (Router.decide in a thread), not the Kafka query pipeline",
-        }
-    finally:
-        pool.close()
-
-
-async def pipeline_throughput_under_mutations(
-    serve_queries: Callable[[float], Awaitable[float]],
-    add_routes: Callable[[int], Awaitable[None]],
-    *,
-    added: int = 1_000,
-    seconds: float = 10.0,
-) -> dict[str, float]:
-    """Hook for the query pipeline: ``serve_queries(seconds)`` returns routed intents per second;
-    ``add_routes(n)`` publishes n routes and waits until the workers applied them. Target: the
-    ratio is at least 0.9."""
-    baseline = await serve_queries(seconds)
-    during, _ = await asyncio.gather(serve_queries(seconds), add_routes(added))
-    return {"qps_before": baseline, "qps_while_adding": during, "throughput_ratio": during / baseline}
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "settings": vars(args) | {"output": str(args.output)}}
     with LocalBroker() as broker, tempfile.TemporaryDirectory() as scratch_dir:
@@ -299,15 +232,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for pool in pools:
                 pool.close()
-        if not args.no_throughput:
-            results["throughput_under_mutations"] = await throughput_under_mutations(
-                broker.bootstrap, scratch, base_routes=args.throughput_routes, added=1_000
-            )
-            t = results["throughput_under_mutations"]
-            print(
-                f"decide throughput while adding 1,000 routes: {t['throughput_ratio']:.2f}x of "
-                f"{t['decide_qps_before']:.0f} q/s (applied in {t['publish_and_apply_s']:.2f} s)"
-            )
         results["fresh_join"] = await fresh_join(
             broker.bootstrap, scratch, routes=args.join_routes, per_route=5, dim=384
         )
@@ -357,8 +281,6 @@ def main() -> None:
     parser.add_argument("--seed-routes", type=int, default=200)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--join-routes", type=int, default=50_000)
-    parser.add_argument("--throughput-routes", type=int, default=2_000)
-    parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = asyncio.run(run(args))

@@ -105,6 +105,26 @@ class Settings(BaseSettings):
     max_mutation_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest route-mutation record.")
     # --- routing ---
     top_n: int = Field(3, ge=1, le=MAX_TOP_N, description="Candidates per routed intent by default.")
+    routing_search_k: int = Field(32, ge=1, le=1024, description="Nearest utterances retrieved per query.")
+    routing_top_k: int = Field(5, ge=1, le=1024, description="Best utterances per route in its score.")
+    routing_default_threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="Threshold of routes without their own (`fit` prints one)."
+    )
+    routing_margin: float = Field(
+        0.0, ge=0.0, le=2.0, description="How much the winner must beat the runner-up by (fitted by `fit`)."
+    )
+    routing_head: bool = Field(
+        True, description="Train a softmax head on the route utterances in the background and blend it in."
+    )
+    routing_head_weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="Weight of the head's probability; unset = the engine's default."
+    )
+    routing_head_max_routes: int = Field(
+        5_000, ge=1, description="Largest route table the head is trained for (training cost grows with it)."
+    )
+    routing_head_retrain_s: float = Field(
+        15.0, gt=0, description="How often a changed route table is checked for retraining the head."
+    )
     # --- state and process ---
     store_path: Path = Field(
         Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."

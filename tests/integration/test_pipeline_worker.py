@@ -90,6 +90,9 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
             records = await reader.wait_for(lambda rs: len(rs) == 1)
             assert RoutedIntent.model_validate_json(records[0].value).route == "music"
             assert telemetry.health.readiness() == (True, "consuming")
+            # the learned head is trained on the served table in the background and put in service
+            routes = len(replicas[0].table)
+            await wait_for(lambda: f"routeworker_route_head_routes {routes}" in telemetry.metrics_text())
     finally:
         if not worker.done():  # run_worker's own handler turns it into a graceful stop
             os.kill(os.getpid(), signal.SIGTERM)

@@ -19,8 +19,9 @@ from worker.embedding.pool import encoder_pool
 from worker.health import HealthServer
 from worker.pipeline.app import QueryPipeline
 from worker.pipeline.errors import PipelineError
+from worker.pipeline.routing import HeadKeeper, serving_router
 from worker.replication.replica import RouteReplica
-from worker.routing import Router, RouteTable
+from worker.routing import RouteTable
 from worker.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -145,15 +146,25 @@ class ReplicaWorker:
         if self._stopping.is_set():
             return
         logger.info("route table ready (%d routes): routing queries", len(replica.table))
+        router = serving_router(self.settings, replica.table)
         # created only now: it owns Kafka clients, which must be closed once created
         self.pipeline = QueryPipeline(
             self.settings,
             encoder=encoder,
-            router=Router(replica.table),
+            router=router,
             telemetry=self.telemetry,
             remember_decisions=self.settings.local_cache_size,
         )
-        await self.pipeline.run()
+        if not self.settings.routing_head:
+            await self.pipeline.run()
+            return
+        head_keeper = HeadKeeper(router, self.settings, self.telemetry.metrics)
+        keeper = asyncio.create_task(head_keeper.run(self._stopping), name="route-head")
+        try:
+            await self.pipeline.run()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def _stop_on_request(self, replica: Replica) -> None:
         await self._stopping.wait()

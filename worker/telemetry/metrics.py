@@ -106,6 +106,10 @@ class PipelineMetrics:
         """Count one offset commit (``reason``: cadence, revoke, shutdown)."""
         self._add(MetricName.COMMITS, 1, {"reason": reason})
 
+    def head_routes(self, routes: int) -> None:
+        """The learned head now in service knows ``routes`` routes (0 when none is in service)."""
+        self._gauges[MetricName.HEAD_ROUTES].set(routes)
+
     def _observe_hit_ratio(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             if self._lookups == 0:

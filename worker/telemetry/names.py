@@ -28,6 +28,7 @@ class MetricName(StrEnum):
     PARTITIONS_PAUSED = "routeworker.consumer.paused"
     COMMITS = "routeworker.offsets.committed"
     DECISIONS_REMEMBERED = "routeworker.decisions.remembered"
+    HEAD_ROUTES = "routeworker.route_head.routes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,9 @@ METRICS: dict[MetricName, MetricSpec] = {
     MetricName.COMMITS: MetricSpec("counter", "{commit}", "Offset commits, by reason."),
     MetricName.DECISIONS_REMEMBERED: MetricSpec(
         "counter", "{text}", "Texts routed from the decision memo (same text, unchanged route table)."
+    ),
+    MetricName.HEAD_ROUTES: MetricSpec(
+        "gauge", "{route}", "Routes the learned head in service was trained on (0: nearest utterances only)."
     ),
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from worker.cli.main import main
+from worker.config import load_settings
 from worker.embedding.model import ModelSpec
 from worker.replication.routefile import load_route_file
 
@@ -26,12 +27,13 @@ how do I return these shoes,return_item
 
 
 def test_fit_prints_a_table_and_writes_thresholds(
-    model_spec: ModelSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    model_spec: ModelSpec, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     examples = tmp_path / "examples.csv"
     examples.write_text(EXAMPLES)
-    out = tmp_path / "fitted.yaml"
-    assert main(["fit", "--routes", str(ROUTES), "--examples", str(examples), "--write", str(out)]) == 0
+    out, settings_out = tmp_path / "fitted.yaml", tmp_path / "routing.toml"
+    argv = ["fit", "--routes", str(ROUTES), "--examples", str(examples), "--write", str(out)]
+    assert main([*argv, "--settings-out", str(settings_out)]) == 0
     printed = capsys.readouterr().out
     assert "fitted thresholds" in printed
     assert "no-match recall" in printed
@@ -40,6 +42,13 @@ def test_fit_prints_a_table_and_writes_thresholds(
     assert [r.name for r in fitted] == [r.name for r in original]
     assert all(r.threshold is not None and -1.0 <= r.threshold <= 1.0 for r in fitted)
     assert [r.utterances for r in fitted] == [r.utterances for r in original]
+    # the fitted routing settings load as a settings file, as `routeworker run` would read them
+    monkeypatch.setenv("ROUTEWORKER_CONFIG_FILE", str(settings_out))
+    served = load_settings()
+    assert -1.0 <= served.routing_default_threshold <= 1.0
+    assert served.routing_head_weight is not None
+    assert 0.0 <= served.routing_head_weight <= 1.0
+    assert f"routing_margin {served.routing_margin:.4f}" in printed
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,12 @@
 """`routeworker fit`: fit per-route thresholds and the margin on labelled examples; print them.
 
 Examples are a CSV with columns ``text,label``; an empty label (or ``--no-match-label``, default
-``oos``) means "no route should match". ``--write FILE`` writes the route file back with the fitted
-thresholds filled in, ready for `routeworker routes apply`.
+``oos``) means "no route should match". The router is the one `routeworker run` serves with these
+settings: with the learned head on (``ROUTING_HEAD``), the head is trained on the routes as every
+replica trains it and its weight is fitted too (unless ``ROUTING_HEAD_WEIGHT`` is set).
+``--write FILE`` writes the route file back with the fitted thresholds filled in, ready for
+`routeworker routes apply`; ``--settings-out FILE`` writes the fitted default threshold, margin and
+head weight as a TOML settings file (``ROUTEWORKER_CONFIG_FILE``).
 """
 
 from __future__ import annotations
@@ -13,13 +17,15 @@ import csv
 from pathlib import Path
 
 from worker.cli.console import console, err_console, table
-from worker.config import load_settings
+from worker.config import Settings, load_settings
 from worker.embedding.pool import encoder_pool
+from worker.pipeline.routing import serving_router
 from worker.replication.errors import RouteFileError
 from worker.replication.routefile import dump_routes, load_route_file
 from worker.replication.vectors import embed_routes, route_of
-from worker.routing import FittedThresholds, Router, RouteTable, fit_thresholds
+from worker.routing import FittedThresholds, Router, RouteTable, fit_head_weight, fit_thresholds, train_head
 from worker.routing.fitting import FitMetrics
+from worker.routing.types import Vectors
 
 
 def read_examples(path: Path, no_match_label: str) -> tuple[list[str], list[str | None]]:
@@ -74,16 +80,37 @@ def _fit(args: argparse.Namespace) -> int:
         finally:
             pool.close()
     table_ = RouteTable.from_routes(routes, (), pool.dim, pool.fingerprint)
-    fitted = fit_thresholds(Router(table_), vectors, labels)
+    router, fitted = fit_router(serving_router(settings, table_), settings, vectors, labels)
     console.print(table("fitted thresholds", ["route", "threshold", "examples"], fitted.table()))
-    console.print(f"default threshold {fitted.default:.4f}   margin {fitted.margin:.4f}")
+    fitted_settings = {
+        "routing_default_threshold": _clamp(fitted.default),
+        "routing_margin": round(fitted.margin, 6),
+        "routing_head_weight": router.config.head_weight,
+    }
+    console.print("   ".join(f"{name} {value:.4f}" for name, value in fitted_settings.items()))
     console.print(table(f"on {len(texts)} examples", ["", "before", "after"], _metrics_rows(fitted)))
     if args.write is not None:
         updated = [d.model_copy(update={"threshold": _clamp(fitted.per_route.get(d.name, fitted.default))})
                    for d in definitions]  # fmt: skip
         args.write.write_text(dump_routes(updated), encoding="utf-8")
         console.print(f"wrote {args.write}: publish it with `routeworker routes apply {args.write}`")
+    if args.settings_out is not None:
+        lines = [f"{name} = {value!r}" for name, value in fitted_settings.items()]
+        args.settings_out.write_text("# fitted by `routeworker fit`\n" + "\n".join(lines) + "\n")
+        console.print(f"wrote {args.settings_out}: serve with ROUTEWORKER_CONFIG_FILE={args.settings_out}")
     return 0
+
+
+def fit_router(
+    router: Router, settings: Settings, vectors: Vectors, labels: list[str | None]
+) -> tuple[Router, FittedThresholds]:
+    """Fit ``router`` as it will serve: with the head (trained here as replicas train it) if on."""
+    if not settings.routing_head or len(router.table) > settings.routing_head_max_routes:
+        return router, fit_thresholds(router, vectors, labels)
+    router.head = train_head(router.table.snapshot().routes())
+    if settings.routing_head_weight is not None:
+        return router, fit_thresholds(router, vectors, labels)
+    return fit_head_weight(router, vectors, labels)
 
 
 def _clamp(threshold: float) -> float:
@@ -98,5 +125,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--no-match-label", default="oos", help="label meaning no match (default: oos)")
     parser.add_argument(
         "--write", type=Path, default=None, help="write the route file with fitted thresholds"
+    )
+    parser.add_argument(
+        "--settings-out", type=Path, default=None, help="write the fitted routing settings (TOML)"
     )
     parser.set_defaults(handler=_fit)

@@ -58,7 +58,8 @@ def test_keeper_trains_swaps_in_and_retrains_after_a_change() -> None:
     assert keeper.check()
     _wait_for(lambda: router.head is not None)
     first = router.head
-    assert first is not None and set(first.names) == set(table.route_names())
+    assert first is not None
+    assert set(first.names) == set(table.route_names())
     assert not keeper.check(), "an unchanged table is not trained again"
 
     rng = np.random.default_rng(5)
@@ -68,7 +69,8 @@ def test_keeper_trains_swaps_in_and_retrains_after_a_change() -> None:
     assert router.decide(added.utterance_vectors[:1], 1)[0].candidates[0].route == "added"
     assert keeper.check()
     _wait_for(lambda: router.head is not first)
-    assert router.head is not None and "added" in router.head.names
+    assert router.head is not None
+    assert "added" in router.head.names
     assert keeper.trained == 2
 
 

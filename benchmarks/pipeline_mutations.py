@@ -277,7 +277,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await produce_all(bootstrap, names["mutations"], [(d.name.encode(), encode(d)) for d in base])
             console.print(f"published {len(base):,} routes; first replay and index build")
             store = workdir / "store.sqlite3"
-            env = worker_env(bootstrap, names, store, local_cache_size=0, health_port=free_port())
+            env = worker_env(
+                bootstrap, names, store, local_cache_size=0, health_port=free_port(),
+                background_nice=args.background_nice,
+            )  # fmt: skip
             first_start_s = await prepare_store(env, workdir / "prepare.log")
             additions = [
                 added_routes(c, args.added, pool.dim, pool.fingerprint, rng, not args.embed_on_replica)
@@ -416,6 +419,7 @@ def main() -> int:
     parser.add_argument(
         "--backlog-rate", type=float, default=400.0, help="queries produced per expected second"
     )
+    parser.add_argument("--background-nice", type=int, default=10, help="the worker's background_nice")
     parser.add_argument("--embed-on-replica", action="store_true", help="publish routes without vectors")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
         15.0, gt=0, description="How often a changed route table is checked for retraining the head."
     )
     # --- state and process ---
+    background_nice: int = Field(
+        10, ge=0, le=19, description="Niceness added to background threads (route apply, rebuild, head)."
+    )
     store_path: Path = Field(
         Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."
     )

@@ -11,12 +11,14 @@ large log costs one table update instead of thousands.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from worker.background import background_executor
 from worker.config import Settings
 from worker.replication.fold import FoldedMutations, LogRecord, fold
 from worker.replication.kafka import mutation_consumer_options, running
@@ -60,6 +62,8 @@ class RouteReplica:
         self._stored: dict[int, int] = {}
         #: changes stored but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
+        #: live mutations are decoded and written here, at a lower priority than the queries
+        self._background = background_executor("route-apply", settings.background_nice)
 
     @property
     def table(self) -> RouteTable:
@@ -109,6 +113,12 @@ class RouteReplica:
         Raises on any fatal error (missing topic, store failure, broker failure).
         """
         await self.open()
+        try:
+            await self._replay_and_tail()
+        finally:
+            self._background.shutdown(wait=False, cancel_futures=True)
+
+    async def _replay_and_tail(self) -> None:
         async with running(AIOKafkaConsumer(**mutation_consumer_options(self.settings))) as consumer:
             partitions = await mutation_partitions(consumer, self.settings.topic_mutations)
             ends = await log_end_offsets(consumer, partitions)
@@ -188,14 +198,23 @@ class RouteReplica:
                 await writing
 
     async def _apply(self, records: list[LogRecord]) -> None:
-        """Apply one batch of live records: store, then table, then wake position waiters."""
+        """Apply one batch of live records: store, then table, then wake position waiters.
+
+        Runs on the low-priority background thread: queries keep the CPU while mutations apply.
+        """
         store, table = self._require()
-        folded, resolved = await self._resolve(records)
-        await asyncio.to_thread(self._commit, store, table, resolved, folded.offsets, False)
+        folded, resolved = await self._resolve(records, background=True)
+        commit = functools.partial(self._commit, store, table, resolved, folded.offsets, False)
+        await asyncio.get_running_loop().run_in_executor(self._background, commit)
         await self._notify()
 
-    async def _resolve(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges]:
-        folded, resolved = await asyncio.to_thread(self._prepare, records)
+    async def _resolve(
+        self, records: list[LogRecord], *, background: bool = False
+    ) -> tuple[FoldedMutations, ResolvedChanges]:
+        # catching up (nothing else to do yet) runs at full speed in the default executor
+        executor = self._background if background else None
+        loop = asyncio.get_running_loop()
+        folded, resolved = await loop.run_in_executor(executor, self._prepare, records)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
             resolved.upserts.extend(await embed_routes(self.encoder, resolved.to_embed))

@@ -31,5 +31,9 @@ class OffsetRegression(StoreError):
     """A mutation-log offset would move backwards: the store is ahead of the log it is fed from."""
 
 
+class IndexBuildFailed(RoutingError):
+    """Building the main index failed (the table keeps serving from its overlay)."""
+
+
 class EncoderError(RoutingError):
     """The embedding model cannot be loaded or used."""

@@ -1,56 +1,103 @@
-"""Persisting the main index beside the store, so a restart loads it instead of rebuilding.
+"""Persisting the main index beside the store, so a restart maps it instead of rebuilding.
 
 A manifest (JSON) names the index file and lists its slots (route name, route digest, rows). On
 load, slots whose route is unchanged in the store are reused; changed or deleted routes are masked
 by the table and served from its overlay, so a few mutations after the last rebuild never force a
-full rebuild at start-up. Files are written under temporary names and renamed into place.
+full rebuild at start-up. The index file is mapped into memory (pages are read on first use and
+shared with the page cache), so loading takes milliseconds whatever its size. Files are written
+under temporary names and renamed into place; the file of the index being replaced is kept until
+the next rebuild (see :func:`place_index`).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
+import shutil
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
-from worker.routing.index import IndexKind, IndexSettings, MainIndex, faiss
+import orjson
+
+from worker.routing.builder import JOB_PREFIX, is_sorted, map_index
+from worker.routing.index import SLICE, IndexKind, IndexSettings, MainIndex, faiss, pause
 from worker.routing.types import RouteVectors
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "main-index.json"
-_FORMAT = 1
+_FORMAT = 2
 
 
-def save_main(main: MainIndex, directory: Path, fingerprint: str) -> Path | None:
-    """Write ``main`` and its manifest into ``directory``; returns the index file (None if empty)."""
+def place_index(main: MainIndex, directory: Path, keep: Path | None = None) -> MainIndex:
+    """Give ``main``'s index its own file in ``directory``; returns ``main`` naming that file.
+
+    An index built by a child process is moved there (it stays mapped), one in memory is written.
+    Older index files are deleted except ``keep``: the file of the index being replaced, which
+    searches may still hold. It goes at the next placement, unmapped by then: unlinking a file
+    first and unmapping it later frees its pages while the GIL is held (30 ms for 384 MB), while
+    ``os.unlink`` of a file nobody maps frees them without it.
+    """
     if main.index is None:
-        return None
+        return main
     directory.mkdir(parents=True, exist_ok=True)
-    digest = main.digest
-    index_path = directory / f"main-{main.kind}-{digest[:24]}.faiss"
+    placed = main.path
+    if placed is None or placed.parent != directory:
+        placed = directory / f"main-{main.kind}-{uuid.uuid4().hex[:16]}.faiss"
+        _move_or_write(main, placed)
+    for old in directory.glob("main-*.faiss"):
+        if old not in (placed, keep):
+            old.unlink(missing_ok=True)
+    for job in directory.glob(JOB_PREFIX + "*"):
+        shutil.rmtree(job, ignore_errors=True)
+    return main if placed == main.path else dataclasses.replace(main, path=placed)
+
+
+def write_manifest(main: MainIndex, directory: Path, fingerprint: str) -> None:
+    """Describe ``main`` (placed by :func:`place_index`) in ``directory``'s manifest."""
+    if main.index is None or main.path is None or main.path.parent != directory:
+        raise ValueError("write_manifest needs an index placed in the same directory")
+    header = {
+        "format": _FORMAT,
+        "kind": main.kind,
+        "lists": _lists(main.index, main.kind),
+        "dim": main.dim,
+        "fingerprint": fingerprint,
+        "index_file": main.path.name,
+    }
+    temporary = directory / (MANIFEST + ".tmp")
+    with open(temporary, "wb") as out:
+        # Streamed in slices: one json.dumps of 50k slots would hold the GIL for tens of ms.
+        out.write(b'{"slots":[')
+        for start in range(0, len(main.names), SLICE):
+            if start:
+                pause()
+                out.write(b",")
+            end = start + SLICE
+            names, digests, counts = main.names[start:end], main.digests[start:end], main.counts[start:end]
+            out.write(orjson.dumps(list(zip(names, digests, counts.tolist(), strict=True)))[1:-1])
+        out.write(b"]," + orjson.dumps(header)[1:])
+    os.replace(temporary, directory / MANIFEST)
+    logger.info("persisted %s index of %d vectors to %s", main.kind, main.rows, main.path)
+
+
+def _move_or_write(main: MainIndex, index_path: Path) -> None:
+    if main.path is not None:
+        try:
+            os.replace(main.path, index_path)  # same file system: a rename, the mapping stays valid
+            return
+        except OSError as error:
+            logger.info("copying index %s instead of moving it: %s", main.path, error)
     temporary = index_path.with_suffix(".faiss.tmp")
     faiss.write_index(main.index, str(temporary))
     os.replace(temporary, index_path)
-    manifest = {
-        "format": _FORMAT,
-        "kind": main.kind,
-        "dim": main.dim,
-        "fingerprint": fingerprint,
-        "digest": digest,
-        "index_file": index_path.name,
-        "slots": [[n, d, int(c)] for n, d, c in zip(main.names, main.digests, main.counts, strict=True)],
-    }
-    temporary_manifest = directory / (MANIFEST + ".tmp")
-    temporary_manifest.write_text(json.dumps(manifest, separators=(",", ":")))
-    os.replace(temporary_manifest, directory / MANIFEST)
-    for old in directory.glob("main-*.faiss"):
-        if old != index_path:
-            old.unlink(missing_ok=True)
-    logger.info("persisted %s index of %d vectors to %s", main.kind, main.rows, index_path)
-    return index_path
+
+
+def _lists(index: Any, kind: IndexKind) -> int:
+    return int(faiss.extract_index_ivf(index).nlist) if kind == "ivf" else 0
 
 
 def load_main(
@@ -62,20 +109,22 @@ def load_main(
 ) -> MainIndex | None:
     """Load the persisted main index if it fits this table, else None (the caller rebuilds).
 
-    It fits when it was built with the same model and dimension and is of the kind ``settings``
-    picks for its size. ``routes`` are the store's routes; slots whose digest matches reuse them.
+    It fits when it was built with the same model and dimension and is of the kind (and list
+    count) ``settings`` pick for its size. ``routes`` are the store's; slots whose digest matches
+    reuse them.
     """
     manifest_path = directory / MANIFEST
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = orjson.loads(manifest_path.read_bytes())
+        slots = [(str(n), str(d), int(c)) for n, d, c in manifest.get("slots", ())]
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, TypeError) as error:
         logger.warning("ignoring unreadable index manifest %s: %s", manifest_path, error)
         return None
-    slots = [(str(n), str(d), int(c)) for n, d, c in manifest.get("slots", ())]
     rows = sum(c for _, _, c in slots)
-    kind = cast(IndexKind, manifest.get("kind"))
+    kind = manifest.get("kind")
+    names = tuple(name for name, _, _ in slots)
     reason = None
     if manifest.get("format") != _FORMAT:
         reason = f"format {manifest.get('format')}"
@@ -83,29 +132,52 @@ def load_main(
         reason = "another model"
     elif kind != settings.kind_for(rows):
         reason = f"a {kind} index where settings want {settings.kind_for(rows)}"
+    elif kind == "ivf" and manifest.get("lists") != settings.lists_for(rows):
+        reason = f"{manifest.get('lists')} lists where settings want {settings.lists_for(rows)}"
+    elif not is_sorted(names):
+        reason = "slots out of name order"
     if reason is not None:
         logger.info("ignoring persisted index in %s: %s", directory, reason)
         return None
     index_path = directory / str(manifest["index_file"])
     try:
-        index = faiss.read_index(str(index_path))
+        index = map_index(index_path)
     except RuntimeError as error:
         logger.warning("ignoring unreadable index %s: %s", index_path, error)
         return None
-    if index.ntotal != rows or index.d != dim:
+    if (
+        index.ntotal != rows
+        or index.d != dim
+        or _lists(index, cast(IndexKind, kind)) != manifest.get("lists")
+    ):
         logger.warning(
             "ignoring index %s: %d rows of dim %d, manifest says %d", index_path, index.ntotal, index.d, rows
         )
         return None
-    known = {
-        name: routes[name] for name, digest, _ in slots if name in routes and routes[name].digest == digest
-    }
+    digests = tuple(digest for _, digest, _ in slots)
+    slot_routes = tuple(_known(routes.get(name), digest) for name, digest in zip(names, digests, strict=True))
+    main = MainIndex.assemble(
+        dim,
+        cast(IndexKind, kind),
+        index,
+        names,
+        digests,
+        [count for _, _, count in slots],
+        slot_routes,
+        settings.probe_lists,
+        index_path,
+        threads=settings.faiss_threads,
+    )
     logger.info(
         "loaded %s index of %d vectors (%d of %d routes unchanged) from %s",
         kind,
         rows,
-        len(known),
+        int(main.known.sum()),
         len(slots),
         index_path,
     )
-    return MainIndex.assemble(dim, kind, index, slots, known, settings.ef_search)
+    return main
+
+
+def _known(rv: RouteVectors | None, digest: str) -> RouteVectors | None:
+    return rv if rv is not None and rv.digest == digest else None

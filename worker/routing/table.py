@@ -8,18 +8,32 @@ into a new main index off to the side and swaps it in, keeping mutations that ar
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
+from worker.routing.builder import build_main, lower_priority, merge_by_name
 from worker.routing.errors import DimensionMismatch, FingerprintMismatch
-from worker.routing.index import IndexSettings, Int64s, MainIndex, build_main, faiss, table_digest
-from worker.routing.index_file import load_main, save_main
+from worker.routing.index import (
+    IndexSettings,
+    Int64s,
+    MainIndex,
+    in_slices,
+    table_digest,
+    use_blas_from,
+    use_faiss_threads,
+)
+from worker.routing.index_file import load_main, place_index, write_manifest
 from worker.routing.overlay import Overlay
 from worker.routing.types import RouteVectors, TableVersion, Vectors
 
@@ -45,6 +59,7 @@ class TableSnapshot:
 
     def search(self, queries: Vectors, k: int) -> Hits:
         """The ``k`` nearest utterances of each query among all live routes."""
+        use_faiss_threads(self.main.threads)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.main.dim:
             raise DimensionMismatch(f"queries of shape {queries.shape}, table dimension {self.main.dim}")
@@ -60,10 +75,14 @@ class TableSnapshot:
 
     def route_at(self, route_id: int) -> RouteVectors:
         """The route behind a route id returned by :meth:`search`."""
-        slots = len(self.main.names)
-        if route_id < slots:
-            return self.main.routes[self.main.names[route_id]]
-        return self.overlay.routes[self.overlay.names[route_id - slots]]
+        return self._by_route_id[route_id]
+
+    @cached_property
+    def _by_route_id(self) -> tuple[RouteVectors, ...]:
+        # One tuple for every route id: the scorer looks up hundreds of ids per batch. Unknown main
+        # slots hold None, but they are masked, so a search never returns their ids.
+        overlay = tuple(self.overlay.routes[name] for name in self.overlay.names)
+        return cast(tuple[RouteVectors, ...], self.main.slot_routes) + overlay
 
     @cached_property
     def utterance_counts(self) -> Int64s:
@@ -74,17 +93,27 @@ class TableSnapshot:
         """The live route called ``name``, if any."""
         if name in self.overlay.routes:
             return self.overlay.routes[name]
-        slot = self.main.slot_of.get(name)
+        slot = self.main.slot(name)
         if slot is None or self.overlay.masked[slot]:
             return None
-        return self.main.routes[name]
+        return self.main.slot_routes[slot]
 
     def routes(self) -> Iterator[RouteVectors]:
         """Every live route (main routes in name order, then overlay routes)."""
-        for slot, name in enumerate(self.main.names):
-            if not self.overlay.masked[slot]:
-                yield self.main.routes[name]
+        yield from self._live_main_routes()
         yield from self.overlay.routes.values()
+
+    def ordered_routes(self) -> list[RouteVectors]:
+        """Every live route in name order (gathered in slices: cheap on the GIL)."""
+        return merge_by_name(self._live_main_routes(), list(self.overlay.routes.values()))
+
+    def _live_main_routes(self) -> list[RouteVectors]:
+        # Masked slots include every slot whose route is unknown, so the rest are all RouteVectors.
+        slot_routes = cast(tuple[RouteVectors, ...], self.main.slot_routes)
+        if not self.overlay.masked.any():
+            return list(slot_routes)
+        live = np.flatnonzero(~self.overlay.masked).tolist()
+        return list(chain.from_iterable(map(slot_routes.__getitem__, part) for part in in_slices(live)))
 
     def route_names(self) -> list[str]:
         """Sorted names of the live routes."""
@@ -121,14 +150,15 @@ class RouteTable:
         self.fingerprint = fingerprint
         self.settings = settings or IndexSettings()
         self.index_dir = index_dir
-        if self.settings.faiss_threads is not None:
-            faiss.omp_set_num_threads(self.settings.faiss_threads)
-        main = main or MainIndex.empty(dim)
+        use_faiss_threads(self.settings.faiss_threads)
+        use_blas_from(self.settings.blas_min_queries)
+        main = main or MainIndex.empty(dim, self.settings.faiss_threads)
         self._snapshot = TableSnapshot(main, Overlay.empty(main), version)
         self._swap_lock = threading.Lock()  # held only to build and publish a small new snapshot
         self._rebuild_lock = threading.Lock()  # one rebuild at a time
         self._rebuild_scheduled = False
         self._rebuild_thread: threading.Thread | None = None
+        self._scratch_dir: Path | None = None
         self.last_rebuild_error: BaseException | None = None
 
     @classmethod
@@ -156,10 +186,9 @@ class RouteTable:
             table.rebuild(block=True)
             return table
         table = cls(dim, fingerprint, settings, index_dir, main=main, version=version)
-        stale = [name for name in main.names if name not in main.routes and name not in by_name]
-        table.apply(
-            [rv for rv in routes if main.routes.get(rv.name) is not rv], stale, version, rebuild=False
-        )
+        unknown = np.flatnonzero(~main.known).tolist()
+        stale = [main.names[slot] for slot in unknown if main.names[slot] not in by_name]
+        table.apply([rv for rv in routes if main.route(rv.name) is not rv], stale, version, rebuild=False)
         if table.snapshot().overlay.rows >= settings.overlay_rebuild_rows:
             table.rebuild(block=False)
         return table
@@ -234,6 +263,10 @@ class RouteTable:
             thread.join(timeout)
 
     def _rebuild_in_background(self) -> None:
+        # This thread's share of the work (gathering and writing the vectors, persisting) runs at
+        # low priority, and so does the build process it starts: at normal priority writing the
+        # vectors took half a CPU from searches.
+        lower_priority(self.settings.build_niceness)
         with self._rebuild_lock:
             with self._swap_lock:
                 self._rebuild_scheduled = False
@@ -243,18 +276,30 @@ class RouteTable:
                 self.last_rebuild_error = error
                 logger.exception("route index rebuild failed")
 
+    def _scratch(self) -> Path:
+        """Where a table without ``index_dir`` keeps its mapped index files (removed with it)."""
+        if self._scratch_dir is None:
+            self._scratch_dir = Path(tempfile.mkdtemp(prefix="routeworker-index-"))
+            weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
+        return self._scratch_dir
+
     def _rebuild_once(self) -> None:
         started = time.perf_counter()
         base = self._snapshot
         if base.overlay.rows == 0 and not base.overlay.routes and not base.overlay.masked.any():
             return
-        main = build_main(base.routes(), self.dim, self.settings)
+        live_rows = base.main.rows - int(base.main.counts[base.overlay.masked].sum()) + base.overlay.rows
+        approximate = self.settings.kind_for(live_rows) != "flat"
+        directory = self.index_dir or (self._scratch() if approximate else None)
+        main = build_main(base.ordered_routes(), self.dim, self.settings, directory)
+        if directory is not None:
+            main = place_index(main, directory, keep=base.main.path)
         with self._swap_lock:
             current = self._snapshot
             # Only this thread replaces main, so current.main is base.main and every route changed
             # since `base` is in current.overlay: keep those changes on top of the new main.
-            kept = [rv for name, rv in current.overlay.routes.items() if main.routes.get(name) is not rv]
-            gone = [name for name in current.overlay.deleted if name in main.slot_of]
+            kept = [rv for name, rv in current.overlay.routes.items() if main.route(name) is not rv]
+            gone = [name for name in current.overlay.deleted if main.slot(name) is not None]
             overlay = Overlay.empty(main).with_mutations(main, kept, gone)
             self._snapshot = TableSnapshot(main, overlay, current.version)
         logger.info(
@@ -265,8 +310,8 @@ class RouteTable:
             time.perf_counter() - started,
             len(kept),
         )
-        if self.index_dir is not None:
-            save_main(main, self.index_dir, self.fingerprint)
+        if self.index_dir is not None and main.index is not None:
+            write_manifest(main, self.index_dir, self.fingerprint)
 
 
 def _check(rv: RouteVectors, dim: int, fingerprint: str) -> None:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 
 from worker.routing import IndexSettings, Route, Router, RouteTable, RouteVectors, ScoringConfig, l2_normalise
 
@@ -23,14 +24,25 @@ def _probe(name: str, vectors: np.ndarray, generation: int) -> RouteVectors:
     return RouteVectors(route, vectors, np.zeros((0, DIM), dtype=np.float32), FP)
 
 
-def test_answers_match_the_version_that_decided(random_route: Callable[..., RouteVectors]) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        IndexSettings(overlay_rebuild_rows=12),
+        # approximate main indexes, built by a child process and swapped in from a mapped file
+        IndexSettings(overlay_rebuild_rows=12, approximate_above=0, list_rows=16),
+    ],
+    ids=["flat", "ivf"],
+)
+def test_answers_match_the_version_that_decided(
+    random_route: Callable[..., RouteVectors], settings: IndexSettings
+) -> None:
     rng = np.random.default_rng(42)
     background = [random_route(f"r{i:02d}", rng, 3) for i in range(60)]
     # Each probe route cycles through GENERATIONS sets of utterance vectors (or is deleted).
     sets = {
         name: [l2_normalise(rng.normal(size=(3, DIM))) for _ in range(GENERATIONS)] for name in ("x", "y")
     }
-    table = RouteTable(DIM, FP, IndexSettings(overlay_rebuild_rows=12))
+    table = RouteTable(DIM, FP, settings)
     start = [_probe(name, sets[name][0], 0) for name in sets]
     table.apply([*background, *start], [], ((0, 1),))
     table.rebuild(block=True)

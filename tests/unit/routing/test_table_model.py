@@ -32,7 +32,18 @@ def _route(name: str, utterances: int, seed: int) -> RouteVectors:
 @settings(max_examples=40, deadline=None)
 @given(operations)
 def test_table_matches_brute_force(ops: list[tuple[str, int, int, int]]) -> None:
-    table = RouteTable(DIM, FP, IndexSettings(overlay_rebuild_rows=10**9))
+    _check_against_brute_force(ops, IndexSettings(overlay_rebuild_rows=10**9))
+
+
+@settings(max_examples=8, deadline=None)
+@given(operations)
+def test_approximate_table_matches_brute_force(ops: list[tuple[str, int, int, int]]) -> None:
+    # IVF main index (built by a child process) probing all of its lists: exact again.
+    _check_against_brute_force(ops, IndexSettings(overlay_rebuild_rows=10**9, approximate_above=0))
+
+
+def _check_against_brute_force(ops: list[tuple[str, int, int, int]], index_settings: IndexSettings) -> None:
+    table = RouteTable(DIM, FP, index_settings)
     model: dict[str, RouteVectors] = {}
     queries = l2_normalise(np.random.default_rng(0).normal(size=(4, DIM)))
     for step, (kind, index, utterances, seed) in enumerate(ops, start=1):

@@ -1,0 +1,216 @@
+"""Approximate (IVF) main indexes: built by a child process, deterministic, mapped from disk."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.routing import IndexSettings, Route, RouteTable, RouteVectors, l2_normalise
+from worker.routing import builder as builder_module
+from worker.routing import table as table_module
+from worker.routing.builder import JOB_PREFIX, build_main, is_sorted, merge_by_name
+from worker.routing.errors import IndexBuildFailed
+from worker.routing.index import faiss
+from worker.routing.index_file import MANIFEST
+
+DIM = 64
+FP = "hashing-bow@test:0"
+RandomRoute = Callable[..., RouteVectors]
+#: every table of these tests is approximate, with a few vectors per inverted list
+IVF = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2)
+
+
+def _routes(count: int, seed: int) -> list[RouteVectors]:
+    rng = np.random.default_rng(seed)
+    return [
+        RouteVectors(
+            Route(f"r{i:03d}", ("a", "b", "c")),
+            l2_normalise(rng.normal(size=(3, DIM))),
+            np.zeros((0, DIM), dtype=np.float32),
+            FP,
+        )
+        for i in range(count)
+    ]
+
+
+def _names(table: RouteTable, queries: np.ndarray, k: int = 5) -> list[list[str]]:
+    snapshot = table.snapshot()
+    hits = snapshot.search(queries, k)
+    return [[snapshot.route_at(int(i)).name for i in row if i >= 0] for row in hits.route_ids]
+
+
+def test_the_same_routes_give_the_same_index_in_any_order() -> None:
+    routes = _routes(120, seed=0)
+    one = build_main(routes, DIM, IVF)
+    other = build_main(list(reversed(routes)), DIM, IVF)
+    assert one.kind == "ivf"
+    assert faiss.extract_index_ivf(one.index).nlist == IVF.lists_for(360) == 32
+    assert one.names == tuple(sorted(rv.name for rv in routes))
+    assert np.array_equal(faiss.serialize_index(one.index), faiss.serialize_index(other.index))
+
+
+def test_short_writes_of_the_vectors_still_give_the_same_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    routes = _routes(50, seed=13)
+    expected = faiss.serialize_index(build_main(routes, DIM, IVF).index)
+    real = os.writev
+
+    def short(descriptor: int, buffers: list[memoryview]) -> int:
+        # at most 1000 bytes per call, often ending inside a route's vectors
+        return real(descriptor, [buffers[0][:1000]])
+
+    monkeypatch.setattr(builder_module.os, "writev", short)
+    assert np.array_equal(faiss.serialize_index(build_main(routes, DIM, IVF).index), expected)
+
+
+def test_routes_without_utterances_take_a_slot_and_no_rows() -> None:
+    empty = RouteVectors(Route("r015-empty", ()), np.zeros((0, DIM), np.float32), np.zeros((0, DIM)), FP)
+    main = build_main([*_routes(30, seed=15), empty], DIM, IVF)
+    assert (main.kind, main.rows, main.index.ntotal) == ("ivf", 90, 90)
+    slot = main.slot("r015-empty")
+    assert slot is not None
+    assert main.counts[slot] == 0
+    assert main.route("r015-empty") is empty
+
+
+def test_probing_every_list_is_exact() -> None:
+    routes = _routes(80, seed=1)
+    queries = l2_normalise(np.random.default_rng(2).normal(size=(10, DIM)))
+    exhaustive = IndexSettings(approximate_above=0, list_rows=8, probe_lists=10**6)
+    approximate = build_main(routes, DIM, exhaustive)
+    exact = build_main(routes, DIM, IndexSettings())
+    assert (approximate.kind, exact.kind) == ("ivf", "flat")
+    found, truth = approximate.search_rows(queries, 10), exact.search_rows(queries, 10)
+    assert np.array_equal(found[1], truth[1])
+    assert np.allclose(found[0], truth[0], atol=1e-5)
+
+
+def test_a_persisted_ivf_index_is_mapped_and_reused(tmp_path: Path) -> None:
+    routes = _routes(100, seed=3)
+    table = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF, tmp_path)
+    (index_file,) = tmp_path.glob("main-ivf-*.faiss")
+    assert not list(tmp_path.glob(JOB_PREFIX + "*"))  # the built file was moved into place
+    reloaded = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF, tmp_path)
+    main = reloaded.snapshot().main
+    assert (main.kind, main.path, reloaded.snapshot().overlay.rows) == ("ivf", index_file, 0)
+    queries = l2_normalise(np.random.default_rng(4).normal(size=(8, DIM)))
+    assert _names(reloaded, queries) == _names(table, queries)
+    # Other list counts (changed settings) are not reused: the table rebuilds.
+    other = IndexSettings(approximate_above=0, list_rows=4, probe_lists=2)
+    rebuilt = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, other, tmp_path)
+    assert faiss.extract_index_ivf(rebuilt.snapshot().main.index).nlist == other.lists_for(300)
+    assert [p.name for p in tmp_path.glob("main-*.faiss")] != [index_file.name]
+
+
+def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path: Path) -> None:
+    routes = _routes(60, seed=5)
+    table = RouteTable.from_routes(routes, ((0, 60),), DIM, FP, IVF, tmp_path)
+    old = table.snapshot()
+    assert old.main.path is not None
+    queries = l2_normalise(np.random.default_rng(6).normal(size=(8, DIM)))
+    before = _names(table, queries)
+    replacement = _routes(61, seed=7)[60:]
+    table.apply(replacement, ["r000"], ((0, 62),))
+    table.rebuild(block=True)
+    new = table.snapshot().main
+    assert new.route("r060") is replacement[0]
+    assert new.slot("r000") is None
+    # The replaced index keeps its file while searches may still hold it ...
+    assert {p.name for p in tmp_path.glob("main-*.faiss")} == {old.main.path.name, new.path.name}
+    hits = old.search(queries, 5)
+    assert [[old.route_at(int(i)).name for i in row] for row in hits.route_ids] == before
+    # ... until the next rebuild replaces the index that replaced it.
+    table.apply([], ["r001"], ((0, 63),))
+    table.rebuild(block=True)
+    newest = table.snapshot().main.path
+    assert newest is not None
+    assert {p.name for p in tmp_path.glob("main-*.faiss")} == {new.path.name, newest.name}
+    reloaded = RouteTable.from_routes(table.snapshot().ordered_routes(), ((0, 63),), DIM, FP, IVF, tmp_path)
+    assert reloaded.snapshot().main.path == newest
+
+
+def test_a_table_without_index_dir_maps_its_index_from_a_private_folder() -> None:
+    table = RouteTable(DIM, FP, IVF)
+    table.apply(_routes(40, seed=14), [], ((0, 40),))
+    table.rebuild(block=True)
+    path = table.snapshot().main.path
+    assert path is not None
+    assert path.exists()
+    folder = path.parent
+    del table
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_a_failed_build_raises_and_leaves_the_table_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routes = _routes(30, seed=8)
+    table = RouteTable(DIM, FP, IVF, tmp_path)
+    table.apply(routes, [], ((0, 30),))
+    monkeypatch.setattr(sys, "executable", "false")  # the build process exits with an error
+    with pytest.raises(IndexBuildFailed, match="exited with 1"):
+        table.rebuild(block=True)
+    assert not list(tmp_path.glob(JOB_PREFIX + "*"))
+    assert table.snapshot().overlay.rows == 90
+    table.rebuild(block=False)
+    table.wait_for_rebuild()
+    assert isinstance(table.last_rebuild_error, IndexBuildFailed)
+    assert _names(table, routes[4].utterance_vectors[:1], k=1) == [["r004"]]
+
+
+def test_stale_job_folders_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / (JOB_PREFIX + "left-by-a-crash")
+    stale.mkdir(parents=True)
+    (stale / "vectors.f32").write_bytes(b"\0" * 16)
+    RouteTable.from_routes(_routes(20, seed=9), (), DIM, FP, IVF, tmp_path)
+    assert not stale.exists()
+    assert (tmp_path / MANIFEST).exists()
+
+
+def test_merge_by_name_keeps_name_order() -> None:
+    routes = _routes(30, seed=10)
+    ordered = [rv for i, rv in enumerate(routes) if i % 3]
+    extra = [routes[i] for i in (27, 0, 3, 15)]
+    merged = merge_by_name(ordered, extra)
+    assert [rv.name for rv in merged] == sorted(rv.name for rv in [*ordered, *extra])
+    assert merge_by_name(ordered, []) is ordered
+    assert is_sorted([rv.name for rv in merged])
+    assert not is_sorted(["b", "a"])
+    assert not is_sorted(["a", "a"])
+    assert is_sorted([])
+    assert is_sorted(["a"])
+    # Checked in slices: an inversion right at a slice boundary is found too.
+    names = [f"{i:05d}" for i in range(5_000)]
+    assert is_sorted(names)
+    for at in (2_047, 2_048, 4_095, 4_998):
+        swapped = [*names[:at], names[at + 1], names[at], *names[at + 2 :]]
+        assert not is_sorted(swapped), at
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature")
+def test_background_rebuilds_run_at_lower_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    real = table_module.build_main
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(table_module, "build_main", recording)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    table = RouteTable(DIM, FP, IndexSettings(build_niceness=7))
+    table.apply(_routes(5, seed=11), [], ((0, 5),))
+    table.rebuild(block=False)
+    table.wait_for_rebuild()
+    table.apply(_routes(6, seed=12)[5:], [], ((0, 6),))
+    table.rebuild(block=True)
+    assert seen == [max(own, 7), own]
+    assert table.snapshot().overlay.rows == 0

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +42,11 @@ from worker.routing import (
     ScoringConfig,
     fit_thresholds,
 )
-from worker.routing.fitting import fit_head_weight
+from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight
 from worker.routing.head import HeadConfig, train_head
 
 REPO = Path(__file__).resolve().parents[1]
-console = Console()
+console = Console(width=150)
 
 
 def build_table(split: Split, vectors: np.ndarray, fingerprint: str) -> RouteTable:
@@ -72,6 +74,22 @@ def nearest_utterance(routes: Split, route_vecs: np.ndarray, test_vecs: np.ndarr
     """The plain baseline: the route of the single most similar utterance, no threshold."""
     best = np.argmax(test_vecs @ route_vecs.T, axis=1)
     return [routes.labels[i] for i in best]
+
+
+def fit_figures(fitted: FittedThresholds) -> dict[str, object]:
+    """What the fit chose and the fit-split figures it chose by (never test)."""
+
+    def figures(m: FitMetrics | None) -> dict[str, float | int] | None:
+        return asdict(m) if m is not None else None
+
+    return {
+        "default": fitted.default,
+        "margin": fitted.margin,
+        "per_route": len(fitted.per_route),
+        "fit_split_before": figures(fitted.before),
+        "fit_split_after_in_sample": figures(fitted.after),
+        "fit_split_cross_validated": figures(fitted.cross_validated),
+    }
 
 
 def evaluate(ds: Dataset, cache: VectorCache, fingerprint: str, with_sr: bool) -> dict[str, object]:
@@ -109,6 +127,11 @@ def evaluate(ds: Dataset, cache: VectorCache, fingerprint: str, with_sr: bool) -
         Router(fitting_table, config, None, fitting_head), vec["fit"], ds.fit.labels
     )
     timings["head_fit_s"] = time.perf_counter() - started
+    chosen_cv = head_fitted.cross_validated
+    console.print(
+        f"{ds.name}: head weight {head_router.config.head_weight:.2f} chosen on the fit split"
+        + (f" (cross-validated accuracy {chosen_cv.accuracy:.4f})" if chosen_cv else "")
+    )
     started = time.perf_counter()
     head = train_head(table.snapshot().routes(), head_config)
     timings["head_train_all_routes_s"] = time.perf_counter() - started
@@ -127,18 +150,17 @@ def evaluate(ds: Dataset, cache: VectorCache, fingerprint: str, with_sr: bool) -
         "checksums": ds.checksums,
         "results": results,
         "timings": timings,
-        "fitted": {"default": fitted.default, "margin": fitted.margin, "per_route": len(fitted.per_route)},
-        "scoring_config": config.__dict__,
+        "fitted": fit_figures(fitted),
+        "scoring_config": asdict(config),
         "head": {
-            "config": head_config.__dict__,
-            "scoring_config": head_router.config.__dict__,
-            "fitted": {
-                "default": head_fitted.default,
-                "margin": head_fitted.margin,
-                "per_route": len(head_fitted.per_route),
-                "fit_accuracy_before": head_fitted.before.accuracy if head_fitted.before else None,
-                "fit_accuracy_after": head_fitted.after.accuracy if head_fitted.after else None,
+            "config": asdict(head_config),
+            "scoring_config": asdict(head_router.config),
+            "chosen_head_weight": head_router.config.head_weight,
+            "head_weight_selection": "highest 5-fold cross-validated accuracy on the fit split",
+            "fit_split_cross_validated_by_weight": {
+                f"{c.head_weight:.2f}": asdict(c.cross_validated) for c in head_fitted.head_weights
             },
+            "fitted": fit_figures(head_fitted),
         },
         "semantic_router": sr_info,
     }
@@ -187,6 +209,7 @@ def main() -> int:
         "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
         "model": encoder.fingerprint,
         "machine": machine_info(),
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset (OpenBLAS default: one per CPU)"),
         "datasets": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)

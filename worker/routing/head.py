@@ -1,4 +1,4 @@
-"""A learned routing head: softmax regression over utterance embeddings, numpy only.
+"""A learned routing head: a small neural network over utterance embeddings, numpy only.
 
 The head is trained on one table snapshot and remembers the digest of every route it learned. The
 router only uses it for routes whose live digest still matches, so a route added, changed or
@@ -18,39 +18,33 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from worker.routing.head_training import HeadConfig, HeadLayers, softmax, train_layers
 from worker.routing.table import RouteTable
 from worker.routing.types import RouteVectors, Vectors
+
+__all__ = ["HeadConfig", "HeadTrainer", "RouteHead", "train_head"]
 
 logger = logging.getLogger(__name__)
 
 Probabilities = npt.NDArray[np.float64]
 
 
-@dataclass(frozen=True)
-class HeadConfig:
-    """Training settings. Defaults were chosen on the fit splits (never test) of Banking77/CLINC150
-    (CLINC150 val in-scope, head alone: scale 20/6 epochs/lr 0.01 0.952, 16/12/0.005 0.956, 32/6/0.01
-    0.950; more epochs at a high rate over-fit the route utterances)."""
-
-    #: logits are ``scale * x @ W + b``; cosine-like inputs need a large scale to become confident
-    scale: float = 16.0
-    epochs: int = 12
-    batch_size: int = 256
-    learning_rate: float = 0.005
-    l2: float = 1e-4
-    seed: int = 0
-
-
 @dataclass(frozen=True, eq=False)
 class RouteHead:
-    """Trained weights plus the routes (name -> digest) they were trained on."""
+    """Trained weights plus the routes (name -> digest) they were trained on.
+
+    ``logits = relu(scale * x @ hidden_weights + hidden_bias) @ weights + bias``; without a hidden
+    layer ``logits = scale * x @ weights + bias``.
+    """
 
     names: tuple[str, ...]
     digests: Mapping[str, str]
-    weights: npt.NDArray[np.float32]  # (dim, routes)
+    weights: npt.NDArray[np.float32]  # (hidden or dim, routes)
     bias: npt.NDArray[np.float32]  # (routes,)
     scale: float
     train_seconds: float = 0.0
+    hidden_weights: npt.NDArray[np.float32] | None = None  # (dim, hidden)
+    hidden_bias: npt.NDArray[np.float32] | None = None  # (hidden,)
     columns: Mapping[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,22 +58,14 @@ class RouteHead:
 
     def probabilities(self, queries: Vectors) -> Probabilities:
         """Softmax over the trained routes, one row per query."""
-        logits = self.scale * (np.asarray(queries, dtype=np.float32) @ self.weights) + self.bias
-        return _softmax(logits.astype(np.float64))
-
-
-def _softmax(logits: npt.NDArray[np.float64]) -> Probabilities:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    out: Probabilities = exp / exp.sum(axis=1, keepdims=True)
-    return out
+        features = np.float32(self.scale) * np.asarray(queries, dtype=np.float32)
+        if self.hidden_weights is not None and self.hidden_bias is not None:
+            features = np.maximum(features @ self.hidden_weights + self.hidden_bias, np.float32(0.0))
+        return softmax(features @ self.weights + self.bias)
 
 
 def train_head(routes: Iterable[RouteVectors], config: HeadConfig | None = None) -> RouteHead:
-    """Train a head on ``routes``: utterances pull towards their route, negatives push away.
-
-    Mini-batch Adam with a cosine learning-rate decay, weights initialised at the route centroids.
-    """
+    """Train a head on ``routes``: utterances pull towards their route, negatives push away."""
     config = config or HeadConfig()
     started = time.perf_counter()
     ordered = sorted(routes, key=lambda rv: rv.name)
@@ -92,60 +78,19 @@ def train_head(routes: Iterable[RouteVectors], config: HeadConfig | None = None)
     x = np.concatenate(xs).astype(np.float32) if xs else np.zeros((0, dim), np.float32)
     y = np.concatenate(ys).astype(np.int64)
     positive = np.arange(y.size) < sum(rv.utterance_vectors.shape[0] for rv in ordered)
-    weights, bias = _fit(x, y, positive, len(ordered), config)
+    layers: HeadLayers = train_layers(x, y, positive, len(ordered), config)
     seconds = time.perf_counter() - started
     logger.info("trained route head: %d routes, %d examples in %.2fs", len(ordered), y.size, seconds)
     return RouteHead(
         names=tuple(rv.name for rv in ordered),
         digests={rv.name: rv.digest for rv in ordered},
-        weights=weights,
-        bias=bias,
+        weights=layers.weights,
+        bias=layers.bias,
         scale=config.scale,
         train_seconds=seconds,
+        hidden_weights=layers.hidden_weights,
+        hidden_bias=layers.hidden_bias,
     )
-
-
-def _fit(
-    x: Vectors, y: npt.NDArray[np.int64], positive: npt.NDArray[np.bool_], routes: int, config: HeadConfig
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    centroids = np.zeros((routes, x.shape[1]), np.float64)
-    np.add.at(centroids, y[positive], x[positive])
-    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-    weights = (centroids / np.where(norms > 0, norms, 1.0)).T.astype(np.float32).copy()
-    bias = np.zeros(routes, np.float32)
-    params = [weights, bias]
-    moments = [np.zeros_like(p) for p in params]
-    squares = [np.zeros_like(p) for p in params]
-    rng = np.random.default_rng(config.seed)
-    n = y.size
-    batches = max(1, -(-n // config.batch_size))
-    total, step = config.epochs * batches, 0
-    beta1, beta2 = 0.9, 0.999
-    for _ in range(config.epochs if n else 0):
-        order = rng.permutation(n)
-        for start in range(0, n, config.batch_size):
-            rows = order[start : start + config.batch_size]
-            xb, yb, pos = x[rows], y[rows], positive[rows]
-            probs = _softmax((config.scale * (xb @ weights) + bias).astype(np.float64))
-            onehot = np.zeros_like(probs)
-            onehot[np.arange(rows.size), yb] = 1.0
-            # Positives: cross-entropy. Negatives: -log(1 - p_route), whose gradient pushes the
-            # route's logit down and spreads the mass over the others.
-            p_own = probs[np.arange(rows.size), yb]
-            push = (p_own / np.maximum(1.0 - p_own, 1e-6))[:, None] * (onehot - probs)
-            grad = (np.where(pos[:, None], probs - onehot, push) / rows.size).astype(np.float32)
-            grads = [config.scale * (xb.T @ grad) + config.l2 * weights, grad.sum(axis=0)]
-            step += 1
-            rate = config.learning_rate * 0.5 * (1.0 + np.cos(np.pi * step / total))
-            for param, g, m, v in zip(params, grads, moments, squares, strict=True):
-                m *= beta1
-                m += (1 - beta1) * g
-                v *= beta2
-                v += (1 - beta2) * g * g
-                m_hat = m / (1 - beta1**step)
-                v_hat = v / (1 - beta2**step)
-                param -= (rate * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(np.float32)
-    return weights, bias
 
 
 class HeadTrainer:

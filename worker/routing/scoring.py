@@ -43,7 +43,8 @@ class ScoringConfig:
     default_threshold: float = 0.5
     #: the winner must beat the runner-up by this much
     margin: float = 0.0
-    #: weight of the learned head's probability in a known route's score (0 = kNN only)
+    #: weight of the learned head's probability in a known route's score (0 = kNN only);
+    #: ``fit_head_weight`` chooses it per deployment by cross-validation on labelled examples
     head_weight: float = 0.3
 
     def __post_init__(self) -> None:

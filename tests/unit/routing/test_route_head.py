@@ -3,6 +3,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pytest
 
 from worker.routing import (
     Route,
@@ -13,8 +14,9 @@ from worker.routing import (
     fit_thresholds,
     l2_normalise,
 )
-from worker.routing.fitting import _best_cuts, fit_head_weight
+from worker.routing.fitting import fit_head_weight
 from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
+from worker.routing.threshold_search import best_cuts
 
 DIM = 32
 FP = "synthetic"
@@ -54,6 +56,62 @@ def test_head_learns_a_separable_problem() -> None:
     router = Router(table, ScoringConfig(default_threshold=-1.0), head=head)
     routed = [d.route for d in router.decide(queries, 3)]
     assert float(np.mean([r == names[t] for r, t in zip(routed, truth, strict=True)])) >= 0.95
+
+
+def test_linear_head_learns_a_separable_problem() -> None:
+    table, centres, _, names = _world()
+    config = HeadConfig(
+        hidden=0, scale=16.0, epochs=20, learning_rate=0.005, label_smoothing=0.0, dropout=0.0
+    )
+    head = train_head(table.snapshot().routes(), config)
+    assert head.hidden_weights is None
+    assert head.weights.shape == (DIM, len(names))
+    rng = np.random.default_rng(7)
+    queries = np.concatenate([_near(rng, c, 5, 0.9) for c in centres])
+    predicted = head.probabilities(queries).argmax(axis=1)
+    assert float(np.mean(predicted == np.repeat(np.arange(len(names)), 5))) >= 0.95
+
+
+def test_hidden_layer_shapes_and_probabilities() -> None:
+    table, centres, _, names = _world()
+    head = train_head(table.snapshot().routes(), HeadConfig(hidden=24, epochs=3))
+    assert head.hidden_weights is not None
+    assert head.hidden_bias is not None
+    assert head.hidden_weights.shape == (DIM, 24)
+    assert head.hidden_bias.shape == (24,)
+    assert head.weights.shape == (24, len(names))
+    probs = head.probabilities(centres)
+    assert probs.shape == (len(names), len(names))
+    assert np.allclose(probs.sum(axis=1), 1.0)
+
+
+def test_negative_utterances_push_their_route_down() -> None:
+    rng = np.random.default_rng(11)
+    centres = l2_normalise(rng.normal(size=(4, DIM)))
+    between = l2_normalise((centres[0] + centres[1])[None, :])
+    positives = [_near(rng, c, 10, 0.6) for c in centres]
+    negatives = _near(rng, between[0], 10, 0.2)
+
+    def head_for(with_negatives: bool) -> RouteHead:
+        routes = [_route(f"r{i}", v) for i, v in enumerate(positives)]
+        if with_negatives:
+            r0 = routes[0]
+            routes[0] = RouteVectors(
+                Route(r0.name, r0.route.utterances, tuple(f"not r0 {j}" for j in range(10))),
+                r0.utterance_vectors,
+                negatives,
+                FP,
+            )
+        return train_head(routes)
+
+    pushed, plain = head_for(True).probabilities(between), head_for(False).probabilities(between)
+    assert pushed[0, 0] < 0.5 * plain[0, 0]
+
+
+def test_config_rejects_impossible_settings() -> None:
+    for bad in ({"dropout": 1.0}, {"label_smoothing": -0.1}, {"hidden": -1}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            HeadConfig(**bad)  # type: ignore[arg-type]
 
 
 def test_training_is_deterministic() -> None:
@@ -158,6 +216,28 @@ def test_plateau_takes_the_most_permissive_cut() -> None:
     # Scores best first: right (+1), wrong route (0), wrong route (0), then "no match" (-1).
     score = np.array([0.9, 0.8, 0.7, 0.6])
     gain = np.array([1.0, 0.0, 0.0, -1.0])
-    cut = _best_cuts(score, np.zeros(4, np.int64), gain, 1, np.array([0.95]))
+    cut = best_cuts(score, np.zeros(4, np.int64), gain, 1, np.array([0.95]))
     # Anything in (0.6, 0.7] keeps the gain; the cut accepts the whole plateau, rejects the -1.
     assert 0.6 < cut[0] <= 0.7
+
+
+def test_head_weight_is_chosen_by_cross_validated_accuracy() -> None:
+    chosen = set()
+    for seed in (0, 2):
+        table, centres, _, names = _world(seed)
+        rng = np.random.default_rng(seed + 100)
+        in_scope = [_near(rng, c, 8, 0.9) for c in centres]
+        vectors = np.concatenate([*in_scope, l2_normalise(rng.normal(size=(40, DIM)))])
+        labels: list[str | None] = [n for n in names for _ in range(8)] + [None] * 40
+        head = train_head(table.snapshot().routes())
+        weights = (0.0, 0.25, 0.5, 0.75)
+        router, fitted = fit_head_weight(Router(table, head=head), vectors, labels, weights)
+        tried = fitted.head_weights
+        assert [choice.head_weight for choice in tried] == list(weights)
+        best = max(choice.cross_validated.accuracy for choice in tried)
+        first_best = next(choice for choice in tried if choice.cross_validated.accuracy == best)
+        assert router.config.head_weight == first_best.head_weight  # the smallest of equally good
+        assert fitted.cross_validated == first_best.cross_validated
+        assert router.thresholds is fitted
+        chosen.add(router.config.head_weight)
+    assert chosen != {0.0}  # the worlds do make a head weight win

@@ -14,7 +14,8 @@ from worker.routing import (
     fit_thresholds,
     l2_normalise,
 )
-from worker.routing.fitting import _best_cuts
+from worker.routing.fitting import _folds, cross_validate
+from worker.routing.threshold_search import best_cuts
 
 DIM = 48
 FP = "synthetic"
@@ -97,12 +98,56 @@ def test_labels_must_match_vectors() -> None:
         fit_thresholds(Router(table), vectors, labels[:-1])
 
 
+def test_cross_validation_matches_fitting_on_the_other_folds() -> None:
+    table, vectors, labels = _world(3)
+    router = Router(table, ScoringConfig(default_threshold=0.0))
+    estimate = cross_validate(router, vectors, labels, folds=4)
+    codes = np.array([-1 if label is None else int(label.split("_")[1]) for label in labels], dtype=np.int64)
+    fold = _folds(codes, 4)
+    right = 0
+    for k in range(4):
+        train, held = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        fitted = fit_thresholds(router, vectors[train], [labels[i] for i in train], folds=0)
+        assert fitted.cross_validated is None
+        decisions = router.with_thresholds(fitted).decide(vectors[held], 1)
+        right += sum(d.route == labels[i] for d, i in zip(decisions, held, strict=True))
+    assert estimate.examples == len(labels)
+    assert estimate.accuracy == pytest.approx(right / len(labels))
+    assert fit_thresholds(router, vectors, labels, folds=4).cross_validated == estimate
+
+
+def test_cross_validation_exposes_thresholds_that_memorise_noise() -> None:
+    # Whether an example is "no match" is a coin flip unrelated to its score: per-route thresholds
+    # still find cuts that fit these examples, but they do not carry over to held-out folds.
+    table, vectors, labels = _world(4)
+    rng = np.random.default_rng(9)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    noisy: list[str | None] = [labels[i] if rng.random() < 0.5 else None for i in keep]
+    fitted = fit_thresholds(Router(table, ScoringConfig(default_threshold=0.0)), vectors[keep], noisy)
+    assert fitted.after is not None
+    assert fitted.cross_validated is not None
+    assert fitted.cross_validated.accuracy < fitted.after.accuracy - 0.05
+
+
+def test_folds_deal_every_label_evenly() -> None:
+    labels = np.repeat(np.arange(-1, 7), [23, 5, 1, 2, 10, 11, 4, 3]).astype(np.int64)
+    fold = _folds(labels, 5)
+    assert np.array_equal(fold, _folds(labels, 5))  # deterministic
+    assert set(fold.tolist()) == set(range(5))
+    for label in np.unique(labels):
+        counts = np.bincount(fold[labels == label], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    # each label starts at another fold, so the folds stay about equally large
+    sizes = np.bincount(fold, minlength=5)
+    assert sizes.max() - sizes.min() <= 2
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.sampled_from([-1.0, 0.0, 1.0])), min_size=1, max_size=40))
 def test_best_cut_is_optimal_for_one_route(examples: list[tuple[int, float]]) -> None:
     score = np.array([s / 20 for s, _ in examples])
     gain = np.array([g for _, g in examples])
-    (threshold,) = _best_cuts(score, np.zeros(len(examples), dtype=np.int64), gain, 1, np.array([0.5]))
+    (threshold,) = best_cuts(score, np.zeros(len(examples), dtype=np.int64), gain, 1, np.array([0.5]))
     achieved = gain[score >= threshold].sum()
     best = max(0.0, *(gain[score >= t].sum() for t in score))
     assert achieved == best

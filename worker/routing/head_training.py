@@ -1,0 +1,172 @@
+"""Training the route head's layers: mini-batch Adam over frozen utterance embeddings, numpy only.
+
+The head is one hidden ReLU layer (or none, ``hidden=0``) and a softmax over the routes. Route
+utterances are trained towards their route with label-smoothed cross-entropy; a route's negative
+utterances are trained away from it with ``-log(1 - p_route)``. Everything random (initial
+weights, batch order, dropout) comes from one generator seeded by ``HeadConfig.seed``, so equal
+inputs give equal weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from worker.routing.types import Vectors
+
+Weights = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Training settings.
+
+    Chosen on fit data only, never test, by ``benchmarks/head_selection.py`` (5-fold
+    cross-validation over Banking77 train; CLINC150 val + oos_val): a hidden layer of 512 with
+    dropout 0.5 gave 0.929 top-1 alone on Banking77 vs 0.920 for the previous linear head, and
+    0.956 vs 0.944 cross-validated fit accuracy on CLINC150 (head weight and thresholds fitted);
+    it scored best of the candidates there (hidden 256/1024, dropout 0.3, no label smoothing,
+    input scale 2). Ensembles of 3 seeds were tried and gained under 0.2 points for 3x the time.
+    """
+
+    #: hidden ReLU units; 0 trains a linear head (softmax regression)
+    hidden: int = 512
+    #: inputs are multiplied by this; unit-length embeddings need it to give confident logits
+    scale: float = 4.0
+    epochs: int = 20
+    batch_size: int = 128
+    learning_rate: float = 0.004
+    l2: float = 1e-4
+    #: share of the target mass spread evenly over all routes (keeps probabilities calibrated)
+    label_smoothing: float = 0.1
+    #: share of hidden units dropped per training example
+    dropout: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden < 0 or self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("hidden and epochs must be >= 0, batch_size >= 1")
+        if not (0.0 <= self.label_smoothing < 1.0 and 0.0 <= self.dropout < 1.0):
+            raise ValueError("label_smoothing and dropout must be within [0, 1)")
+
+
+@dataclass(frozen=True)
+class HeadLayers:
+    """Trained weights: ``logits = relu(scale * x @ hidden_weights + hidden_bias) @ weights + bias``
+    (without the hidden layer: ``logits = scale * x @ weights + bias``)."""
+
+    weights: Weights  # (hidden or dim, routes)
+    bias: Weights  # (routes,)
+    hidden_weights: Weights | None = None  # (dim, hidden)
+    hidden_bias: Weights | None = None  # (hidden,)
+
+
+def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Row-wise softmax in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    out: npt.NDArray[np.float64] = exp / exp.sum(axis=1, keepdims=True)
+    return out
+
+
+def train_layers(
+    x: Vectors, y: npt.NDArray[np.int64], positive: npt.NDArray[np.bool_], routes: int, config: HeadConfig
+) -> HeadLayers:
+    """Train on rows ``x`` labelled with route codes ``y``; ``positive`` is False for negatives."""
+    rng = np.random.default_rng(config.seed)
+    params = _initial(x, y, positive, routes, config, rng)
+    moments = [np.zeros_like(p) for p in params]
+    squares = [np.zeros_like(p) for p in params]
+    n = y.size
+    total = config.epochs * max(1, -(-n // config.batch_size))
+    step = 0
+    for _ in range(config.epochs if n else 0):
+        order = rng.permutation(n)
+        for start in range(0, n, config.batch_size):
+            rows = order[start : start + config.batch_size]
+            grads = _gradients(params, x[rows], y[rows], positive[rows], config, rng)
+            step += 1
+            rate = config.learning_rate * 0.5 * (1.0 + np.cos(np.pi * step / total))
+            _adam(params, grads, moments, squares, step, rate)
+    if config.hidden:
+        return HeadLayers(params[2], params[3], params[0], params[1])
+    return HeadLayers(params[0], params[1])
+
+
+def _initial(
+    x: Vectors,
+    y: npt.NDArray[np.int64],
+    positive: npt.NDArray[np.bool_],
+    routes: int,
+    config: HeadConfig,
+    rng: np.random.Generator,
+) -> list[Weights]:
+    dim = x.shape[1]
+    if not config.hidden:
+        # Linear: start at the route centroids, already a sensible nearest-centroid classifier.
+        centroids = np.zeros((routes, dim), np.float64)
+        np.add.at(centroids, y[positive], x[positive])
+        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+        weights = (centroids / np.where(norms > 0, norms, 1.0)).T.astype(np.float32)
+        return [np.ascontiguousarray(weights), np.zeros(routes, np.float32)]
+    hidden_weights = rng.normal(0.0, np.sqrt(2.0 / dim), (dim, config.hidden)).astype(np.float32)
+    weights = rng.normal(0.0, np.sqrt(1.0 / config.hidden), (config.hidden, routes)).astype(np.float32)
+    return [hidden_weights, np.zeros(config.hidden, np.float32), weights, np.zeros(routes, np.float32)]
+
+
+def _gradients(
+    params: list[Weights],
+    xb: Vectors,
+    yb: npt.NDArray[np.int64],
+    pos: npt.NDArray[np.bool_],
+    config: HeadConfig,
+    rng: np.random.Generator,
+) -> list[Weights]:
+    inputs = (config.scale * xb).astype(np.float32)
+    if config.hidden:
+        pre = inputs @ params[0] + params[1]
+        mask = (pre > 0).astype(np.float32)
+        if config.dropout:
+            keep = rng.random(pre.shape) >= config.dropout
+            mask *= keep.astype(np.float32) / np.float32(1.0 - config.dropout)
+        features = pre * mask
+        weights, bias = params[2], params[3]
+    else:
+        features, weights, bias = inputs, params[0], params[1]
+    probs = softmax(features @ weights + bias)
+    rows = np.arange(yb.size)
+    onehot = np.zeros_like(probs)
+    onehot[rows, yb] = 1.0
+    smoothing = config.label_smoothing
+    target = (1.0 - smoothing) * onehot + smoothing / probs.shape[1]
+    # Negatives: d/dlogits of -log(1 - p_route) pushes the route's logit down, the others up.
+    p_own = probs[rows, yb]
+    push = (p_own / np.maximum(1.0 - p_own, 1e-6))[:, None] * (onehot - probs)
+    grad = (np.where(pos[:, None], probs - target, push) / yb.size).astype(np.float32)
+    grads = [features.T @ grad + config.l2 * weights, grad.sum(axis=0)]
+    if not config.hidden:
+        return grads
+    back = (grad @ weights.T) * mask
+    return [inputs.T @ back + config.l2 * params[0], back.sum(axis=0), *grads]
+
+
+def _adam(
+    params: list[Weights],
+    grads: list[Weights],
+    moments: list[Weights],
+    squares: list[Weights],
+    step: int,
+    rate: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+) -> None:
+    for param, g, m, v in zip(params, grads, moments, squares, strict=True):
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * g * g
+        m_hat = m / (1 - beta1**step)
+        v_hat = v / (1 - beta2**step)
+        param -= (rate * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(np.float32)

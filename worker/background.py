@@ -15,12 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 def lower_this_thread(niceness: int) -> None:
-    """Raise the calling thread's niceness by ``niceness`` (0 = leave it; best effort)."""
+    """Raise the calling thread's niceness to at least ``niceness`` (best effort).
+
+    At least, not plus: work started from an already lowered thread (a rebuild triggered by the
+    replica's apply thread) stays at the same level. Threads and processes started afterwards from
+    this thread inherit it.
+    """
     if niceness <= 0 or not hasattr(os, "setpriority"):
         return
     tid = threading.get_native_id()
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
+    with contextlib.suppress(OSError):  # not fatal: the work is the same, only its priority
+        if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, niceness))
 
 
 def background_executor(name: str, niceness: int) -> ThreadPoolExecutor:

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         None, ge=0.0, le=1.0, description="Weight of the head's probability; unset = the engine's default."
     )
     routing_head_max_routes: int = Field(
-        5_000, ge=1, description="Largest route table the head is trained for (training cost grows with it)."
+        2_000, ge=1, description="Largest route table the head is trained for (training cost grows with it)."
     )
     routing_head_retrain_s: float = Field(
         15.0, gt=0, description="How often a changed route table is checked for retraining the head."

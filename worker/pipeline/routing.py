@@ -52,7 +52,7 @@ class HeadKeeper:
         self.interval_s = settings.routing_head_retrain_s
         self.trained = 0
         self._too_large_logged = False
-        self.trainer = HeadTrainer(self._swap_in)
+        self.trainer = HeadTrainer(self._swap_in, niceness=settings.background_nice)
 
     def _swap_in(self, head: RouteHead) -> None:
         self.router.head = head  # one reference assignment: searches see the old or the new head

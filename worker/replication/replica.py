@@ -26,7 +26,15 @@ from worker.replication.log import log_end_offsets, mutation_partitions, positio
 from worker.replication.resolve import ResolvedChanges, resolve_changes
 from worker.replication.stats import ReplicaStats
 from worker.replication.vectors import embed_routes, shipped_vectors
-from worker.routing import EncoderPool, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
+from worker.routing import (
+    EncoderPool,
+    IndexSettings,
+    RouteStore,
+    RouteTable,
+    RouteVectors,
+    TableVersion,
+    make_version,
+)
 from worker.routing.index_file import MANIFEST
 
 logger = logging.getLogger(__name__)
@@ -95,15 +103,15 @@ class RouteReplica:
 
     def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
+        dim, fingerprint = self.encoder.dim, self.encoder.fingerprint
+        settings = IndexSettings(build_niceness=self.settings.background_nice)
         if (index_dir / MANIFEST).exists():
             # Restart: the persisted main index is reused; routes changed since are overlaid.
-            return RouteTable.from_routes(
-                routes, version, self.encoder.dim, self.encoder.fingerprint, index_dir=index_dir
-            )
+            return RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir)
         # No index on disk yet (first start, or killed before the first rebuild finished): serve
         # from the overlay at once and build the main index in the background, rather than block
         # start-up on an approximate-index build that takes minutes for a few hundred thousand vectors.
-        table = RouteTable(self.encoder.dim, self.encoder.fingerprint, index_dir=index_dir, version=version)
+        table = RouteTable(dim, fingerprint, settings, index_dir=index_dir, version=version)
         table.apply(routes, (), version)
         return table
 

@@ -256,20 +256,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def lower_priority(niceness: int) -> None:
-    """Raise the calling thread's niceness to at least ``niceness`` (Linux: niceness is per thread).
-
-    Threads and processes it starts afterwards inherit it. At least, not plus: a rebuild started
-    from an already lowered thread (the replica applies mutations on one) keeps the same level.
-    """
-    thread = threading.get_native_id()
-    try:
-        if os.getpriority(os.PRIO_PROCESS, thread) < niceness:
-            os.setpriority(os.PRIO_PROCESS, thread, niceness)
-    except OSError as error:  # not fatal: the work is the same, only its priority
-        logger.warning("cannot lower the priority of thread %d: %s", thread, error)
-
-
 def _exit_with(parent: int) -> None:
     """Stop building when the process that asked for the index is gone."""
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from worker.background import lower_this_thread
 from worker.routing.head_training import HeadConfig, HeadLayers, softmax, train_layers
 from worker.routing.table import RouteTable
 from worker.routing.types import RouteVectors, Vectors
@@ -101,7 +102,11 @@ class HeadTrainer:
     receives the new head. Errors are logged and kept in :attr:`last_error`.
     """
 
-    def __init__(self, on_ready: Callable[[RouteHead], None], config: HeadConfig | None = None) -> None:
+    def __init__(
+        self, on_ready: Callable[[RouteHead], None], config: HeadConfig | None = None, *, niceness: int = 0
+    ) -> None:
+        #: training is background work: its thread lowers its priority by this much (0 = not)
+        self.niceness = niceness
         self.config = config or HeadConfig()
         self._on_ready = on_ready
         self._lock = threading.Lock()
@@ -132,6 +137,7 @@ class HeadTrainer:
             thread.join(timeout)
 
     def _train(self, routes: list[RouteVectors], digest: str) -> None:
+        lower_this_thread(self.niceness)
         try:
             head = train_head(routes, self.config)
         except Exception as error:  # task boundary: the router keeps its previous head

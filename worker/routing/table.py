@@ -22,7 +22,8 @@ from typing import cast
 
 import numpy as np
 
-from worker.routing.builder import build_main, lower_priority, merge_by_name
+from worker.background import lower_this_thread
+from worker.routing.builder import build_main, merge_by_name
 from worker.routing.errors import DimensionMismatch, FingerprintMismatch
 from worker.routing.index import (
     IndexSettings,
@@ -266,7 +267,7 @@ class RouteTable:
         # This thread's share of the work (gathering and writing the vectors, persisting) runs at
         # low priority, and so does the build process it starts: at normal priority writing the
         # vectors took half a CPU from searches.
-        lower_priority(self.settings.build_niceness)
+        lower_this_thread(self.settings.build_niceness)
         with self._rebuild_lock:
             with self._swap_lock:
                 self._rebuild_scheduled = False

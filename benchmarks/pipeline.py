@@ -164,7 +164,11 @@ class IntentReader:
             now = time.time() * 1000
             for records in batches.values():
                 for r in records:
-                    self.seen.setdefault(orjson.loads(r.value)["query_id"], (r.timestamp, now))
+                    self.take(r, orjson.loads(r.value), now)
+
+    def take(self, record: Any, intent: dict[str, Any], now: float) -> None:
+        """Remember one routed intent (the first one of each query id)."""
+        self.seen.setdefault(intent["query_id"], (record.timestamp, now))
 
     async def wait_for(self, ids: list[str], within: float) -> None:
         deadline = time.monotonic() + within

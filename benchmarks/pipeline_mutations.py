@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 from aiokafka import AIOKafkaConsumer
 from pipeline import (
     BATCH,
     PER_ROUTE,
+    IntentReader,
     Worker,
     create_topics,
     load_average,
@@ -72,37 +72,25 @@ RESULTS = ROOT / "benchmarks" / "results" / "pipeline_mutations.json"
 TARGET_RATIO = 0.90
 
 
-class VersionedIntentReader:
+class VersionedIntentReader(IntentReader):
     """Routed intents as they arrive: query id -> (intent timestamp ms, routes_version)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.seen: dict[str, tuple[int, dict[str, int]]] = {}
+        super().__init__(bootstrap, topic)
+        self.versions: dict[str, tuple[int, dict[str, int]]] = {}
         self.duplicates = 0
-        self._consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=5
-        )
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=100)
-            for records in batches.values():
-                for r in records:
-                    intent = orjson.loads(r.value)
-                    if intent["query_id"] in self.seen:
-                        self.duplicates += 1
-                    else:
-                        self.seen[intent["query_id"]] = (r.timestamp, intent["routes_version"])
+    def take(self, record: Any, intent: dict[str, Any], now: float) -> None:
+        if intent["query_id"] in self.versions:
+            self.duplicates += 1
+        else:
+            self.versions[intent["query_id"]] = (record.timestamp, intent["routes_version"])
 
     def first_covering(self, positions: dict[int, int], since_ms: float) -> float | None:
         """Timestamp of the first intent after ``since_ms`` decided by a table holding ``positions``."""
         stamps = [
             ts
-            for ts, version in self.seen.values()
+            for ts, version in self.versions.values()
             if ts >= since_ms and all(version.get(str(p), 0) >= o for p, o in positions.items())
         ]
         return float(min(stamps)) if stamps else None
@@ -110,7 +98,7 @@ class VersionedIntentReader:
     def timeline(self, start_ms: float, end_ms: float, step_ms: float = 500) -> list[int]:
         """Intents stamped in each ``step_ms`` bin from ``start_ms`` to ``end_ms``."""
         bins = [0] * max(1, int((end_ms - start_ms) // step_ms))
-        for ts, _ in self.seen.values():
+        for ts, _ in self.versions.values():
             i = int((ts - start_ms) // step_ms)
             if 0 <= i < len(bins):
                 bins[i] += 1
@@ -118,14 +106,8 @@ class VersionedIntentReader:
 
     def rate(self, start_ms: float, end_ms: float) -> tuple[int, float]:
         """(intents stamped in [start, end), per second)."""
-        count = sum(1 for ts, _ in self.seen.values() if start_ms <= ts < end_ms)
+        count = sum(1 for ts, _ in self.versions.values() if start_ms <= ts < end_ms)
         return count, count / ((end_ms - start_ms) / 1000)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._consumer.stop()
 
 
 async def count_records(bootstrap: str, topic: str) -> int:
@@ -302,7 +284,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             cpu = CpuMeter({"worker": worker.proc.pid, "broker": broker.pid, "benchmark": os.getpid()})
             cycles: list[dict[str, Any]] = []
             try:
-                await wait_until(lambda: len(reader.seen) > 0, 300, "first routed intent")
+                await wait_until(lambda: len(reader.versions) > 0, 300, "first routed intent")
                 await asyncio.sleep(args.warmup)
                 bench_settings = settings.model_copy(
                     update={"kafka_bootstrap": bootstrap, "topic_mutations": names["mutations"]}
@@ -324,7 +306,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                             f"{last['publish_to_live_ms']} ms, folded in after "
                             f"{last['publish_to_rebuilt_ms']} ms"
                         )
-                answered_before_stop = len(reader.seen)
+                answered_before_stop = len(reader.versions)
             finally:
                 code = worker.stop()
                 await reader.stop()

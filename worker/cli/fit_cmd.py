@@ -19,7 +19,7 @@ from pathlib import Path
 from worker.cli.console import console, err_console, table
 from worker.config import Settings, load_settings
 from worker.embedding.pool import encoder_pool
-from worker.pipeline.routing import serving_router
+from worker.pipeline.routing import head_serves, serving_router
 from worker.replication.errors import RouteFileError
 from worker.replication.routefile import dump_routes, load_route_file
 from worker.replication.vectors import embed_routes, route_of
@@ -105,7 +105,7 @@ def fit_router(
     router: Router, settings: Settings, vectors: Vectors, labels: list[str | None]
 ) -> tuple[Router, FittedThresholds]:
     """Fit ``router`` as it will serve: with the head (trained here as replicas train it) if on."""
-    if not settings.routing_head or len(router.table) > settings.routing_head_max_routes:
+    if not head_serves(settings, len(router.table)):
         return router, fit_thresholds(router, vectors, labels)
     router.head = train_head(router.table.snapshot().routes())
     if settings.routing_head_weight is not None:

@@ -37,6 +37,11 @@ def scoring_config(settings: Settings) -> ScoringConfig:
     return config
 
 
+def head_serves(settings: Settings, routes: int) -> bool:
+    """Whether a learned head serves a table of ``routes`` routes under ``settings``."""
+    return settings.routing_head and routes <= settings.routing_head_max_routes
+
+
 def serving_router(settings: Settings, table: RouteTable) -> Router:
     """A router over ``table`` configured by ``settings`` (its head arrives later, if enabled)."""
     return Router(table, scoring_config(settings))
@@ -48,7 +53,7 @@ class HeadKeeper:
     def __init__(self, router: Router, settings: Settings, metrics: PipelineMetrics | None = None) -> None:
         self.router = router
         self._metrics = metrics
-        self.max_routes = settings.routing_head_max_routes
+        self.settings = settings
         self.interval_s = settings.routing_head_retrain_s
         self.trained = 0
         self._too_large_logged = False
@@ -66,7 +71,7 @@ class HeadKeeper:
     def check(self) -> bool:
         """Start training if the table changed since the last head; whether training started."""
         table = self.router.table
-        if len(table) > self.max_routes:
+        if not head_serves(self.settings, len(table)):
             if self.router.head is not None:
                 self.router.head = None  # a head of an old, smaller table would mislead
                 if self._metrics is not None:
@@ -75,7 +80,7 @@ class HeadKeeper:
                 logger.info(
                     "route head off: %d routes exceed routing_head_max_routes=%d (nearest-utterance only)",
                     len(table),
-                    self.max_routes,
+                    self.settings.routing_head_max_routes,
                 )
                 self._too_large_logged = True
             return False

@@ -342,10 +342,10 @@ def child_windows() -> Iterator[list[tuple[float, float]]]:
     windows: list[tuple[float, float]] = []
     original = builder._run_child
 
-    def timed_run(job: Path) -> None:
+    def timed_run(job: Path, *args: Any) -> None:
         started = time.perf_counter()
         try:
-            original(job)
+            original(job, *args)
         finally:
             windows.append((started, time.perf_counter()))
 

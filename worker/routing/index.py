@@ -73,6 +73,11 @@ class IndexSettings:
     #: 19 it got ~1% and a 250k rebuild did not finish beside one busy search thread). Blocking
     #: rebuilds run at the caller's priority.
     build_niceness: int = 10
+    #: seconds the build process first runs in the idle scheduling class (Linux): only on a CPU
+    #: nothing else wants, so searches never wait for it (beside a niced build they waited up to
+    #: 24 ms). A build not done by then (no CPU came free: 250k vectors take ~30 s of one CPU)
+    #: continues at ``build_niceness``. None: never idle.
+    build_idle_s: float | None = 90.0
 
     def kind_for(self, rows: int) -> IndexKind:
         """The index kind used for ``rows`` vectors."""

@@ -16,7 +16,7 @@ import pytest
 from worker.routing import IndexSettings, Route, RouteTable, RouteVectors, l2_normalise
 from worker.routing import builder as builder_module
 from worker.routing import table as table_module
-from worker.routing.builder import JOB_PREFIX, build_main, is_sorted, merge_by_name
+from worker.routing.builder import JOB_PREFIX, build_main, is_sorted, take
 from worker.routing.errors import IndexBuildFailed
 from worker.routing.index import faiss
 from worker.routing.index_file import MANIFEST
@@ -136,6 +136,93 @@ def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path
     assert reloaded.snapshot().main.path == newest
 
 
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Number of vectors each build sends to its build process."""
+    counts: list[int] = []
+    real_write = builder_module._write_vectors
+
+    def counting(path: Path, part: list[RouteVectors]) -> None:
+        counts.append(sum(rv.utterance_vectors.shape[0] for rv in part))
+        real_write(path, part)
+
+    monkeypatch.setattr(builder_module, "_write_vectors", counting)
+    return counts
+
+
+def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_index(
+    tmp_path: Path, sent: list[int]
+) -> None:
+    routes = _routes(90, seed=21)
+    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
+    sent.clear()
+    extra = _routes(95, seed=22)[90:]  # new names, sorted among and after the others
+    renamed = [
+        RouteVectors(Route(f"r{i:03d}x", ("z",)), rv.utterance_vectors[:1], rv.negative_vectors, FP)
+        for i, rv in zip((4, 40, 89), extra[:3], strict=True)
+    ]
+    replaced = _routes(12, seed=23)[10:]  # r010 and r011 with other vectors
+    table.apply([*extra, *renamed, *replaced], ["r000", "r050", "r051"], ((0, 91),))
+    plan = table.snapshot().fold_plan()
+    ordered = list(plan.routes)
+    assert [rv.name for rv in ordered] == sorted(rv.name for rv in table.snapshot().routes())
+    assert plan.names == tuple(rv.name for rv in ordered)
+    assert plan.digests == tuple(rv.digest for rv in ordered)
+    assert plan.counts.tolist() == [rv.utterance_vectors.shape[0] for rv in ordered]
+    main = table.snapshot().main
+    assert plan.carried is not None
+    for rv, slot in zip(ordered, plan.carried.slots.tolist(), strict=True):
+        assert (rv if slot < 0 else main.slot_routes[slot]) is rv
+        assert (slot < 0) == any(rv is changed for changed in [*extra, *renamed, *replaced])
+    table.rebuild(block=True)
+    assert sent == [3 * 5 + 3 + 3 * 2]  # only the changed routes' vectors went to the build process
+    rebuilt = table.snapshot().main
+    from_scratch = build_main(ordered, DIM, IVF)
+    assert rebuilt.names == from_scratch.names
+    assert np.array_equal(faiss.serialize_index(rebuilt.index), faiss.serialize_index(from_scratch.index))
+
+
+def test_a_rebuild_whose_old_index_file_is_gone_sends_every_vector(tmp_path: Path, sent: list[int]) -> None:
+    routes = _routes(60, seed=24)
+    table = RouteTable.from_routes(routes, ((0, 60),), DIM, FP, IVF, tmp_path)
+    old = table.snapshot().main.path
+    assert old is not None
+    old.unlink()  # the mapping stays valid; the build process cannot read the file any more
+    sent.clear()
+    table.apply(_routes(61, seed=25)[60:], [], ((0, 61),))
+    table.rebuild(block=True)
+    assert sent == [183]
+    assert table.snapshot().main.rows == 183
+    assert np.array_equal(
+        faiss.serialize_index(table.snapshot().main.index),
+        faiss.serialize_index(build_main(table.snapshot().ordered_routes(), DIM, IVF).index),
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="the idle scheduling class is a Linux feature")
+@pytest.mark.parametrize("idle_s", [60.0, 0.0])
+def test_the_build_process_starts_idle_and_gets_its_share_when_starved(
+    monkeypatch: pytest.MonkeyPatch, idle_s: float
+) -> None:
+    routes = _routes(40, seed=30)
+    expected = faiss.serialize_index(build_main(routes, DIM, IVF).index)
+    calls: list[tuple[bool, int]] = []
+    real = builder_module._set_idle
+
+    def recording(pid: int, idle: bool) -> bool:
+        done = real(pid, idle)
+        calls.append((idle, os.sched_getscheduler(pid)))
+        return done
+
+    monkeypatch.setattr(builder_module, "_set_idle", recording)
+    settings = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2, build_idle_s=idle_s)
+    built = build_main(routes, DIM, settings)
+    # 60 s: idle the whole build; 0 s: "starved" at once, so moved back to the normal class.
+    wanted = [(True, os.SCHED_IDLE)] + ([(False, os.SCHED_OTHER)] if idle_s == 0 else [])
+    assert calls == wanted
+    assert np.array_equal(faiss.serialize_index(built.index), expected)
+
+
 def test_a_table_without_index_dir_maps_its_index_from_a_private_folder() -> None:
     table = RouteTable(DIM, FP, IVF)
     table.apply(_routes(40, seed=14), [], ((0, 40),))
@@ -175,14 +262,11 @@ def test_stale_job_folders_are_removed(tmp_path: Path) -> None:
     assert (tmp_path / MANIFEST).exists()
 
 
-def test_merge_by_name_keeps_name_order() -> None:
-    routes = _routes(30, seed=10)
-    ordered = [rv for i, rv in enumerate(routes) if i % 3]
-    extra = [routes[i] for i in (27, 0, 3, 15)]
-    merged = merge_by_name(ordered, extra)
-    assert [rv.name for rv in merged] == sorted(rv.name for rv in [*ordered, *extra])
-    assert merge_by_name(ordered, []) is ordered
-    assert is_sorted([rv.name for rv in merged])
+def test_take_and_is_sorted() -> None:
+    items = tuple(f"{i:05d}" for i in range(5_000))
+    for picked in ([], [7], [4_999, 0, 2_048, 2_047, 3]):
+        assert take(items, np.array(picked, dtype=np.int64)) == tuple(items[i] for i in picked)
+    assert take(items, np.arange(5_000)) == items
     assert not is_sorted(["b", "a"])
     assert not is_sorted(["a", "a"])
     assert is_sorted([])
@@ -198,13 +282,13 @@ def test_merge_by_name_keeps_name_order() -> None:
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a Linux feature")
 def test_background_rebuilds_run_at_lower_priority(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
-    real = table_module.build_main
+    real = table_module.build_laid_out
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(table_module, "build_main", recording)
+    monkeypatch.setattr(table_module, "build_laid_out", recording)
     own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     table = RouteTable(DIM, FP, IndexSettings(build_niceness=7))
     table.apply(_routes(5, seed=11), [], ((0, 5),))

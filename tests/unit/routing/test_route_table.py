@@ -209,7 +209,7 @@ def test_ivf_recall_at_10_on_clustered_data() -> None:
 def test_mutations_during_a_rebuild_stay_visible(
     monkeypatch: pytest.MonkeyPatch, random_route: RandomRoute
 ) -> None:
-    from worker.routing.builder import build_main
+    from worker.routing.builder import build_laid_out
 
     rng = np.random.default_rng(11)
     routes = [random_route(f"r{i}", rng) for i in range(6)]
@@ -220,9 +220,9 @@ def test_mutations_during_a_rebuild_stay_visible(
     def build_while_mutating(*args: object, **kwargs: object) -> object:
         # A mutation lands after the rebuild took its snapshot, before it swaps.
         table.apply([during, random_route("added", rng)], ["r2", "before"], ((0, 10),))
-        return build_main(*args, **kwargs)  # type: ignore[arg-type]
+        return build_laid_out(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("worker.routing.table.build_main", build_while_mutating)
+    monkeypatch.setattr("worker.routing.table.build_laid_out", build_while_mutating)
     table.rebuild(block=True)
     snapshot = table.snapshot()
     assert "before" in snapshot.main.names  # folded in by this rebuild ...

@@ -23,6 +23,11 @@ Definitions:
   minus the CPU time its thread got meanwhile (time spent waiting for the GIL or a CPU). Its
   ``extra wait`` is that wait minus the median wait of the same load with nothing else going on
   (the baseline phase). Measured while mutations are applied and during a background rebuild.
+  Of a wait, ``runqueue`` is time the thread was ready without a CPU, and ``beyond_host_steal``
+  what is left after subtracting the hypervisor's steal time on the vCPUs the thread ran on (this
+  VM's vCPUs are descheduled by its host for 10-100 ms now and then, more often when both are
+  busy). ``control_other_cpu_busy``: the same load beside a process that only spins, in the idle
+  class as the build process runs, for as long as the build took (at most 30 s).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -226,31 +232,68 @@ def real_recall(settings: IndexSettings, search_k: int) -> dict[str, Any]:
         "vectors": int(main.rows),
         "lists": settings.lists_for(main.rows),
         "queries": len(queries),
-        "curve": recall_curve(main, rows, queries, search_k, with_time=False),
+        "calibrated_probe_lists": main.probe_lists,
+        "calibrated_recall_at_10": recall(main, truth, queries, 10, search_k),
+        "curve": recall_curve(main, rows, queries, search_k, with_time=True),
         "previous_hnsw_m32_ef128_recall_at_10": float(hnsw_recall),
     }
+
+
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 10.0
+
+
+def _steal_ticks() -> list[int]:
+    """Per-CPU steal time (clock ticks): time the hypervisor ran something else on that vCPU."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return []
+    return [int(line.split()[8]) for line in lines if line.startswith("cpu") and line[3].isdigit()]
+
+
+def _thread_sched() -> tuple[int, float]:
+    """The calling thread's last CPU and its run-queue delay so far (ms), from /proc (Linux)."""
+    try:
+        stat = Path("/proc/thread-self/stat").read_text()
+        delay = Path("/proc/thread-self/schedstat").read_text().split()[1]
+    except (OSError, IndexError):
+        return -1, 0.0
+    return int(stat.rsplit(")", 1)[1].split()[36]), int(delay) / 1e6
 
 
 class SearchLoad:
     """Threads deciding batches back to back, recording each decision's wall time and wait.
 
-    A decision's wait is its wall time minus the CPU time its thread got meanwhile.
+    A decision's wait is its wall time minus the CPU time its thread got meanwhile. Of that wait,
+    ``runqueue`` is time the thread was ready but had no CPU, and ``steal`` the hypervisor's steal
+    time on the vCPUs it ran on (clock-tick resolution): this VM's vCPUs are themselves descheduled
+    by the host now and then, for 10-100 ms, more often when both are busy.
     """
 
     def __init__(self, router: Router, queries: np.ndarray, threads: int = 2) -> None:
         self.latencies: list[float] = []
         self.waits: list[float] = []
+        self.runqueue: list[float] = []
+        self.steal: list[float] = []
+        self.starts: list[float] = []
         self._stop = threading.Event()
         self._router, self._queries = router, queries
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            steal, (cpu_before, delay) = _steal_ticks(), _thread_sched()
             started, cpu = time.perf_counter(), time.thread_time()
             self._router.decide(self._queries, 5)
             wall = time.perf_counter() - started
+            wait = max(wall - (time.thread_time() - cpu), 0.0) * 1000
+            steal_after, (cpu_after, delay_after) = _steal_ticks(), _thread_sched()
+            on = {c for c in (cpu_before, cpu_after) if 0 <= c < len(steal)}
+            self.starts.append(started)
             self.latencies.append(wall * 1000)
-            self.waits.append(max(wall - (time.thread_time() - cpu), 0.0) * 1000)
+            self.waits.append(wait)
+            self.runqueue.append(delay_after - delay)
+            self.steal.append(TICK_MS * sum(steal_after[c] - steal[c] for c in on) if steal_after else 0.0)
 
     def __enter__(self) -> SearchLoad:
         for thread in self._threads:
@@ -262,7 +305,7 @@ class SearchLoad:
         for thread in self._threads:
             thread.join()
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         return {**quantiles(self.latencies), "wait": quantiles(self.waits)}
 
 
@@ -312,26 +355,33 @@ def visibility_figures(
 
 
 class SearchTimeline(SearchLoad):
-    """One thread deciding batches back to back, keeping each decision's start time too."""
+    """One thread deciding batches back to back."""
 
     def __init__(self, router: Router, queries: np.ndarray) -> None:
         super().__init__(router, queries, threads=1)
-        self.starts: list[float] = []
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started, cpu = time.perf_counter(), time.thread_time()
-            self._router.decide(self._queries, 5)
-            wall = time.perf_counter() - started
-            self.starts.append(started)
-            self.latencies.append(wall * 1000)
-            self.waits.append(max(wall - (time.thread_time() - cpu), 0.0) * 1000)
 
     def extra_waits(self, base_wait: float, start: float = -np.inf, end: float = np.inf) -> list[float]:
         """Extra waits of the decisions that ran entirely within ``[start, end]``."""
+        return [self.waits[i] - base_wait for i in self._within(start, end)]
+
+    def stalls(self, base_wait: float, start: float = -np.inf, end: float = np.inf) -> dict[str, Any]:
+        """Extra waits within ``[start, end]``, and how much of them the host's steal explains."""
+        within = self._within(start, end)
+        extra = [self.waits[i] - base_wait for i in within]
+        return {
+            **quantiles(extra),
+            "over_5ms": sum(e > 5.0 for e in extra),
+            "runqueue": quantiles([self.runqueue[i] for i in within]),
+            "with_host_steal": sum(self.steal[i] > 0 for i in within),
+            "beyond_host_steal": quantiles(
+                [max(e - self.steal[i], 0.0) for e, i in zip(extra, within, strict=True)]
+            ),
+        }
+
+    def _within(self, start: float, end: float) -> list[int]:
         return [
-            wait - base_wait
-            for began, wall, wait in zip(self.starts, self.latencies, self.waits, strict=True)
+            i
+            for i, (began, wall) in enumerate(zip(self.starts, self.latencies, strict=True))
             if began >= start and began + wall / 1000 <= end
         ]
 
@@ -377,10 +427,12 @@ def stall_figures(
             time.sleep(0.02)
     figures: dict[str, Any] = {
         "definition": "one thread deciding 32-query batches back to back; wait = wall - thread CPU "
-        "time of a decision; extra = wait - median wait of the baseline phase before",
+        "time of a decision; extra = wait - median wait of the baseline phase before; runqueue = "
+        "time ready without a CPU; beyond_host_steal = extra minus the hypervisor's steal time on "
+        "the vCPUs the thread ran on during the decision (10 ms ticks)",
         "baseline_wait_median_ms": base_wait,
-        "baseline": quantiles(baseline.extra_waits(base_wait)),
-        "while_mutating": {"mutations": mutations, **quantiles(mutating.extra_waits(base_wait))},
+        "baseline": baseline.stalls(base_wait),
+        "while_mutating": {"mutations": mutations, **mutating.stalls(base_wait)},
     }
     if with_rebuild:
         with child_windows() as windows, SearchTimeline(router, queries) as rebuilding:
@@ -395,15 +447,32 @@ def stall_figures(
         (child_start, child_end) = windows[0] if windows else (ended, ended)
         figures["rebuild_s"] = ended - started
         figures["rebuild_child_s"] = child_end - child_start
-        figures["while_rebuilding"] = quantiles(rebuilding.extra_waits(base_wait, started, ended))
+        figures["while_rebuilding"] = rebuilding.stalls(base_wait, started, ended)
         # The rebuild's own thread works before and after the build process; the process runs alone.
         figures["while_rebuilding_by_step"] = {
-            "writing_vectors": quantiles(rebuilding.extra_waits(base_wait, started, child_start)),
-            "build_process": quantiles(rebuilding.extra_waits(base_wait, child_start, child_end)),
-            "loading_swapping_persisting": quantiles(rebuilding.extra_waits(base_wait, child_end, ended)),
+            "gathering_and_writing_changes": rebuilding.stalls(base_wait, started, child_start),
+            "build_process": rebuilding.stalls(base_wait, child_start, child_end),
+            "loading_swapping_persisting": rebuilding.stalls(base_wait, child_end, ended),
         }
-        figures["baseline_after"] = quantiles(after.extra_waits(base_wait))
+        figures["baseline_after"] = after.stalls(base_wait)
+        # Control: the other vCPU kept busy as long by an idle-class process that only spins, to
+        # separate what the rebuild does from what this VM does when both of its vCPUs are busy.
+        with other_cpu_busy(), SearchTimeline(router, queries) as control:
+            time.sleep(min(figures["rebuild_child_s"], 30.0))
+        figures["control_other_cpu_busy"] = control.stalls(base_wait)
     return figures
+
+
+@contextmanager
+def other_cpu_busy() -> Iterator[None]:
+    """A process spinning in the idle scheduling class (as the index build process runs)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    builder._set_idle(spinner.pid, True)
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def cold_start(store_path: Path, index_dir: Path, settings: IndexSettings, repeat: int) -> dict[str, Any]:
@@ -502,6 +571,7 @@ def main() -> None:
             }
             if main_index.kind == "ivf":
                 figures["lists"] = int(faiss.extract_index_ivf(main_index.index).nlist)
+                figures["calibrated_probe_lists"] = main_index.probe_lists
             router = Router(table, config)
             snapshot = table.snapshot()
             figures["search_32"] = timed(

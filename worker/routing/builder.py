@@ -43,6 +43,7 @@ from worker.routing.index import (
     in_slices,
     new_index,
     pause,
+    searched_lists,
     use_blas_from,
 )
 from worker.routing.types import RouteVectors
@@ -165,7 +166,7 @@ def build_laid_out(
         layout.digests,
         layout.counts,
         layout.routes,
-        settings.probe_lists,
+        searched_lists(index, kind, settings),
         path,
         known=np.ones(len(layout.routes), dtype=np.bool_),
         threads=settings.faiss_threads,

@@ -49,10 +49,16 @@ class IndexSettings:
     #: vectors per inverted list: an IVF index has ``rows / list_rows`` lists (a power of two), so a
     #: search scans about ``probe_lists * list_rows`` vectors whatever the table size.
     list_rows: int = 64
-    #: inverted lists scanned per query. 16 of 4096 lists at 250k vectors: recall@10 1.00 on the
-    #: clustered benchmark data; decide32 5.9 ms, 0.17x the encoder's 35 ms (12: 5.4 ms, 24: 7.2 ms).
-    #: Real MiniLM vectors are harder: see benchmarks/engine.py's real_vectors_recall curve.
+    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors: recall@10 1.00
+    #: on the clustered benchmark data; decide32 5.9 ms, 0.17x the encoder's 35 ms. Real MiniLM
+    #: vectors are harder (0.96 at 16 lists), so each build raises it for its own data, see
+    #: ``recall_target``.
     probe_lists: int = 16
+    #: each IVF build measures recall@10 against exact search on a sample of its own vectors used
+    #: as queries (each one left out of its own answer) and scans more lists until it reaches this
+    #: (at most ``max_probe_lists``). Deterministic: every replica picks the same count.
+    recall_target: float = 0.99
+    max_probe_lists: int = 256
     #: k-means learns the lists from at most this many sampled vectors per list (faiss's seeded sample)
     train_rows_per_list: int = 16
     #: the overlay is folded into the main index in the background once it holds this many vectors
@@ -153,7 +159,67 @@ def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any
     step = 16_384
     for start in range(0, rows, step):
         index.add(np.ascontiguousarray(vectors[start : start + step], dtype=np.float32))
+    if kind == "ivf":
+        index.nprobe = calibrate_probes(index, vectors, settings).probe_lists
     return index
+
+
+#: queries of a recall calibration (sampled utterances) and the neighbours compared per query
+CALIBRATION_QUERIES = 256
+RECALL_AT = 10
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The lists an IVF index scans per query, and the recall@10 measured at each count tried."""
+
+    probe_lists: int
+    recalls: tuple[tuple[int, float], ...]
+
+
+def calibrate_probes(index: Any, vectors: Vectors, settings: IndexSettings) -> Calibration:
+    """The fewest lists (from ``settings.probe_lists`` up, ~x1.4 a step) giving recall@10 of at
+    least ``settings.recall_target`` against exact search, on a seeded sample of ``vectors`` used
+    as queries, each left out of its own answer (a stored utterance is not a query's best match)."""
+    rows = vectors.shape[0]
+    k = min(RECALL_AT, rows - 1)
+    probes = settings.probe_lists
+    if k < 1:
+        return Calibration(probes, ())
+    picked = np.sort(np.random.default_rng(0).choice(rows, min(CALIBRATION_QUERIES, rows), replace=False))
+    queries = np.ascontiguousarray(vectors[picked], dtype=np.float32)
+    _, exact = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    truth = _without_self(exact, picked, k, pad=-2)
+    ceiling = max(settings.max_probe_lists, probes)
+    lists = int(faiss.extract_index_ivf(index).nlist)
+    tried: list[tuple[int, float]] = []
+    while True:
+        _, found = index.search(queries, k + 1, params=faiss.SearchParametersIVF(nprobe=probes))
+        hits = sum(
+            np.intersect1d(t, f).size
+            for t, f in zip(truth, _without_self(found, picked, k, pad=-3), strict=True)
+        )
+        tried.append((probes, hits / truth.size))
+        if tried[-1][1] >= settings.recall_target or probes >= min(ceiling, lists):
+            return Calibration(probes, tuple(tried))
+        probes = min(max(probes + 1, round(probes * 1.41)), ceiling, lists)
+
+
+def _without_self(rows: Int64s, own: Int64s, k: int, pad: int) -> Int64s:
+    """The first ``k`` rows of each answer other than the query's own row, padded with ``pad``."""
+    keep = (rows != own[:, None]) & (rows >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    picked: Int64s = np.where(
+        np.take_along_axis(keep, order, axis=1), np.take_along_axis(rows, order, axis=1), pad
+    )
+    return picked
+
+
+def searched_lists(index: Any, kind: IndexKind, settings: IndexSettings) -> int:
+    """Lists a search of ``index`` scans: what its build calibrated (IVF), else the setting."""
+    if kind == "ivf" and index is not None:
+        return int(faiss.extract_index_ivf(index).nprobe)
+    return settings.probe_lists
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,7 +23,7 @@ from typing import Any, cast
 import orjson
 
 from worker.routing.builder import JOB_PREFIX, is_sorted, map_index
-from worker.routing.index import IndexKind, IndexSettings, MainIndex, faiss, pause
+from worker.routing.index import IndexKind, IndexSettings, MainIndex, faiss, pause, searched_lists
 from worker.routing.types import RouteVectors
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "main-index.json"
 _FORMAT = 3
 #: manifest entries serialised between two pauses
-_COLUMN_SLICE = 16_384
+_COLUMN_SLICE = 4_096
 
 
 def place_index(main: MainIndex, directory: Path, keep: Path | None = None) -> MainIndex:
@@ -174,7 +174,7 @@ def load_main(
         digests,
         counts,
         slot_routes,
-        settings.probe_lists,
+        searched_lists(index, cast(IndexKind, kind), settings),
         index_path,
         threads=settings.faiss_threads,
     )

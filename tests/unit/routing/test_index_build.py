@@ -18,7 +18,7 @@ from worker.routing import builder as builder_module
 from worker.routing import table as table_module
 from worker.routing.builder import JOB_PREFIX, build_main, is_sorted, take
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.index import faiss
+from worker.routing.index import calibrate_probes, faiss
 from worker.routing.index_file import MANIFEST
 
 DIM = 64
@@ -90,6 +90,27 @@ def test_probing_every_list_is_exact() -> None:
     found, truth = approximate.search_rows(queries, 10), exact.search_rows(queries, 10)
     assert np.array_equal(found[1], truth[1])
     assert np.allclose(found[0], truth[0], atol=1e-5)
+
+
+def test_each_ivf_build_scans_enough_lists_for_its_recall_target() -> None:
+    # Unclustered random vectors: the hardest case for inverted lists.
+    routes = _routes(400, seed=31)
+    vectors = np.concatenate([rv.utterance_vectors for rv in routes])
+    loose = IndexSettings(approximate_above=0, list_rows=8, probe_lists=1, recall_target=0.0)
+    strict = IndexSettings(approximate_above=0, list_rows=8, probe_lists=1, recall_target=0.99)
+    assert faiss.extract_index_ivf(build_main(routes, DIM, loose).index).nprobe == 1
+    main = build_main(routes, DIM, strict)
+    probes = faiss.extract_index_ivf(main.index).nprobe
+    assert 1 < probes < IndexSettings().max_probe_lists
+    assert main.probe_lists == probes  # searches use what the build chose
+    # Recall measured independently, on queries that are not stored vectors.
+    queries = l2_normalise(vectors[:200] + 0.05 * np.random.default_rng(32).normal(size=(200, DIM)))
+    truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    found = main.search_rows(queries, 10)[1]
+    assert np.mean([np.intersect1d(t, f).size / 10 for t, f in zip(truth, found, strict=True)]) >= 0.97
+    calibration = calibrate_probes(main.index, vectors, strict)
+    assert calibration.probe_lists == probes
+    assert calibration.recalls[-1][1] >= 0.99 > calibration.recalls[-2][1]
 
 
 def test_a_persisted_ivf_index_is_mapped_and_reused(tmp_path: Path) -> None:

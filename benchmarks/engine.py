@@ -67,7 +67,7 @@ from worker.routing import (
     l2_normalise,
 )
 from worker.routing.builder import build_main
-from worker.routing.index import MainIndex
+from worker.routing.index import CALIBRATION_QUERIES, MainIndex, without_self
 
 DIM = 384
 PER_ROUTE = 5
@@ -191,6 +191,23 @@ def recall_curve(
     return curve
 
 
+def leave_one_out_curve(main: MainIndex, vectors: np.ndarray) -> list[dict[str, float]]:
+    """Recall@10 per number of probed lists with stored vectors as queries, each left out of its
+    own answer: what an IVF build calibrates on (``IndexSettings.recall_target``)."""
+    picked = np.sort(np.random.default_rng(0).choice(len(vectors), CALIBRATION_QUERIES, replace=False))
+    queries = np.ascontiguousarray(vectors[picked])
+    truth = without_self(
+        faiss.knn(queries, vectors, 11, metric=faiss.METRIC_INNER_PRODUCT)[1], picked, 10, -2
+    )
+    curve = []
+    for probes in PROBES:
+        found = main.index.search(queries, 11, params=faiss.SearchParametersIVF(nprobe=probes))[1]
+        found = without_self(found, picked, 10, -3)
+        hits = sum(np.intersect1d(t, f).size for t, f in zip(truth, found, strict=True))
+        curve.append({"probe_lists": probes, "recall_at_10": hits / truth.size})
+    return curve
+
+
 def real_recall(settings: IndexSettings, search_k: int) -> dict[str, Any]:
     """Recall on real MiniLM vectors: Banking77 + CLINC150 route utterances, test texts as queries."""
     here = Path(__file__).resolve().parent
@@ -235,6 +252,7 @@ def real_recall(settings: IndexSettings, search_k: int) -> dict[str, Any]:
         "calibrated_probe_lists": main.probe_lists,
         "calibrated_recall_at_10": recall(main, truth, queries, 10, search_k),
         "curve": recall_curve(main, rows, queries, search_k, with_time=True),
+        "leave_one_out_curve": leave_one_out_curve(main, rows),
         "previous_hnsw_m32_ef128_recall_at_10": float(hnsw_recall),
     }
 

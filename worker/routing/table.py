@@ -295,9 +295,9 @@ class RouteTable:
             thread.join(timeout)
 
     def _rebuild_in_background(self) -> None:
-        # This thread's share of the work (gathering and writing the vectors, persisting) runs at
-        # low priority, and so does the build process it starts: at normal priority writing the
-        # vectors took half a CPU from searches.
+        # This thread's share of the work (gathering the routes, writing changed vectors, persisting)
+        # runs at low priority; the build process it starts inherits that and starts in the idle
+        # class (see IndexSettings.build_idle_s).
         lower_this_thread(self.settings.build_niceness)
         with self._rebuild_lock:
             with self._swap_lock:

@@ -67,7 +67,7 @@ from worker.routing import (
     l2_normalise,
 )
 from worker.routing.builder import build_main
-from worker.routing.index import CALIBRATION_QUERIES, MainIndex, without_self
+from worker.routing.index import LeaveOneOut, MainIndex
 
 DIM = 384
 PER_ROUTE = 5
@@ -194,18 +194,9 @@ def recall_curve(
 def leave_one_out_curve(main: MainIndex, vectors: np.ndarray) -> list[dict[str, float]]:
     """Recall@10 per number of probed lists with stored vectors as queries, each left out of its
     own answer: what an IVF build calibrates on (``IndexSettings.recall_target``)."""
-    picked = np.sort(np.random.default_rng(0).choice(len(vectors), CALIBRATION_QUERIES, replace=False))
-    queries = np.ascontiguousarray(vectors[picked])
-    truth = without_self(
-        faiss.knn(queries, vectors, 11, metric=faiss.METRIC_INNER_PRODUCT)[1], picked, 10, -2
-    )
-    curve = []
-    for probes in PROBES:
-        found = main.index.search(queries, 11, params=faiss.SearchParametersIVF(nprobe=probes))[1]
-        found = without_self(found, picked, 10, -3)
-        hits = sum(np.intersect1d(t, f).size for t, f in zip(truth, found, strict=True))
-        curve.append({"probe_lists": probes, "recall_at_10": hits / truth.size})
-    return curve
+    sample = LeaveOneOut.of(vectors)
+    assert sample is not None
+    return [{"probe_lists": probes, "recall_at_10": sample.recall(main.index, probes)} for probes in PROBES]
 
 
 def real_recall(settings: IndexSettings, search_k: int) -> dict[str, Any]:

@@ -154,10 +154,7 @@ def build_laid_out(
     if rows and kind == "flat":
         index = _build_here(layout.routes, dim)
     elif rows:
-        carried = layout.carried
-        if carried is not None and not carried.usable_for(len(layout.routes)):
-            carried = None
-        index, path = _build_in_child(layout, kind, dim, settings, directory, carried)
+        index, path = _build_in_child(layout, kind, dim, settings, directory)
     return MainIndex.assemble(
         dim,
         kind,
@@ -201,7 +198,6 @@ def _build_in_child(
     dim: int,
     settings: IndexSettings,
     directory: Path | None,
-    carried: Carried | None,
 ) -> tuple[Any, Path | None]:
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -218,7 +214,8 @@ def _build_in_child(
             "settings": asdict(settings),
             "parent": os.getpid(),
         }
-        if carried is None:
+        carried = layout.carried
+        if carried is None or not carried.usable_for(len(layout.routes)):
             _write_vectors(job / VECTORS_FILE, layout.routes)
         else:
             spec["previous"] = str(carried.previous.path)
@@ -278,15 +275,18 @@ def _write_changes(job: Path, layout: Layout, carried: Carried) -> None:
     ``-1 - r`` where ``r`` is its first row in the vectors file.
     """
     fresh = carried.slots < 0
-    previous_counts = carried.previous.counts
-    previous_starts = np.cumsum(previous_counts) - previous_counts
-    fresh_counts = layout.counts[fresh]
     sources = np.empty(len(layout.routes), dtype=np.int64)
-    sources[~fresh] = previous_starts[carried.slots[~fresh]]
-    sources[fresh] = -1 - (np.cumsum(fresh_counts) - fresh_counts)
+    sources[~fresh] = _first_rows(carried.previous.counts)[carried.slots[~fresh]]
+    sources[fresh] = -1 - _first_rows(layout.counts[fresh])
     np.save(job / SOURCES_FILE, sources)
     np.save(job / COUNTS_FILE, layout.counts)
     _write_vectors(job / VECTORS_FILE, take(layout.routes, np.flatnonzero(fresh)))
+
+
+def _first_rows(counts: Int64s) -> Int64s:
+    """The first row of each route whose rows follow one another (``counts`` rows each)."""
+    first: Int64s = np.cumsum(counts) - counts
+    return first
 
 
 def _assemble(job: Path, previous_path: Path, rows: int, dim: int) -> Any:
@@ -296,7 +296,7 @@ def _assemble(job: Path, previous_path: Path, rows: int, dim: int) -> Any:
     if int(counts.sum()) != rows:
         raise IndexBuildFailed(f"job lists {int(counts.sum())} rows, wants {rows}")
     route_of_row = np.repeat(np.arange(len(counts)), counts)
-    offset = np.arange(rows) - (np.cumsum(counts) - counts)[route_of_row]
+    offset = np.arange(rows) - _first_rows(counts)[route_of_row]
     first = sources[route_of_row]
     carried = first >= 0
     vectors = np.empty((rows, dim), dtype=np.float32)

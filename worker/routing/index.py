@@ -185,28 +185,48 @@ def calibrate_probes(index: Any, vectors: Vectors, settings: IndexSettings) -> C
     """The fewest lists (from ``settings.probe_lists`` up, ~x1.4 a step) giving recall@10 of at
     least ``settings.recall_target`` against exact search, on a seeded sample of ``vectors`` used
     as queries, each left out of its own answer (a stored utterance is not a query's best match)."""
-    rows = vectors.shape[0]
-    k = min(RECALL_AT, rows - 1)
     probes = settings.probe_lists
-    if k < 1:
+    sample = LeaveOneOut.of(vectors)
+    if sample is None:
         return Calibration(probes, ())
-    picked = np.sort(np.random.default_rng(0).choice(rows, min(CALIBRATION_QUERIES, rows), replace=False))
-    queries = np.ascontiguousarray(vectors[picked], dtype=np.float32)
-    _, exact = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    truth = without_self(exact, picked, k, pad=-2)
     ceiling = max(settings.max_probe_lists, probes)
     lists = int(faiss.extract_index_ivf(index).nlist)
     tried: list[tuple[int, float]] = []
     while True:
-        _, found = index.search(queries, k + 1, params=faiss.SearchParametersIVF(nprobe=probes))
-        hits = sum(
-            np.intersect1d(t, f).size
-            for t, f in zip(truth, without_self(found, picked, k, pad=-3), strict=True)
-        )
-        tried.append((probes, hits / truth.size))
+        tried.append((probes, sample.recall(index, probes)))
         if tried[-1][1] >= settings.recall_target or probes >= min(ceiling, lists):
             return Calibration(probes, tuple(tried))
         probes = min(max(probes + 1, round(probes * 1.41)), ceiling, lists)
+
+
+@dataclass(frozen=True, eq=False)
+class LeaveOneOut:
+    """A seeded sample of stored vectors used as queries, with their exact top-``k`` rows other
+    than their own: what an IVF build calibrates its recall on."""
+
+    rows: Int64s
+    queries: Vectors
+    truth: Int64s
+    k: int
+
+    @classmethod
+    def of(cls, vectors: Vectors) -> LeaveOneOut | None:
+        """The sample of ``vectors`` (None when there are too few for a neighbour)."""
+        count = vectors.shape[0]
+        k = min(RECALL_AT, count - 1)
+        if k < 1:
+            return None
+        rows = np.sort(np.random.default_rng(0).choice(count, min(CALIBRATION_QUERIES, count), replace=False))
+        queries = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+        _, exact = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+        return cls(rows, queries, without_self(exact, rows, k, pad=-2), k)
+
+    def recall(self, index: Any, probes: int) -> float:
+        """Recall@k of IVF ``index`` scanning ``probes`` lists per query."""
+        _, found = index.search(self.queries, self.k + 1, params=faiss.SearchParametersIVF(nprobe=probes))
+        answers = without_self(found, self.rows, self.k, pad=-3)
+        hits = sum(np.intersect1d(t, f).size for t, f in zip(self.truth, answers, strict=True))
+        return hits / self.truth.size
 
 
 def without_self(rows: Int64s, own: Int64s, k: int, pad: int) -> Int64s:

@@ -1,0 +1,411 @@
+"""A private Apache Kafka: KRaft nodes in combined mode (broker and controller in one JVM) on loopback.
+
+``LocalKafka()`` is one node; ``LocalKafka(nodes=3)`` is three JVMs with a controller quorum of three,
+so topics can have three replicas. Each node formats its own log directory with the cluster's fresh
+id on its first start and keeps it until :meth:`LocalKafka.close`: a node stopped (``stop``),
+killed (``kill``) or frozen (``freeze``/``thaw``) comes back on the same data and the same ports.
+Extra broker settings, extra listeners (with listener-scoped settings such as a JAAS config), extra
+``kafka-storage format`` arguments (``--add-scram``) and JVM options pass straight through.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from worker.local.capabilities import KAFKA_CAPABILITIES
+from worker.local.errors import ServiceError
+from worker.local.java import JavaRuntime, find_java
+from worker.local.kafka_config import (
+    CLIENT_LISTENER,
+    CONTROLLER_LISTENER,
+    LOG4J2_PROPERTIES,
+    Listener,
+    new_cluster_id,
+    render_properties,
+    server_properties,
+)
+from worker.local.kafka_dist import KafkaDistribution, prepare_kafka
+from worker.local.kafka_probe import metadata_brokers
+from worker.local.process import ManagedProcess, accepts_connections, clean_env, free_port, port_is_free
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEAP = "256m"
+# a test broker on a small shared machine: quick to start (C1 only), one GC thread, and a JVM
+# that runs out of memory exits instead of limping on; options given by the caller come later
+# on the command line and win
+JVM_OPTIONS = (
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+# the JVM reads these by itself; an operator's settings must not leak into a private broker
+_DROP_ENV = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "CLASSPATH")
+SERVER_MAIN = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"  # what bin/kafka-storage.sh runs
+
+
+@dataclass(frozen=True)
+class KafkaRuntime:
+    """What a node runs on: a checked Java and the verified broker jars."""
+
+    java: JavaRuntime
+    distribution: KafkaDistribution
+
+
+class KafkaNode:
+    """One combined-mode JVM of a :class:`LocalKafka`; its ``properties`` are written at every start."""
+
+    def __init__(
+        self,
+        node_id: int,
+        home: Path,
+        ports: Mapping[str, int],
+        properties: dict[str, str],
+        cluster_id: str,
+        runtime: Callable[[], KafkaRuntime],
+        *,
+        format_args: Sequence[str] = (),
+        jvm_options: Sequence[str] = (),
+        heap: str = DEFAULT_HEAP,
+    ) -> None:
+        self.node_id = node_id
+        self.home = home
+        self.ports = dict(ports)
+        self.properties = properties
+        self.cluster_id = cluster_id
+        self.format_args = tuple(format_args)
+        self.jvm_options = tuple(jvm_options)
+        self.heap = heap
+        self._runtime = runtime
+        self._process: ManagedProcess | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "kafka.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_for(CLIENT_LISTENER)
+
+    def bootstrap_for(self, listener: str) -> str:
+        """host:port of one of this node's listeners (PLAINTEXT, or an extra listener's name)."""
+        return f"127.0.0.1:{self.ports[listener]}"
+
+    @property
+    def formatted(self) -> bool:
+        return (self.data_dir / "meta.properties").is_file()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.alive()
+
+    def format(self) -> None:
+        """`kafka-storage format` of this node's log directory with the cluster id (once)."""
+        if self.formatted:
+            return
+        runtime = self._runtime()
+        self._write_config()
+        argv = [
+            str(runtime.java.executable), "-Xmx128m", *JVM_OPTIONS, *self.jvm_options, *self._log_options(),
+            "-cp", runtime.distribution.classpath(), STORAGE_TOOL, "format",
+            "--config", str(self.home / "server.properties"), "--cluster-id", self.cluster_id,
+            *self.format_args,
+        ]  # fmt: skip
+        tool = ManagedProcess(argv, self.home, clean_env(_DROP_ENV), "format.log")
+        try:
+            code: int | None = tool.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            code = None
+        tool.kill()
+        if code != 0 or not self.formatted:
+            output = tool.output()
+            why = f"exit {code}" if code is not None else "no exit after 120 s"
+            raise ServiceError(
+                f"kafka node {self.node_id}: formatting {self.data_dir} failed ({why}): {_cause(output)}"
+                f"\n--- last lines of {tool.log_path} ---\n{_tail(output)}"
+            )
+
+    def launch(self) -> None:
+        """Start the JVM without waiting for it (format first if needed); see :meth:`wait_ready`."""
+        if self.alive():
+            raise ServiceError(f"kafka node {self.node_id} is already running (pid {self.pid})")
+        for listener, port in self.ports.items():
+            if not port_is_free(port):
+                raise ServiceError(
+                    f"port 127.0.0.1:{port} ({listener} listener of kafka node {self.node_id}) is taken"
+                )
+        runtime = self._runtime()
+        self.format()
+        self._write_config()
+        argv = [
+            str(runtime.java.executable), f"-Xmx{self.heap}", *JVM_OPTIONS, *self.jvm_options,
+            *self._log_options(), "-cp", runtime.distribution.classpath(),
+            SERVER_MAIN, str(self.home / "server.properties"),
+        ]  # fmt: skip
+        with self.log_path.open("a") as log:
+            log.write(f"=== routeworker: node {self.node_id} starts at {time.strftime('%F %T')} ===\n")
+        self._process = ManagedProcess(argv, self.home, clean_env(_DROP_ENV), self.log_path.name)
+
+    def wait_ready(self, timeout_s: float, expect: set[int] | None = None) -> None:
+        """Block until this node answers Metadata listing ``expect`` (default: itself) among its brokers."""
+        expect = expect if expect is not None else {self.node_id}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            process = self._process
+            if process is None or not process.alive():
+                code = process.proc.returncode if process else None
+                raise ServiceError(self._failure(f"the JVM exited with code {code}"))
+            # an open port first: aiokafka logs an error for every refused bootstrap
+            if accepts_connections(self.ports[CLIENT_LISTENER]):
+                brokers = metadata_brokers(self.bootstrap, timeout_s=min(5.0, timeout_s))
+                if brokers is not None and expect <= brokers:
+                    return
+            if time.monotonic() > deadline:
+                raise ServiceError(self._failure(f"no answer to Kafka requests within {timeout_s:.0f} s"))
+            time.sleep(0.1)
+
+    def start(self, timeout_s: float = 120.0) -> Self:
+        """Launch and wait until it serves; on failure the JVM is killed and the error names why."""
+        self.launch()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown), then SIGKILL after ``timeout_s``; the data stays."""
+        if self._process is not None:
+            self._process.stop(timeout_s)
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (stop several nodes at once, then :meth:`stop` each)."""
+        if self._process is not None:
+            self._process.signal(signal.SIGCONT)
+            self._process.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM killer would end it; the data stays."""
+        if self._process is not None:
+            self._process.kill()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the node keeps its sockets but answers nothing (a long GC pause, a hung host)."""
+        if self._process is not None:
+            self._process.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self._process is not None:
+            self._process.signal(signal.SIGCONT)
+
+    def _write_config(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "server.properties").write_text(render_properties(self.properties), encoding="latin-1")
+        (self.home / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+
+    def _log_options(self) -> list[str]:
+        config = self.home / "log4j2.properties"
+        return [f"-Dlog4j2.configurationFile={config}", f"-Dkafka.logs.dir={self.home}"]
+
+    def _failure(self, why: str) -> str:
+        output = self._process.output() if self._process else ""
+        cause = _cause(output)
+        first = f"kafka node {self.node_id} did not start: {why}" + (f": {cause}" if cause else "")
+        return f"{first}\n--- last lines of {self.log_path} ---\n{_tail(output)}"
+
+
+class LocalKafka:
+    """Apache Kafka on loopback for tests, benchmarks and the demo: ``nodes`` combined KRaft nodes.
+
+    ``bootstrap`` lists every node's PLAINTEXT listener. ``properties`` override the test defaults
+    of :mod:`worker.local.kafka_config` on every node; ``listeners`` add listeners (say SASL_SSL);
+    ``format_args`` go to `kafka-storage format` (say ``--add-scram``); ``jvm_options`` to every JVM.
+    """
+
+    name = "kafka"
+    capabilities = KAFKA_CAPABILITIES
+
+    def __init__(
+        self,
+        nodes: int = 1,
+        *,
+        port: int | None = None,
+        properties: Mapping[str, str] | None = None,
+        listeners: Sequence[Listener] = (),
+        format_args: Sequence[str] = (),
+        jvm_options: Sequence[str] = (),
+        heap: str = DEFAULT_HEAP,
+        java: Path | None = None,
+        cache_dir: Path | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        if not 1 <= nodes <= 9:
+            raise ValueError(f"nodes: 1 to 9, not {nodes}")
+        if nodes > 1 and (port or any(listener.port for listener in listeners)):
+            raise ValueError("fixed ports are for a single node; a cluster takes free ports")
+        self.workdir = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="routeworker-kafka-"))
+        self.cluster_id = new_cluster_id()
+        self._java = java
+        self._cache_dir = cache_dir
+        self._runtime: KafkaRuntime | None = None
+        ports = {
+            node_id: {
+                CLIENT_LISTENER: (port if node_id == 1 and port else free_port()),
+                CONTROLLER_LISTENER: free_port(),
+                **{listener.name: listener.port or free_port() for listener in listeners},
+            }
+            for node_id in range(1, nodes + 1)
+        }
+        voters = {node_id: node_ports[CONTROLLER_LISTENER] for node_id, node_ports in ports.items()}
+        self.nodes = [
+            KafkaNode(
+                node_id,
+                self.workdir / f"node-{node_id}",
+                node_ports,
+                server_properties(
+                    node_id=node_id,
+                    ports=node_ports,
+                    voters=voters,
+                    log_dir=self.workdir / f"node-{node_id}" / "data",
+                    listeners=listeners,
+                    overrides=properties,
+                ),
+                self.cluster_id,
+                self.runtime,
+                format_args=format_args,
+                jvm_options=jvm_options,
+                heap=heap,
+            )
+            for node_id, node_ports in ports.items()
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def bootstrap_for(self, listener: str) -> str:
+        """Every node's address on one listener, comma-separated."""
+        return ",".join(node.bootstrap_for(listener) for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return self.nodes[node_id - 1]
+
+    def runtime(self) -> KafkaRuntime:
+        """The Java and the jars every node runs with, checked once per LocalKafka."""
+        if self._runtime is None:
+            java = find_java(self._java)
+            distribution = prepare_kafka(self._cache_dir)
+            logger.info("kafka %s runs on %s", distribution.version, java.describe())
+            self._runtime = KafkaRuntime(java, distribution)
+        return self._runtime
+
+    def start(self, timeout_s: float = 120.0) -> Self:
+        """Format (first time), start every stopped node, and wait until each serves the whole cluster.
+
+        On failure every node is killed (and a cluster that never ran is removed) before the error,
+        which names the cause and carries the failing node's last log lines, is raised.
+        """
+        first_start = not any(node.formatted for node in self.nodes)
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.runtime()
+            with ThreadPoolExecutor(len(self.nodes)) as pool:  # one format JVM per node, at once
+                list(pool.map(KafkaNode.format, self.nodes))
+            for node in self.nodes:
+                if not node.alive():
+                    node.launch()
+            everyone = {node.node_id for node in self.nodes}
+            for node in self.nodes:
+                node.wait_ready(max(1.0, deadline - time.monotonic()), expect=everyone)
+        except BaseException:
+            self.kill()
+            if first_start:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop every node (SIGTERM to all at once, SIGKILL after ``timeout_s``); the data stays."""
+        for node in self.nodes:
+            node.terminate()
+        for node in self.nodes:
+            node.stop(timeout_s)
+
+    def restart(self, timeout_s: float = 120.0) -> Self:
+        """Stop, then start on the same log directories and ports."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL every node; the data stays."""
+        for node in self.nodes:
+            node.kill()
+
+    def freeze(self) -> None:
+        """SIGSTOP every node."""
+        for node in self.nodes:
+            node.freeze()
+
+    def thaw(self) -> None:
+        """SIGCONT every node."""
+        for node in self.nodes:
+            node.thaw()
+
+    def alive(self) -> bool:
+        return all(node.alive() for node in self.nodes)
+
+    def close(self) -> None:
+        """Kill every node and remove the cluster's directory: nothing is kept, so nothing is flushed."""
+        self.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.close()
+
+
+_CAUSES = re.compile(
+    r" (ERROR|FATAL) |^Exception in thread|^Terminating due to|^Error: |: error: |^\S+(Exception|Error): "
+)
+
+
+def _cause(output: str) -> str:
+    """The line that says why: the first error line, with the exception it names if one follows."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if _CAUSES.search(line):
+            text = line.split("] ", 1)[-1].strip() if line.startswith("[") else line.strip()
+            following = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if re.match(r"^\S+(Exception|Error)\b", following):
+                text = f"{text} {following}"
+            return text[:500]
+    return lines[-1].strip()[:500] if lines else "no output"
+
+
+def _tail(output: str, lines: int = 30) -> str:
+    return "\n".join(output.splitlines()[-lines:])

@@ -53,7 +53,8 @@ def find_java(
                 f"no Java found (JAVA_HOME unset, no java on PATH): Kafka needs Java {minimum}+; "
                 "install openjdk-17-jre-headless (`make system`) or set JAVA_HOME"
             )
-        executable, source = Path(found), "PATH"
+        # /usr/bin/java is a chain of alternatives links: name the JDK it leads to
+        executable, source = Path(found).resolve(), "PATH"
     runtime = _probe(executable.absolute(), source)
     if runtime.feature < minimum:
         raise JavaError(

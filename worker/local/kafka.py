@@ -19,14 +19,12 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 from worker.local.capabilities import KAFKA_CAPABILITIES
 from worker.local.errors import ServiceError
-from worker.local.java import JavaRuntime, find_java
 from worker.local.kafka_config import (
     CLIENT_LISTENER,
     CONTROLLER_LISTENER,
@@ -36,34 +34,17 @@ from worker.local.kafka_config import (
     render_properties,
     server_properties,
 )
-from worker.local.kafka_dist import KafkaDistribution, prepare_kafka
 from worker.local.kafka_probe import metadata_brokers
+from worker.local.kafka_runtime import KafkaRuntime, kafka_runtime
 from worker.local.process import ManagedProcess, accepts_connections, clean_env, free_port, port_is_free
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEAP = "256m"
-# a test broker on a small shared machine: quick to start (C1 only), one GC thread, and a JVM
-# that runs out of memory exits instead of limping on; options given by the caller come later
-# on the command line and win
-JVM_OPTIONS = (
-    "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-Djava.awt.headless=true",
-)
 # the JVM reads these by itself; an operator's settings must not leak into a private broker
 _DROP_ENV = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "CLASSPATH")
 SERVER_MAIN = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"  # what bin/kafka-storage.sh runs
-
-
-@dataclass(frozen=True)
-class KafkaRuntime:
-    """What a node runs on: a checked Java and the verified broker jars."""
-
-    java: JavaRuntime
-    distribution: KafkaDistribution
 
 
 class KafkaNode:
@@ -90,6 +71,7 @@ class KafkaNode:
         self.format_args = tuple(format_args)
         self.jvm_options = tuple(jvm_options)
         self.heap = heap
+        self.use_archive = True  # the class archive, when one exists (its training run sets False)
         self._runtime = runtime
         self._process: ManagedProcess | None = None
 
@@ -120,6 +102,14 @@ class KafkaNode:
     def alive(self) -> bool:
         return self._process is not None and self._process.alive()
 
+    def check_ports(self) -> None:
+        """Raise, naming the port and its listener, when another process listens on one of ours."""
+        for listener, port in self.ports.items():
+            if not port_is_free(port):
+                raise ServiceError(
+                    f"port 127.0.0.1:{port} ({listener} listener of kafka node {self.node_id}) is taken"
+                )
+
     def format(self) -> None:
         """`kafka-storage format` of this node's log directory with the cluster id (once)."""
         if self.formatted:
@@ -127,7 +117,8 @@ class KafkaNode:
         runtime = self._runtime()
         self._write_config()
         argv = [
-            str(runtime.java.executable), "-Xmx128m", *JVM_OPTIONS, *self.jvm_options, *self._log_options(),
+            str(runtime.java.executable), "-Xmx128m", *runtime.jvm_options(use_archive=self.use_archive),
+            *self.jvm_options, *self._log_options(),
             "-cp", runtime.distribution.classpath(), STORAGE_TOOL, "format",
             "--config", str(self.home / "server.properties"), "--cluster-id", self.cluster_id,
             *self.format_args,
@@ -150,18 +141,14 @@ class KafkaNode:
         """Start the JVM without waiting for it (format first if needed); see :meth:`wait_ready`."""
         if self.alive():
             raise ServiceError(f"kafka node {self.node_id} is already running (pid {self.pid})")
-        for listener, port in self.ports.items():
-            if not port_is_free(port):
-                raise ServiceError(
-                    f"port 127.0.0.1:{port} ({listener} listener of kafka node {self.node_id}) is taken"
-                )
+        self.check_ports()
         runtime = self._runtime()
         self.format()
         self._write_config()
         argv = [
-            str(runtime.java.executable), f"-Xmx{self.heap}", *JVM_OPTIONS, *self.jvm_options,
-            *self._log_options(), "-cp", runtime.distribution.classpath(),
-            SERVER_MAIN, str(self.home / "server.properties"),
+            str(runtime.java.executable), f"-Xmx{self.heap}",
+            *runtime.jvm_options(use_archive=self.use_archive), *self.jvm_options, *self._log_options(),
+            "-cp", runtime.distribution.classpath(), SERVER_MAIN, str(self.home / "server.properties"),
         ]  # fmt: skip
         with self.log_path.open("a") as log:
             log.write(f"=== routeworker: node {self.node_id} starts at {time.strftime('%F %T')} ===\n")
@@ -260,6 +247,7 @@ class LocalKafka:
         heap: str = DEFAULT_HEAP,
         java: Path | None = None,
         cache_dir: Path | None = None,
+        runtime: KafkaRuntime | None = None,
         workdir: Path | None = None,
     ) -> None:
         if not 1 <= nodes <= 9:
@@ -270,7 +258,7 @@ class LocalKafka:
         self.cluster_id = new_cluster_id()
         self._java = java
         self._cache_dir = cache_dir
-        self._runtime: KafkaRuntime | None = None
+        self._runtime = runtime
         ports = {
             node_id: {
                 CLIENT_LISTENER: (port if node_id == 1 and port else free_port()),
@@ -316,10 +304,7 @@ class LocalKafka:
     def runtime(self) -> KafkaRuntime:
         """The Java and the jars every node runs with, checked once per LocalKafka."""
         if self._runtime is None:
-            java = find_java(self._java)
-            distribution = prepare_kafka(self._cache_dir)
-            logger.info("kafka %s runs on %s", distribution.version, java.describe())
-            self._runtime = KafkaRuntime(java, distribution)
+            self._runtime = kafka_runtime(self._java, self._cache_dir)
         return self._runtime
 
     def start(self, timeout_s: float = 120.0) -> Self:
@@ -331,12 +316,14 @@ class LocalKafka:
         first_start = not any(node.formatted for node in self.nodes)
         deadline = time.monotonic() + timeout_s
         try:
+            stopped = [node for node in self.nodes if not node.alive()]
+            for node in stopped:  # before any JVM runs: a taken port is the likeliest failure
+                node.check_ports()
             self.runtime()
             with ThreadPoolExecutor(len(self.nodes)) as pool:  # one format JVM per node, at once
                 list(pool.map(KafkaNode.format, self.nodes))
-            for node in self.nodes:
-                if not node.alive():
-                    node.launch()
+            for node in stopped:
+                node.launch()
             everyone = {node.node_id for node in self.nodes}
             for node in self.nodes:
                 node.wait_ready(max(1.0, deadline - time.monotonic()), expect=everyone)

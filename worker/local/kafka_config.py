@@ -83,8 +83,10 @@ def tuned_for_tests(cluster_size: int) -> dict[str, str]:
         "background.threads": "2",
         "num.recovery.threads.per.data.dir": "1",
         "num.replica.fetchers": "1",
-        # a starting broker is unfenced at its first heartbeat after catching up
+        # a starting broker is unfenced at its first heartbeat after catching up, and a broker
+        # killed with SIGKILL can register again once its old session has expired (9 s by default)
         "broker.heartbeat.interval.ms": "500",
+        "broker.session.timeout.ms": "4000",
     }
 
 

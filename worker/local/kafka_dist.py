@@ -218,7 +218,8 @@ def _mvn_failure(output: str) -> str:
     transfer = _TRANSFER.search(output)
     if transfer is not None:
         artifact, repository, reason = transfer.groups()
-        return f"Maven Central unreachable: cannot download {artifact} from {repository}: {reason.strip()}"
+        reason = reason.split(" -> [Help", 1)[0].strip()
+        return f"Maven Central unreachable: cannot download {artifact} from {repository}: {reason}"
     errors = [line[len("[ERROR]") :].strip() for line in output.splitlines() if line.startswith("[ERROR]")]
     first = next((e for e in errors if e), "no error message")
     return f"mvn could not resolve the Kafka jars: {first[:400]}"

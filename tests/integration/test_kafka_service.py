@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -283,3 +285,17 @@ def test_an_unreachable_maven_central_is_one_line(tmp_path: Path) -> None:
     assert message.startswith("Maven Central unreachable: cannot download ")
     assert "Connection refused" in message
     assert "\n" not in message
+
+
+def test_kcat_produces_and_consumes(kafka_broker: LocalKafka) -> None:
+    """librdkafka (Debian's kcat) talks to it, as it cannot to Tansu: the README's kcat lines work."""
+    kcat = shutil.which("kcat")
+    assert kcat is not None, "kcat is not installed: `make system` installs it"
+    topic = _name("kcat")
+    asyncio.run(_create(kafka_broker.bootstrap, topic))
+    line = 'conversation-42|{"id":"q-2","text":"where is my parcel"}\n'
+    produce = [kcat, "-P", "-b", kafka_broker.bootstrap, "-t", topic, "-K", "|"]
+    subprocess.run(produce, input=line, text=True, check=True, timeout=30)
+    consume = [kcat, "-C", "-b", kafka_broker.bootstrap, "-t", topic, "-f", "%k %s\\n", "-e", "-q"]
+    done = subprocess.run(consume, capture_output=True, text=True, check=True, timeout=30)
+    assert done.stdout == 'conversation-42 {"id":"q-2","text":"where is my parcel"}\n'

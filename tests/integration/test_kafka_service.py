@@ -180,9 +180,10 @@ async def test_records_survive_a_restart_a_kill_and_a_freeze(own_kafka: LocalKaf
     assert (own_kafka.nodes[0].data_dir, own_kafka.nodes[0].ports["PLAINTEXT"]) == (data_dir, port)
     assert await _read_all(own_kafka.bootstrap, topic) == [(b"a", b"1"), (b"b", b"2")]
 
-    own_kafka.freeze()
+    own_kafka.freeze()  # returns once the kernel shows the JVM stopped
     assert _state(own_kafka.nodes[0].pid) == "T"
     own_kafka.thaw()
+    assert _state(own_kafka.nodes[0].pid) != "T"
     await _produce(own_kafka.bootstrap, topic, [(b"c", b"3")], acks="all")
     assert len(await _read_all(own_kafka.bootstrap, topic)) == 3
 

@@ -299,22 +299,18 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def _wait_state(pid: int, wanted: str) -> None:
-    deadline = time.monotonic() + 5
-    while _state(pid) != wanted:
-        assert time.monotonic() < deadline, f"pid {pid} is {_state(pid)}, not {wanted}"
-        time.sleep(0.01)
-
-
 def test_a_managed_process_freezes_thaws_stops_when_frozen_and_appends_its_log(tmp_path: Path) -> None:
     argv = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     first = ManagedProcess(argv, tmp_path, dict(os.environ), "out.log")
-    first.signal(signal.SIGSTOP)
-    _wait_state(first.pid, "T")
-    first.signal(signal.SIGCONT)
-    _wait_state(first.pid, "S")
-    first.signal(signal.SIGSTOP)
-    _wait_state(first.pid, "T")
+    deadline = time.monotonic() + 10
+    while first.output() != "up\n":  # started for real before it is frozen
+        assert time.monotonic() < deadline, "the child never printed"
+        time.sleep(0.01)
+    first.freeze()
+    assert _state(first.pid) == first.state() == "T"
+    first.thaw()
+    assert _state(first.pid) != "T"
+    first.freeze()
     first.stop(timeout_s=5)  # SIGTERM reaches a frozen process only after SIGCONT
     assert first.proc.returncode == -signal.SIGTERM
     second = ManagedProcess([sys.executable, "-c", "print('again')"], tmp_path, dict(os.environ), "out.log")

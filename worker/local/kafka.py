@@ -199,14 +199,17 @@ class KafkaNode:
             self._process.kill()
 
     def freeze(self) -> None:
-        """SIGSTOP: the node keeps its sockets but answers nothing (a long GC pause, a hung host)."""
+        """SIGSTOP: the node keeps its sockets but answers nothing (a long GC pause, a hung host).
+
+        Returns once the kernel shows the JVM stopped.
+        """
         if self._process is not None:
-            self._process.signal(signal.SIGSTOP)
+            self._process.freeze()
 
     def thaw(self) -> None:
-        """SIGCONT after :meth:`freeze`."""
+        """SIGCONT after :meth:`freeze`; returns once the JVM runs again."""
         if self._process is not None:
-            self._process.signal(signal.SIGCONT)
+            self._process.thaw()
 
     def _write_config(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.errors import ConfigError
 from worker.local.errors import KafkaDistError
 from worker.local.locks import exclusive
 
@@ -261,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Apache Kafka %s ready: %d jars, %.1f MB in %s",
                 dist.version, len(dist.jars()), dist.size_bytes() / 1e6, dist.root,
             )  # fmt: skip
-    except KafkaDistError as exc:
+    except (KafkaDistError, ConfigError) as exc:
         logger.error("error: %s", exc)  # one line, no traceback
         return 1
     return 0

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -102,6 +103,35 @@ class ManagedProcess:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
+
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP, and return once the kernel shows the process stopped (every thread of it)."""
+        self.signal(signal.SIGSTOP)
+        self._wait_state(lambda state: state == "T", "stopped", timeout_s)
+
+    def thaw(self, timeout_s: float = 5.0) -> None:
+        """SIGCONT, and return once the process runs again."""
+        self.signal(signal.SIGCONT)
+        self._wait_state(lambda state: state != "T", "running", timeout_s)
+
+    def state(self) -> str | None:
+        """The kernel's state letter for the process (R, S, T, ...), None once it is gone."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        return stat.rsplit(")", 1)[1].split()[0]
+
+    def _wait_state(self, wanted: Callable[[str], bool], what: str, timeout_s: float) -> None:
+        # a signal is delivered asynchronously: wait for it to act, so that callers can rely on it
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            state = self.state()
+            if state is None or wanted(state):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(f"pid {self.proc.pid} not {what} {timeout_s:.0f} s after the signal")
+            time.sleep(0.005)
 
     def kill(self) -> None:
         """SIGKILL and reap, as a crash would end it; idempotent."""

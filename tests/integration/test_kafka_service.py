@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,7 @@ async def _create(
         await admin.close()
 
 
-async def _produce(bootstrap: str, topic: str, records: list[Record], **options: object) -> None:
+async def _produce(bootstrap: str, topic: str, records: Sequence[Record], **options: object) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **options)
     await producer.start()
     try:

@@ -153,9 +153,11 @@ def _surrogates(ch: str) -> str:
 
 
 # one readable log: everything to stdout (the service writes it to <workdir>/node-N/kafka.log),
-# without the thousand-line config dumps (server.properties beside the log says what was set)
+# without the thousand-line config dumps (server.properties beside the log says what was set),
+# and still in this layout while the broker shuts down (Kafka stops log4j itself, last)
 LOG4J2_PROPERTIES = """\
 status = warn
+shutdownHook = disable
 appender.out.type = Console
 appender.out.name = STDOUT
 appender.out.layout.type = PatternLayout

@@ -53,9 +53,9 @@ import faiss
 import numpy as np
 
 from worker.config import Settings
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelNotPreparedError, resolve_model
 from worker.routing import (
-    EncoderPool,
     IndexSettings,
     Route,
     Router,
@@ -148,7 +148,7 @@ def encoder_figures(repeat: int) -> dict[str, Any]:
         spec = resolve_model(Settings())
     except ModelNotPreparedError as error:
         return {"available": False, "reason": str(error)}
-    with EncoderPool(spec.path, spec.name) as pool:
+    with EncoderPool(spec) as pool:
         pool.embed_sync(QUERIES)
         figures = timed(lambda: pool.embed_sync(QUERIES), repeat)
         return {"available": True, "fingerprint": pool.fingerprint, "batch": len(QUERIES), **figures}
@@ -213,7 +213,7 @@ def real_recall(settings: IndexSettings, search_k: int) -> dict[str, Any]:
         return {"available": False, "reason": str(error)}
     if not root.is_dir():
         return {"available": False, "reason": f"no datasets in {root}"}
-    with EncoderPool(spec.path, spec.name) as pool:
+    with EncoderPool(spec) as pool:
         cache = VectorCache(pool, Settings().cache_dir / "bench-vectors")
         sets = [banking77(root), clinc150(root)]
         vectors = np.concatenate([cache.embed(ds.routes.texts, f"{ds.name}-routes") for ds in sets])

@@ -15,9 +15,10 @@ from pipeline_harness import TopicReader, Topics, build_table, create_topics, pr
 from worker.cli.run_cmd import run_worker
 from worker.config import Settings
 from worker.contracts import RoutedIntent
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
-from worker.routing import EncoderPool, RouteTable
+from worker.routing import RouteTable
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ class ScriptedReplica:
 
 @pytest.fixture
 def encoder_factory(model_spec: ModelSpec) -> Any:
-    return lambda settings: EncoderPool(model_spec.path, model_spec.name, pool_size=1, max_pending=4)
+    return lambda settings: EncoderPool(model_spec, pool_size=1, max_pending=4)
 
 
 async def wait_for(condition: Any, within: float = 30) -> None:

@@ -23,13 +23,14 @@ from replication_harness import create_mutation_topic, mutation_settings, produc
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
 from worker.embedding.model import ModelSpec
 from worker.embedding.pool import encoder_pool
 from worker.local.broker import LocalBroker
 from worker.replication import MutationPublisher, read_routes, route_of, shipped_vectors, with_embeddings
-from worker.replication.encoders import hashing_pool
 from worker.replication.vectors import embed_routes
-from worker.routing import EncoderPool, RouteVectors
+from worker.routing import RouteVectors
 from worker.routing.index import table_digest
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worker.cli.console import console, err_console, table
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition
+from worker.embedding import EncoderPool
 from worker.embedding.pool import encoder_pool
 from worker.replication import (
     MutationPlan,
@@ -29,7 +30,6 @@ from worker.replication import (
 )
 from worker.replication.replica_main import add_arguments, run_from_args
 from worker.replication.routefile import dump_routes
-from worker.routing import EncoderPool
 
 
 def _run(action: Callable[[], Coroutine[Any, Any, int]]) -> int:

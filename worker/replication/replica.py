@@ -20,21 +20,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.background import background_executor
 from worker.config import Settings
+from worker.embedding import EncoderPool
 from worker.replication.fold import FoldedMutations, LogRecord, fold
 from worker.replication.kafka import mutation_consumer_options, running
 from worker.replication.log import log_end_offsets, mutation_partitions, positions_reached
 from worker.replication.resolve import ResolvedChanges, resolve_changes
 from worker.replication.stats import ReplicaStats
 from worker.replication.vectors import embed_routes, shipped_vectors
-from worker.routing import (
-    EncoderPool,
-    IndexSettings,
-    RouteStore,
-    RouteTable,
-    RouteVectors,
-    TableVersion,
-    make_version,
-)
+from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
 
 logger = logging.getLogger(__name__)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from worker.config import Settings, load_settings
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
 from worker.embedding.pool import encoder_pool
-from worker.replication.encoders import hashing_pool
 from worker.replication.replica import RouteReplica
-from worker.routing import EncoderPool, Router
+from worker.routing import Router
 
 logger = logging.getLogger(__name__)
 

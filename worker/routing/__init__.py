@@ -1,9 +1,9 @@
-"""The routing engine: route store, searchable route table, router, threshold fitting, encoder pool.
+"""The routing engine: route store, searchable route table, router, learned head, threshold fitting.
 
-Pure: it knows nothing of Kafka. Everything here is synchronous except ``EncoderPool.embed``.
+Pure: it knows nothing of Kafka, of the settings or of the embedding model (it routes vectors; the
+:class:`Encoder` protocol says what it needs of whatever makes them). Everything here is synchronous.
 """
 
-from worker.routing.encoder import EncoderPool
 from worker.routing.errors import (
     DimensionMismatch,
     EncoderError,
@@ -38,7 +38,6 @@ __all__ = [
     "DimensionMismatch",
     "Encoder",
     "EncoderError",
-    "EncoderPool",
     "FingerprintMismatch",
     "FitMetrics",
     "FittedThresholds",

@@ -1,6 +1,6 @@
 """Replica processes converge: concurrent publishers, `kill -9` and restarts, then equal tables and answers.
 
-Each replica is a separate process (`python -m worker.replication.replica_main`) with its own store;
+Each replica is a separate process (`routeworker routes replica`) with its own store;
 on SIGUSR1 it writes its table's version, digest and answers to fixed probe queries. At the end
 every replica's digest must equal the digest of the log folded by key, and every replica must give
 the same answers.
@@ -61,7 +61,7 @@ class ReplicaProcess:
         self.status_file.unlink(missing_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.replication.replica_main", "--store", str(self.store),
+                [sys.executable, "-m", "worker.cli.main", "routes", "replica", "--store", str(self.store),
                  "--status", str(self.status_file), "--probes", str(self.probes), "--encoder", self.encoder],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

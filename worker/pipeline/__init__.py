@@ -9,7 +9,6 @@ from worker.pipeline.intents import build_intent, render_version
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery
-from worker.pipeline.supervisor import ReplicaWorker
 from worker.pipeline.types import InputRecord, Outbound
 
 __all__ = [
@@ -25,7 +24,6 @@ __all__ = [
     "PipelineError",
     "ProcessedBatch",
     "QueryPipeline",
-    "ReplicaWorker",
     "ShutdownTimeout",
     "build_intent",
     "dead_letter",

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from worker.app.serving import HeadKeeper, scoring_config, serving_router
 from worker.config import Settings
-from worker.pipeline.routing import HeadKeeper, scoring_config, serving_router
 from worker.routing import Route, RouteTable, RouteVectors, ScoringConfig, l2_normalise
 
 DIM = 16

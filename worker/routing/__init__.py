@@ -16,11 +16,12 @@ from worker.routing.errors import (
 )
 from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight, fit_thresholds
 from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
-from worker.routing.index import IndexSettings
+from worker.routing.index_settings import IndexSettings
 from worker.routing.router import Router
 from worker.routing.scoring import ScoringConfig, Thresholds
+from worker.routing.snapshot import Hits, TableSnapshot
 from worker.routing.store import RouteStore, StoredState
-from worker.routing.table import Hits, RouteTable, TableSnapshot
+from worker.routing.table import RouteTable
 from worker.routing.types import (
     Candidate,
     Decision,

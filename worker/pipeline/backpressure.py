@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from worker.pipeline.kafka import QueryConsumer
 from worker.pipeline.offsets import OffsetTracker
 from worker.telemetry import PipelineMetrics
 
@@ -22,7 +22,7 @@ class FlowControl:
     """Bounds the in-flight window of ``tracker`` at ``max_in_flight`` batches."""
 
     def __init__(
-        self, consumer: Any, tracker: OffsetTracker, max_in_flight: int, metrics: PipelineMetrics
+        self, consumer: QueryConsumer, tracker: OffsetTracker, max_in_flight: int, metrics: PipelineMetrics
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")

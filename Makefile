@@ -29,6 +29,7 @@ model: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check worker tests $(wildcard benchmarks)
+	$(BIN)/lint-imports
 
 # the pipeline's test fakes are checked against the same protocols as aiokafka's clients
 typecheck: $(STAMP)

@@ -62,7 +62,7 @@ class QueryPipeline:
         self.tracker = OffsetTracker()
         self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
-        self._embed_gate = EmbedGate(settings.encoder_threads + 1)
+        self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self.processor = BatchProcessor(
@@ -145,7 +145,7 @@ class QueryPipeline:
             await self._flow.wait_for_room(self._stopping.is_set)
             if self._stopping.is_set():
                 break
-            place = await self._embed_gate.enter()
+            place = await self.embed_gate.enter()
             if self._stopping.is_set():  # asked while waiting for the encoder
                 place.leave()
                 break

@@ -67,10 +67,20 @@ class EmbedGate:
         if places < 1:
             raise ValueError("places must be at least 1")
         self._places = asyncio.Semaphore(places)
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a place (the consume loop, while every place is taken)."""
+        return self._waiting
 
     async def enter(self) -> EmbedPass:
         """Wait for a place; the returned pass gives it back (once) when the batch is embedded."""
-        await self._places.acquire()
+        self._waiting += 1
+        try:
+            await self._places.acquire()
+        finally:
+            self._waiting -= 1
         return EmbedPass(self._places)
 
 

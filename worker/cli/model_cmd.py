@@ -45,8 +45,9 @@ def _prepare(args: argparse.Namespace) -> int:
             prepared = prepare(settings.cache_dir, progress=steps.start)
             steps.finish()
     except PrepareError as exc:
-        # one line, even in a narrow terminal or a CI log
-        err_console.print(f"[red]model prepare failed:[/red] {escape(str(exc))}", soft_wrap=True)
+        # one line, even in a narrow terminal or a CI log, and whatever a library put in the message
+        reason = " ".join(str(exc).split())
+        err_console.print(f"[red]model prepare failed:[/red] {escape(reason)}", soft_wrap=True)
         return 1
     console.print(f"model ready: {escape(str(prepared.root))} ({steps.elapsed:.1f} s)", soft_wrap=True)
     return 0

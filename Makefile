@@ -43,9 +43,11 @@ model: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check worker tests $(wildcard benchmarks)
+	$(BIN)/lint-imports
 
+# the pipeline's test fakes are checked against the same protocols as aiokafka's clients
 typecheck: $(STAMP)
-	$(BIN)/mypy worker
+	$(BIN)/mypy worker tests/unit/pipeline/pipeline_fakes.py
 
 test: setup lint typecheck
 	$(BIN)/routeworker schemas check

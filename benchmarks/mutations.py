@@ -41,11 +41,12 @@ import numpy as np
 
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition, RouteMutation, ShippedEmbeddings
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
 from worker.embedding.pool import encoder_pool
 from worker.local.broker import LocalBroker
 from worker.replication import MutationPublisher, RouteReplica, TopicSpec, ensure_topics, with_embeddings
-from worker.replication.encoders import hashing_pool
-from worker.routing import EncoderPool, Router, l2_normalise
+from worker.routing import Router, l2_normalise
 
 RESULTS = Path(__file__).parent / "results" / "mutations.json"
 WORDS = ("order", "refund", "invoice", "payment", "card", "account", "password", "delivery", "parcel")

@@ -18,11 +18,11 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.contracts.limits import MAX_TOP_N, Limits
+from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
 ENV_PREFIX = "ROUTEWORKER_"
 CONFIG_FILE_ENV = "ROUTEWORKER_CONFIG_FILE"
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _default_cache_dir() -> Path:
@@ -85,11 +85,9 @@ class Settings(BaseSettings):
     )
     # --- model and encoder pool ---
     model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
-    model_variant: Literal["fp32", "int8"] = Field(
-        "fp32", description="fp32 is deterministic; int8 is faster."
-    )
+    model_variant: Variant = Field("fp32", description="fp32 is deterministic; int8 is faster.")
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
-    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and build env.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")
     encoder_threads: int = Field(
         1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
     )

@@ -23,10 +23,11 @@ from pipeline_harness import (
 )
 
 from worker.contracts import DeadLetter, RoutedIntent
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
 from worker.pipeline import QueryPipeline
-from worker.routing import EncoderPool, Router
+from worker.routing import Router
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ MALFORMED: list[tuple[bytes | None, str]] = [
 
 @pytest.fixture(scope="module")
 def encoder(model_spec: ModelSpec) -> Iterator[EncoderPool]:
-    with EncoderPool(model_spec.path, model_spec.name, pool_size=1, max_pending=8) as pool:
+    with EncoderPool(model_spec, pool_size=1, max_pending=8) as pool:
         yield pool
 
 

@@ -12,12 +12,13 @@ import orjson
 import pytest
 from pipeline_harness import TopicReader, Topics, build_table, create_topics, produce
 
-from worker.cli.run_cmd import run_worker
+from worker.app import run_worker
 from worker.config import Settings
 from worker.contracts import RoutedIntent
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
-from worker.routing import EncoderPool, RouteTable
+from worker.routing import RouteTable
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ class ScriptedReplica:
 
 @pytest.fixture
 def encoder_factory(model_spec: ModelSpec) -> Any:
-    return lambda settings: EncoderPool(model_spec.path, model_spec.name, pool_size=1, max_pending=4)
+    return lambda settings: EncoderPool(model_spec, pool_size=1, max_pending=4)
 
 
 async def wait_for(condition: Any, within: float = 30) -> None:
@@ -117,7 +118,7 @@ async def test_a_failing_replica_stops_the_worker_with_a_non_zero_status(
                    encoder_factory=encoder_factory)
     )  # fmt: skip
     await wait_for(lambda: telemetry.health.readiness()[0])
-    with caplog.at_level(logging.ERROR, logger="worker.run"):
+    with caplog.at_level(logging.ERROR, logger="worker.app"):
         replicas[0].fail.set()
         assert await asyncio.wait_for(worker, 60) == 1
     assert "mutation log is corrupt" in caplog.text

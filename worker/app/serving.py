@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from worker.config import Settings
 from worker.routing import HeadTrainer, RouteHead, Router, RouteTable, ScoringConfig
-from worker.telemetry.metrics import PipelineMetrics
+from worker.telemetry import PipelineMetrics
 
 logger = logging.getLogger(__name__)
 

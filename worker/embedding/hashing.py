@@ -1,4 +1,4 @@
-"""Encoder pools for the replica process and the CLI: the configured model, or a hashing stand-in.
+"""A hashing stand-in for the embedding model.
 
 The hashing encoder is a deterministic bag of words (no model files, microseconds per text): tests,
 demos and benchmarks use it where vectors need only be consistent, not meaningful.
@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from worker.routing import EncoderPool
+from worker.embedding.model import ModelSpec
+from worker.embedding.pool import EncoderPool
 
 HASHING_MODEL = "hashing-bow"
 _WORD = re.compile(r"\w+")
@@ -44,7 +45,7 @@ class HashingSession:
 
 
 def hashing_pool(dim: int = 64, *, name: str = HASHING_MODEL, pool_size: int = 1) -> EncoderPool:
-    """An encoder pool over :class:`HashingSession` (fingerprint ``<name>-<dim>@default:unknown``)."""
+    """An encoder pool over :class:`HashingSession` (fingerprint ``<name>-<dim>@hub``)."""
     return EncoderPool(
-        None, f"{name}-{dim}", pool_size, max_pending=64, session_factory=lambda: HashingSession(dim)
+        ModelSpec(f"{name}-{dim}"), pool_size, max_pending=64, session_factory=lambda: HashingSession(dim)
     )

@@ -1,5 +1,9 @@
 """A whole replica: encoder pool, route replica, embedding cache, health server and the pipeline.
 
+This is the composition root: the only place that knows every part. The pipeline (queries) and the
+route replica (the mutation log) do not know each other; here the replica's live table is handed
+to the pipeline's router once it has caught up.
+
 Composition order: settings -> encoder pool (loaded in a thread) -> route replica opened (store
 loaded, table built) -> one task group running the replica's replay-and-tail and, once the replica
 has caught up with the mutation log, the query pipeline routing against its live table.
@@ -11,16 +15,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from worker.app.serving import HeadKeeper, serving_router
 from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
-from worker.embedding.pool import encoder_pool
+from worker.embedding import EncoderPool, encoder_pool
 from worker.health import HealthServer
-from worker.pipeline.app import QueryPipeline
-from worker.pipeline.errors import PipelineError
-from worker.pipeline.routing import HeadKeeper, serving_router
-from worker.replication.replica import RouteReplica
+from worker.pipeline import PipelineError, QueryPipeline
+from worker.replication import RouteReplica
 from worker.routing import RouteTable
 from worker.telemetry import Telemetry
 
@@ -50,11 +53,11 @@ class Replica(Protocol):
         ...
 
 
-ReplicaFactory = Callable[[Settings, Any], Replica]
-EncoderFactory = Callable[[Settings], Any]
+ReplicaFactory = Callable[[Settings, EncoderPool], Replica]
+EncoderFactory = Callable[[Settings], EncoderPool]
 
 
-def route_replica(settings: Settings, encoder: Any) -> Replica:
+def route_replica(settings: Settings, encoder: EncoderPool) -> Replica:
     """The production replica: the route-mutation log replayed into the store and the table."""
     return RouteReplica(settings, encoder, store_path=Path(settings.store_path))
 
@@ -111,7 +114,7 @@ class ReplicaWorker:
             if server is not None:
                 await server.stop()
 
-    async def _run_replica(self, encoder: Any) -> None:
+    async def _run_replica(self, encoder: EncoderPool) -> None:
         replica = self._replica_factory(self.settings, encoder)
         self.telemetry.health.set_state("loading routes", ready=False)
         await replica.open()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 import pytest
 
+from worker.app.serving import HeadKeeper, scoring_config, serving_router
 from worker.config import Settings
-from worker.pipeline.routing import HeadKeeper, scoring_config, serving_router
 from worker.routing import Route, RouteTable, RouteVectors, ScoringConfig, l2_normalise
 
 DIM = 16
@@ -33,11 +32,9 @@ def _table(routes: int, seed: int = 0) -> RouteTable:
     return table
 
 
-def _wait_for(condition: object, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def _trained(keeper: HeadKeeper) -> None:
+    """Wait for the training the keeper started last: its head is in service on return."""
+    keeper.trainer.wait(30)
 
 
 def test_settings_reach_the_scoring_config() -> None:
@@ -56,7 +53,7 @@ def test_keeper_trains_swaps_in_and_retrains_after_a_change() -> None:
     keeper = HeadKeeper(router, _settings())
     assert router.head is None
     assert keeper.check()
-    _wait_for(lambda: router.head is not None)
+    _trained(keeper)
     first = router.head
     assert first is not None
     assert set(first.names) == set(table.route_names())
@@ -68,7 +65,8 @@ def test_keeper_trains_swaps_in_and_retrains_after_a_change() -> None:
     # before the next head: the new route is answered through the nearest utterances at once
     assert router.decide(added.utterance_vectors[:1], 1)[0].candidates[0].route == "added"
     assert keeper.check()
-    _wait_for(lambda: router.head is not first)
+    _trained(keeper)
+    assert router.head is not first
     assert router.head is not None
     assert "added" in router.head.names
     assert keeper.trained == 2
@@ -79,7 +77,8 @@ def test_keeper_turns_the_head_off_above_the_size_limit() -> None:
     router = serving_router(_settings(), table)
     keeper = HeadKeeper(router, _settings(routing_head_max_routes=6))
     keeper.check()
-    _wait_for(lambda: router.head is not None)
+    _trained(keeper)
+    assert router.head is not None
     rng = np.random.default_rng(9)
     table.apply([_route("seventh", l2_normalise(rng.normal(size=(1, DIM)))[0], rng)], [], ())
     assert not keeper.check()
@@ -93,10 +92,8 @@ async def test_keeper_loop_stops_when_asked() -> None:
     keeper = HeadKeeper(router, _settings(routing_head_retrain_s=0.05))
     stopping = asyncio.Event()
     loop = asyncio.create_task(keeper.run(stopping))
-    for _ in range(500):
-        if router.head is not None:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the keeper's first check starts a training
+    await asyncio.to_thread(_trained, keeper)
     assert router.head is not None
     stopping.set()
     await asyncio.wait_for(loop, 5)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.config import load_settings
 from worker.local.errors import JavaError, KafkaDistError, ServiceError
 from worker.local.java import find_java
 from worker.local.kafka import LocalKafka
@@ -24,6 +25,7 @@ from worker.local.kafka_dist import (
     KafkaDistribution,
     _mvn_failure,
     check_jars,
+    default_cache_dir,
     kafka_version,
     prepare_kafka,
     read_record,
@@ -329,3 +331,21 @@ def test_the_make_step_reports_one_line_when_java_is_too_old(tmp_path: Path) -> 
     assert done.stdout == ""
     assert done.stderr.startswith("error: Java 11.0.22 at ")
     assert len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"XDG_CACHE_HOME": "/xdg"},
+        {"ROUTEWORKER_CACHE_DIR": "/explicit", "XDG_CACHE_HOME": "/xdg"},
+    ],
+)
+def test_the_kafka_cache_shares_the_settings_cache_root(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for name in ("ROUTEWORKER_CACHE_DIR", "XDG_CACHE_HOME", "ROUTEWORKER_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert default_cache_dir() == load_settings().cache_dir

@@ -83,8 +83,9 @@ async def _exercise(bootstrap: str) -> None:
         transactional = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="routeworker-warm-up")
         await transactional.start()
         try:
-            async with transactional.transaction():
-                await transactional.send(_TOPIC, b"value", key=b"key-t")
+            await transactional.begin_transaction()
+            await transactional.send_and_wait(_TOPIC, b"value", key=b"key-t")
+            await transactional.commit_transaction()
         finally:
             await transactional.stop()
         consumer = AIOKafkaConsumer(

@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import ConfigError
 from worker.local.errors import KafkaDistError
 from worker.local.locks import exclusive
 
@@ -130,10 +130,9 @@ def prepare_kafka(
 ) -> KafkaDistribution:
     """The verified broker jars, resolved with mvn first when the cache lacks them or they were altered.
 
-    ``cache_dir`` defaults to the settings' cache directory (ROUTEWORKER_CACHE_DIR, else
-    ~/.cache/routeworker), the same root as the model exports.
+    ``cache_dir`` defaults to :func:`default_cache_dir`, the same root as the model exports.
     """
-    cache_dir = cache_dir if cache_dir is not None else _settings_cache_dir()
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     expected = read_record(record)
     version = kafka_version(pom)
     root = distribution_dir(cache_dir, pom, record)
@@ -163,7 +162,7 @@ def record_checksums(
     cache_dir: Path | None = None, *, mvn: str = "mvn", pom: Path = POM, record: Path = RECORD
 ) -> dict[str, str]:
     """Resolve the pom afresh and write what it resolved to ``record`` (after a version change)."""
-    cache_dir = cache_dir if cache_dir is not None else _settings_cache_dir()
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
     staging = cache_dir / "kafka" / "record.partial"
     with exclusive(cache_dir / "kafka" / ".lock"):
         _resolve(staging, mvn, (), pom, cache_dir / "logs" / "kafka-resolve.log")
@@ -240,10 +239,17 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _settings_cache_dir() -> Path:
-    from worker.config import load_settings  # only when no cache dir was given: settings read the env
+def default_cache_dir() -> Path:
+    """$ROUTEWORKER_CACHE_DIR, else $XDG_CACHE_HOME/routeworker, else ~/.cache/routeworker.
 
-    return load_settings().cache_dir
+    The same root as the settings' ``cache_dir`` (the model exports), which this leaf of the package
+    may not import; tests/unit/test_local_kafka.py checks that the two agree.
+    """
+    explicit = os.environ.get("ROUTEWORKER_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "routeworker"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "Apache Kafka %s ready: %d jars, %.1f MB in %s",
                 dist.version, len(dist.jars()), dist.size_bytes() / 1e6, dist.root,
             )  # fmt: skip
-    except (KafkaDistError, ConfigError) as exc:
+    except KafkaDistError as exc:
         logger.error("error: %s", exc)  # one line, no traceback
         return 1
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-from aiokafka.client import AIOKafkaClient
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 
@@ -24,12 +24,13 @@ def metadata_brokers(bootstrap: str, timeout_s: float = 5.0) -> set[int] | None:
 
 
 async def _brokers(bootstrap: str, timeout_s: float) -> set[int] | None:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     try:
         async with asyncio.timeout(timeout_s):
-            await client.bootstrap()
-        return {broker.nodeId for broker in client.cluster.brokers()}
+            await admin.start()  # the bootstrap: a Metadata round trip with ``bootstrap`` itself
+            cluster = await admin.describe_cluster()
+        return {int(broker["node_id"]) for broker in cluster["brokers"]}
     except (KafkaError, OSError, TimeoutError):
         return None
     finally:
-        await client.close()
+        await admin.close()

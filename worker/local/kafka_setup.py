@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from worker.errors import ConfigError
 from worker.local.errors import ServiceError
 from worker.local.kafka_cds import prepare_class_archive
 from worker.local.kafka_runtime import kafka_runtime
@@ -24,7 +23,7 @@ def main() -> int:
     try:
         runtime = kafka_runtime()
         archive = prepare_class_archive(runtime)
-    except (ServiceError, ConfigError) as exc:
+    except ServiceError as exc:
         logger.error("error: %s", exc)  # one line, no traceback
         return 1
     dist = runtime.distribution

@@ -55,9 +55,9 @@ class KafkaRuntime:
 def kafka_runtime(java: Path | None = None, cache_dir: Path | None = None) -> KafkaRuntime:
     """Choose and check the Java, and prepare the jars (resolving them on first use)."""
     runtime = KafkaRuntime(find_java(java), prepare_kafka(cache_dir))
-    archive = "with" if runtime.class_archive.is_file() else "without (make kafka writes it)"
+    archive = "its class archive" if runtime.class_archive.is_file() else "no class archive yet (make kafka)"
     logger.info(
-        "kafka %s runs on %s, %s a class archive",
+        "kafka %s runs on %s, with %s",
         runtime.distribution.version, runtime.java.describe(), archive,
     )  # fmt: skip
     return runtime

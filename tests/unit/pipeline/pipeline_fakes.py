@@ -82,7 +82,7 @@ class FakeConsumer:
     assigned: set[TopicPartition] = field(default_factory=set)
     paused_set: set[TopicPartition] = field(default_factory=set)
     positions: dict[TopicPartition, int] = field(default_factory=dict)
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    committed_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     pauses: int = 0
     fetches: int = 0
 
@@ -116,7 +116,7 @@ class FakeConsumer:
         self.assigned = set(partitions)
         self.paused_set.clear()
         for tp in partitions:
-            self.positions[tp] = self.committed.get(tp, 0)
+            self.positions[tp] = self.committed_offsets.get(tp, 0)
         if self.listener is not None:
             await _awaited(self.listener.on_partitions_assigned(partitions))
 
@@ -175,7 +175,17 @@ class FakeConsumer:
         for tp in offsets:
             assert tp in self.assigned, f"commit of unassigned {tp}"
         self.commits.append(dict(offsets))
-        self.committed.update(offsets)
+        self.committed_offsets.update(offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.committed_offsets.get(tp)
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 0)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        assert tp in self.assigned, f"seek of unassigned {tp}"
+        self.positions[tp] = offset
 
 
 @dataclass

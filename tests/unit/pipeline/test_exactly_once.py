@@ -106,7 +106,8 @@ async def test_owning_fences_the_previous_owner_and_reads_the_offset_after_its_c
     assert cluster.values("routed-intents") == [b"committed by the old owner"]
     assert cluster.aborted[-1].value == b"left open by the old owner"
     assert consumer.positions == {P0: 7, P1: 0}  # the offset read after the fence, not the stale 5
-    assert output.admits(P0) and output.admits(P1)
+    assert output.admits(P0)
+    assert output.admits(P1)
     assert consumer.paused() == set()
     cluster.markers.set()
     with pytest.raises(ProducerFenced):
@@ -126,9 +127,7 @@ async def test_outputs_and_offsets_are_committed_together_on_the_cadence(
         async with asyncio.timeout(5):
             while consumer.committed_offsets != {P0: 3, P1: 2}:  # noqa: ASYNC110 - state of the fakes
                 await asyncio.sleep(0.001)
-        assert sorted(cluster.values("routed-intents")) == sorted(
-            [b"0:0", b"0:1", b"0:2", b"1:0", b"1:1"]
-        )
+        assert sorted(cluster.values("routed-intents")) == sorted([b"0:0", b"0:1", b"0:2", b"1:0", b"1:1"])
         assert {txn_id for txn_id, _ in cluster.commits} == {"routeworker/queries/0", "routeworker/queries/1"}
     finally:
         output.stop()
@@ -143,7 +142,8 @@ async def test_records_of_partitions_not_yet_owned_are_not_admitted(
     assert not output.admits(P0)
     assert output.stamp([P0]) == {}
     pending = await output.enqueue(output.stamp([P0]), [out(P0, 0)], {P0: 1})
-    assert pending.acks == [] and pending.dropped
+    assert pending.acks == []
+    assert pending.dropped
     assert cluster.open == {}
 
 
@@ -167,7 +167,8 @@ async def test_a_failed_acknowledgement_aborts_and_rewinds_to_the_committed_offs
     # the stale batch's outputs go nowhere; a batch consumed now goes into the new transactions
     cluster.fail = lambda sent: False
     late = await output.enqueue(stale, [out(P0, 4)], {P0: 5})
-    assert late.dropped and late.acks == []
+    assert late.dropped
+    assert late.acks == []
     assert await deliver(output, {P0: range(2, 4), P1: range(0, 1)})
     await output.commit("test")
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"0:2", b"0:3", b"1:0"]
@@ -183,14 +184,17 @@ async def test_a_commit_refused_for_a_passing_reason_is_rewound(
     assert await deliver(output, {P0: range(0, 3)})
     await output.commit("test")
     assert output.rewinds == 1
-    assert cluster.visible == [] and consumer.committed_offsets == {}
+    assert cluster.visible == []
+    assert consumer.committed_offsets == {}
     assert consumer.positions[P0] == 0
     assert await deliver(output, {P0: range(0, 3)})
     await output.commit("test")
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"0:2"]
 
 
-async def test_a_fenced_commit_stops_the_replica(output: ExactlyOnceOutput, cluster: FakeTransactions) -> None:
+async def test_a_fenced_commit_stops_the_replica(
+    output: ExactlyOnceOutput, cluster: FakeTransactions
+) -> None:
     await output.assign({P0})
     assert await deliver(output, {P0: range(0, 1)})
     newer = cluster.producer(transactional_id(GROUP, P0))
@@ -227,7 +231,8 @@ async def test_revoking_commits_finished_work_and_aborts_unfinished_work(
     await output.assign({P0, P1})
     assert await deliver(output, {P0: range(0, 2), P1: range(0, 2)})
     output.withdraw({P0})
-    assert not output.admits(P0) and output.admits(P1)
+    assert not output.admits(P0)
+    assert output.admits(P1)
     await output.revoke({P0}, finished=True)
     await output.revoke({P1}, finished=False)
     assert cluster.values("routed-intents") == [b"0:0", b"0:1"]
@@ -237,7 +242,9 @@ async def test_revoking_commits_finished_work_and_aborts_unfinished_work(
     assert all(p.stopped for p in cluster.producers)
 
 
-async def test_a_producer_that_cannot_start_is_fatal(consumer: FakeConsumer, cluster: FakeTransactions) -> None:
+async def test_a_producer_that_cannot_start_is_fatal(
+    consumer: FakeConsumer, cluster: FakeTransactions
+) -> None:
     def refusing(transactional_id: str) -> object:
         made = cluster.producer(transactional_id)
 

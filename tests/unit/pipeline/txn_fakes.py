@@ -105,7 +105,8 @@ class FakeTransactionalProducer:
         return self.txn
 
     async def begin_transaction(self) -> None:
-        assert self.started and not self.stopped
+        assert self.started
+        assert not self.stopped
         self.cluster.check(self.transactional_id, self.epoch)
         assert self.txn is None, "a transaction is already open"
         self.txn = self.cluster.open[self.transactional_id] = OpenTransaction(self.epoch)

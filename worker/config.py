@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     health_port: int | None = Field(
         None, ge=0, le=65535, description="HTTP port for /livez, /readyz, /metrics."
     )
+    liveness_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="/livez fails when records wait or batches are in flight and none finishes this long.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
 
     @model_validator(mode="after")

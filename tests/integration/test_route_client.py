@@ -1,0 +1,190 @@
+"""Ask and wait over a real broker: RouteClient and `routeworker route` against a real worker and model."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from pipeline_harness import ROOT, Topics, WorkerProcess, create_topics, publish_routes, route_definitions
+
+from worker.client import QueryRejected, RouteClient, RouteTimeout
+from worker.config import Settings
+from worker.health import probe
+from worker.local.broker import LocalBroker
+from worker.local.process import free_port
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "will it rain tomorrow morning": "weather",
+    "what is my account balance today": "banking",
+    "play some jazz music for me": "music",
+    "book a flight to paris please": "travel",
+    "hello there, good morning": "greeting",
+}
+
+
+@dataclass
+class RunningWorker:
+    topics: Topics
+    bootstrap: str
+    health_port: int
+    process: WorkerProcess
+
+    def settings(self) -> Settings:
+        return self.topics.settings(self.bootstrap)
+
+    def env(self) -> dict[str, str]:
+        return self.topics.env(self.bootstrap, Path("unused.sqlite3"))
+
+
+async def wait_ready(port: int, process: WorkerProcess, within: float = 120) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            assert process.proc.poll() is None, process.log()
+            try:
+                if (await asyncio.to_thread(probe, port, "/readyz", timeout_s=1.0))[0] == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+async def worker(
+    broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningWorker]:
+    """One `routeworker run` (real model, local cache) serving fresh topics, ready before tests start."""
+    topics = Topics.fresh()
+    await create_topics(broker.bootstrap, topics)
+    await publish_routes(broker.bootstrap, topics.mutations, route_definitions())
+    tmp = tmp_path_factory.mktemp("route-client")
+    port = free_port()
+    # the nearest utterance alone decides: answers must not change when a learned head comes into
+    # service, and three utterances per route are too few for a mean over five
+    env = topics.env(
+        broker.bootstrap,
+        tmp / "store.sqlite3",
+        replica_id="asked-worker",
+        health_port=port,
+        routing_head=False,
+        routing_top_k=1,
+    )
+    process = WorkerProcess(env, tmp / "worker.log")
+    try:
+        await wait_ready(port, process)
+        yield RunningWorker(topics, broker.bootstrap, port, process)
+    finally:
+        process.close()
+
+
+async def test_answers_come_back_to_their_own_calls(worker: RunningWorker) -> None:
+    async with RouteClient(worker.settings(), timeout_s=60) as client:
+        texts = list(EXPECTED) * 3
+        answers = await asyncio.gather(*(client.route(text, top_n=2) for text in texts))
+        assert client.in_flight == 0
+    assert [a.route for a in answers] == [EXPECTED[t] for t in texts]
+    assert len({a.query_id for a in answers}) == len(texts)
+    assert all(a.query_id.startswith(client.prefix) for a in answers)
+    assert all(a.worker == "asked-worker" and len(a.candidates) == 2 for a in answers)
+
+
+async def test_two_clients_share_the_topics_and_each_gets_its_own_answers(worker: RunningWorker) -> None:
+    async with RouteClient(worker.settings(), timeout_s=60) as one, RouteClient(worker.settings()) as two:
+        first, second = await asyncio.gather(
+            one.route_many(["play some jazz music for me"] * 4),
+            two.route_many(["hello there, good morning"] * 4),
+        )
+    assert {a.route for a in first if not isinstance(a, Exception)} == {"music"}
+    assert {a.route for a in second if not isinstance(a, Exception)} == {"greeting"}
+    assert len(first) == len(second) == 4
+
+
+async def test_a_dead_lettered_query_raises_with_its_code(worker: RunningWorker) -> None:
+    async with RouteClient(worker.settings(), timeout_s=60) as client:
+        with pytest.raises(QueryRejected) as info:
+            await client.route("x" * (worker.settings().max_text_chars + 1))
+    assert info.value.code == "too_large"
+    assert "characters" in info.value.reason
+
+
+async def test_no_answer_in_time_is_a_timeout(broker: LocalBroker) -> None:
+    topics = Topics.fresh()  # nobody serves these
+    await create_topics(broker.bootstrap, topics)
+    async with RouteClient(topics.settings(broker.bootstrap), timeout_s=0.3) as client:
+        with pytest.raises(RouteTimeout, match=r"within 0\.3 s"):
+            await client.route("is anyone there")
+        assert client.in_flight == 0
+
+
+async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: LocalBroker) -> None:
+    topics = Topics.fresh()
+    await create_topics(broker.bootstrap, topics)
+    async with RouteClient(topics.settings(broker.bootstrap), timeout_s=1.0, max_in_flight=2) as client:
+        calls = [asyncio.create_task(client.route(f"question {i}")) for i in range(5)]
+        async with asyncio.timeout(10):
+            while client.waiting != 3:  # noqa: ASYNC110 - state of the client under test
+                await asyncio.sleep(0.005)
+        assert client.in_flight == 2
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, RouteTimeout) for r in results)
+
+
+async def test_a_missing_intents_topic_is_a_clear_error(broker: LocalBroker) -> None:
+    settings = Topics.fresh().settings(broker.bootstrap)
+    with pytest.raises(Exception, match="does not exist"):
+        async with RouteClient(settings):
+            pass
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli.main", "route", *args],
+        cwd=ROOT,
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_the_route_command_prints_a_table(worker: RunningWorker) -> None:
+    done = await asyncio.to_thread(
+        run_cli,
+        ["will it rain tomorrow morning", "play some jazz music for me", "--timeout", "60"],
+        worker.env(),
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("will it rain tomorrow morning" in line and "weather" in line for line in lines), done.stdout
+    assert any("play some jazz music for me" in line and "music" in line for line in lines), done.stdout
+    assert "asked-worker" in done.stdout
+    for column in ("query", "route", "score", "candidates", "replica", "latency ms"):
+        assert column in done.stdout
+
+
+async def test_the_route_command_reads_a_file_and_prints_json(worker: RunningWorker, tmp_path: Path) -> None:
+    texts = tmp_path / "queries.txt"
+    texts.write_text("what is my account balance today\n\n" + "y" * 5000 + "\n")
+    done = await asyncio.to_thread(run_cli, ["--file", str(texts), "--json", "--timeout", "60"], worker.env())
+    assert done.returncode == 1  # one of them was dead-lettered
+    answers = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert answers[0]["intent"]["route"] == "banking"
+    assert answers[1]["error"] == "dead-lettered: too_large"
+
+
+async def test_the_route_command_times_out_with_status_1(broker: LocalBroker, tmp_path: Path) -> None:
+    topics = Topics.fresh()
+    await create_topics(broker.bootstrap, topics)
+    done = await asyncio.to_thread(
+        run_cli, ["anyone?", "--timeout", "0.5"], topics.env(broker.bootstrap, tmp_path / "s.sqlite3")
+    )
+    assert done.returncode == 1
+    assert "timeout (0.5 s)" in done.stdout

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from worker.cli import (
     config_cmd,
     demo_cmd,
+    dev_cmd,
     fit_cmd,
     model_cmd,
     route_cmd,
@@ -21,6 +22,7 @@ Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], Non
 
 REGISTRY: list[Register] = [
     demo_cmd.register,
+    dev_cmd.register,
     config_cmd.register,
     fit_cmd.register,
     model_cmd.register,

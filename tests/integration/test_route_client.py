@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
-from pipeline_harness import ROOT, Topics, WorkerProcess, create_topics, publish_routes, route_definitions
+from pipeline_harness import ROOT, RunningWorker, Topics, create_topics
 
 from worker.client import QueryRejected, RouteClient, RouteTimeout
-from worker.config import Settings
-from worker.health import probe
 from worker.local.broker import LocalBroker
-from worker.local.process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -30,62 +25,8 @@ EXPECTED = {
 }
 
 
-@dataclass
-class RunningWorker:
-    topics: Topics
-    bootstrap: str
-    health_port: int
-    process: WorkerProcess
-
-    def settings(self) -> Settings:
-        return self.topics.settings(self.bootstrap)
-
-    def env(self) -> dict[str, str]:
-        return self.topics.env(self.bootstrap, Path("unused.sqlite3"))
-
-
-async def wait_ready(port: int, process: WorkerProcess, within: float = 120) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            assert process.proc.poll() is None, process.log()
-            try:
-                if (await asyncio.to_thread(probe, port, "/readyz", timeout_s=1.0))[0] == 200:
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-async def worker(
-    broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[RunningWorker]:
-    """One `routeworker run` (real model, local cache) serving fresh topics, ready before tests start."""
-    topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
-    await publish_routes(broker.bootstrap, topics.mutations, route_definitions())
-    tmp = tmp_path_factory.mktemp("route-client")
-    port = free_port()
-    # the nearest utterance alone decides: answers must not change when a learned head comes into
-    # service, and three utterances per route are too few for a mean over five
-    env = topics.env(
-        broker.bootstrap,
-        tmp / "store.sqlite3",
-        replica_id="asked-worker",
-        health_port=port,
-        routing_head=False,
-        routing_top_k=1,
-    )
-    process = WorkerProcess(env, tmp / "worker.log")
-    try:
-        await wait_ready(port, process)
-        yield RunningWorker(topics, broker.bootstrap, port, process)
-    finally:
-        process.close()
-
-
-async def test_answers_come_back_to_their_own_calls(worker: RunningWorker) -> None:
-    async with RouteClient(worker.settings(), timeout_s=60) as client:
+async def test_answers_come_back_to_their_own_calls(asked_worker: RunningWorker) -> None:
+    async with RouteClient(asked_worker.settings(), timeout_s=60) as client:
         texts = list(EXPECTED) * 3
         answers = await asyncio.gather(*(client.route(text, top_n=2) for text in texts))
         assert client.in_flight == 0
@@ -95,8 +36,13 @@ async def test_answers_come_back_to_their_own_calls(worker: RunningWorker) -> No
     assert all(a.worker == "asked-worker" and len(a.candidates) == 2 for a in answers)
 
 
-async def test_two_clients_share_the_topics_and_each_gets_its_own_answers(worker: RunningWorker) -> None:
-    async with RouteClient(worker.settings(), timeout_s=60) as one, RouteClient(worker.settings()) as two:
+async def test_two_clients_share_the_topics_and_each_gets_its_own_answers(
+    asked_worker: RunningWorker,
+) -> None:
+    async with (
+        RouteClient(asked_worker.settings(), timeout_s=60) as one,
+        RouteClient(asked_worker.settings()) as two,
+    ):
         first, second = await asyncio.gather(
             one.route_many(["play some jazz music for me"] * 4),
             two.route_many(["hello there, good morning"] * 4),
@@ -106,10 +52,10 @@ async def test_two_clients_share_the_topics_and_each_gets_its_own_answers(worker
     assert len(first) == len(second) == 4
 
 
-async def test_a_dead_lettered_query_raises_with_its_code(worker: RunningWorker) -> None:
-    async with RouteClient(worker.settings(), timeout_s=60) as client:
+async def test_a_dead_lettered_query_raises_with_its_code(asked_worker: RunningWorker) -> None:
+    async with RouteClient(asked_worker.settings(), timeout_s=60) as client:
         with pytest.raises(QueryRejected) as info:
-            await client.route("x" * (worker.settings().max_text_chars + 1))
+            await client.route("x" * (asked_worker.settings().max_text_chars + 1))
     assert info.value.code == "too_large"
     assert "characters" in info.value.reason
 
@@ -155,11 +101,11 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-async def test_the_route_command_prints_a_table(worker: RunningWorker) -> None:
+async def test_the_route_command_prints_a_table(asked_worker: RunningWorker) -> None:
     done = await asyncio.to_thread(
         run_cli,
         ["will it rain tomorrow morning", "play some jazz music for me", "--timeout", "60"],
-        worker.env(),
+        asked_worker.env(),
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -170,10 +116,14 @@ async def test_the_route_command_prints_a_table(worker: RunningWorker) -> None:
         assert column in done.stdout
 
 
-async def test_the_route_command_reads_a_file_and_prints_json(worker: RunningWorker, tmp_path: Path) -> None:
+async def test_the_route_command_reads_a_file_and_prints_json(
+    asked_worker: RunningWorker, tmp_path: Path
+) -> None:
     texts = tmp_path / "queries.txt"
     texts.write_text("what is my account balance today\n\n" + "y" * 5000 + "\n")
-    done = await asyncio.to_thread(run_cli, ["--file", str(texts), "--json", "--timeout", "60"], worker.env())
+    done = await asyncio.to_thread(
+        run_cli, ["--file", str(texts), "--json", "--timeout", "60"], asked_worker.env()
+    )
     assert done.returncode == 1  # one of them was dead-lettered
     answers = [orjson.loads(line) for line in done.stdout.splitlines()]
     assert answers[0]["intent"]["route"] == "banking"

@@ -53,8 +53,8 @@ class PipelineMetrics:
         self._lookups = 0
 
     def _add(self, name: MetricName, amount: int, attributes: Attributes = None) -> None:
-        if amount:
-            self._counters[name].add(amount, attributes)
+        # zeros are added too: a counter is exported from its first use, so rate() has a start
+        self._counters[name].add(amount, attributes)
 
     def _record(self, name: MetricName, value: float, attributes: Attributes = None) -> None:
         self._histograms[name].record(value, attributes)

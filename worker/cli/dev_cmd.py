@@ -22,9 +22,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "dev", help="a private broker and Redis for trying your own routes (Ctrl-C stops)"
-    )
+    parser = sub.add_parser("dev", help="a private broker and Redis for your own routes, until Ctrl-C")
     parser.add_argument(
         "--broker", choices=sorted(BROKERS), default=DEFAULT_BROKER, help="which private broker"
     )

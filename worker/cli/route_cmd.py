@@ -102,7 +102,7 @@ def _as_json(text: str, answer: RoutedIntent | RouteClientError, latency_ms: flo
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("route", help="route texts through the running replicas and print the answers")
+    parser = sub.add_parser("route", help="ask the running replicas to route texts; print their answers")
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to route")
     parser.add_argument("--file", type=Path, default=None, help="more texts, one per line ('-': stdin)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer")

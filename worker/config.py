@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_mutation_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest route-mutation record.")
     # --- routing ---
     top_n: int = Field(3, ge=1, le=MAX_TOP_N, description="Candidates per routed intent by default.")
+    explain_all: bool = Field(
+        False, description="Explain every routed intent, as if each query set `explain` (costs a little CPU)."
+    )
     routing_search_k: int = Field(32, ge=1, le=1024, description="Nearest utterances retrieved per query.")
     routing_top_k: int = Field(5, ge=1, le=1024, description="Best utterances per route in its score.")
     routing_default_threshold: float = Field(

@@ -138,3 +138,27 @@ async def test_the_route_command_times_out_with_status_1(broker: LocalBroker, tm
     )
     assert done.returncode == 1
     assert "timeout (0.5 s)" in done.stdout
+
+
+async def test_an_explained_answer_says_why(asked_worker: RunningWorker) -> None:
+    async with RouteClient(asked_worker.settings(), timeout_s=60) as client:
+        plain = await client.route("book a flight to paris please")
+        intent = await client.route("book a flight to paris please", explain=True)
+    assert plain.explanation is None
+    why = intent.explanation
+    assert why is not None
+    assert intent.route == "travel"
+    assert why.rule == "matched"
+    assert why.routes[0].route == "travel"
+    assert why.routes[0].nearest[0].utterance == "book a flight to paris"
+    assert why.threshold is not None
+    assert why.head_weight == 0.0  # this worker serves without a head
+
+
+async def test_the_route_command_explains(asked_worker: RunningWorker) -> None:
+    done = await asyncio.to_thread(
+        run_cli, ["book a flight to paris please", "--explain", "--timeout", "60"], asked_worker.env()
+    )
+    assert done.returncode == 0, done.stderr
+    assert "why: 'book a flight to paris please': matched" in done.stdout
+    assert "book a flight to paris (" in done.stdout  # its nearest utterance and similarity

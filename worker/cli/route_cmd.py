@@ -18,7 +18,7 @@ from aiokafka.errors import KafkaError
 from worker.cli.console import console, err_console, table
 from worker.client import QueryRejected, RouteClient, RouteClientError, RouteTimeout
 from worker.config import Settings, load_settings
-from worker.contracts import RoutedIntent
+from worker.contracts import Explanation, RoutedIntent
 
 Answer = tuple[RoutedIntent | RouteClientError, float]
 
@@ -50,6 +50,9 @@ def _route(args: argparse.Namespace) -> int:
             sys.stdout.write(orjson.dumps(_as_json(text, answer, latency_ms)).decode() + "\n")
     else:
         console.print(_table(texts, answers, settings))
+        for text, (answer, _) in zip(texts, answers, strict=True):
+            if isinstance(answer, RoutedIntent) and answer.explanation is not None:
+                console.print(_why(text, answer.explanation))
     return 0 if all(isinstance(answer, RoutedIntent) for answer, _ in answers) else 1
 
 
@@ -80,6 +83,30 @@ def _table(texts: list[str], answers: list[Answer], settings: Settings) -> objec
             rows.append((text, _failure(answer), "", "", "", f"{latency_ms:.0f}"))
     columns = ("query", "route", "score", "candidates", "replica", "latency ms")
     return table(f"routed through {settings.topic_queries} → {settings.topic_intents}", columns, rows)
+
+
+def _why(text: str, why: Explanation) -> object:
+    """One query's explanation: the rule that decided, then each route's score and nearest utterances."""
+    verdict = {
+        "matched": "matched: the best route passed its threshold and the margin",
+        "below_threshold": "no match: the best route's score is below its threshold",
+        "within_margin": "no match: the best route does not beat the runner-up by the margin",
+        "no_candidates": "no match: no route among the nearest utterances",
+    }[why.rule]
+    gap = "" if why.gap_to_runner_up is None else f", gap to runner-up {why.gap_to_runner_up:.3f}"
+    threshold = "" if why.threshold is None else f"threshold {why.threshold:.3f}, "
+    rows = []
+    for reason in why.routes:
+        head = "" if reason.head_probability is None else f"{reason.head_probability:.3f}"
+        share = "" if reason.head_share is None else f"{reason.head_share:.0%}"
+        nearest = "; ".join(f"{n.utterance} ({n.similarity:.3f})" for n in reason.nearest)
+        rows.append((reason.route, f"{reason.score:.3f}", f"{reason.knn_score:.3f}", head, share,
+                     f"{reason.threshold:.3f}", nearest))  # fmt: skip
+    title = (
+        f"why: {text!r}: {verdict} ({threshold}margin {why.margin:.3f}{gap}, head weight {why.head_weight:g})"
+    )
+    columns = ("route", "score", "knn", "head p", "head share", "threshold", "nearest utterances")
+    return table(title, columns, rows)
 
 
 def _failure(error: RouteClientError) -> str:

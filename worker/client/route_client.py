@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.client.errors import RouteClientError, RouteTimeout
 from worker.client.replies import ReplyReader
 from worker.config import Settings, load_settings
-from worker.contracts import Query, RoutedIntent, encode
+from worker.contracts import Query, RoutedIntent
 from worker.kafka_client import client_options
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class RouteClient:
             raise RouteClientError("RouteClient.start() has not been called")
         timeout = self.timeout_s if timeout_s is None else timeout_s
         query_id = f"{self.prefix}-{next(self._numbers)}"
-        query = Query(id=query_id, text=text, top_n=top_n, metadata=metadata, **_explain(explain))
+        query = Query(id=query_id, text=text, top_n=top_n, metadata=metadata, explain=explain)
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -141,7 +142,7 @@ class RouteClient:
         try:
             self._raise_if_broken()
             async with asyncio.timeout(timeout):
-                await self._producer.send_and_wait(self.settings.topic_queries, encode(query), key=key)
+                await self._producer.send_and_wait(self.settings.topic_queries, _wire(query), key=key)
                 return await answer
         except TimeoutError:
             raise RouteTimeout(query_id, timeout) from None
@@ -193,6 +194,6 @@ class RouteClient:
         await self._reader.stop()
 
 
-def _explain(explain: bool) -> dict[str, Any]:
-    # the field is sent only when asked for, so the queries stay readable by replicas that predate it
-    return {"explain": True} if explain else {}
+def _wire(query: Query) -> bytes:
+    # `explain` is sent only when asked for, so the queries stay readable by replicas that predate it
+    return orjson.dumps(query.model_dump(mode="json", exclude=None if query.explain else {"explain"}))

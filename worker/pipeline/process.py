@@ -7,6 +7,7 @@ context of each routed intent comes from :class:`QueryTracer`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from worker.routing import Decision, Router
 from worker.routing.explain import ROUTES as EXPLAINED_ROUTES
 from worker.routing.explain import Explanation
 from worker.telemetry import PipelineMetrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,14 +142,18 @@ class BatchProcessor:
                         self._memo.put((unique.texts[i], top_n[i]), decision, state)
                 why = [j for j in routable if wanted[j] in explained]
                 if why:
-                    reasons = await self._search.explain(
-                        self.router,
-                        snapshot,
-                        head,
-                        embedded.vectors[why],
-                        [decisions[wanted[j]] for j in why],
-                    )
-                    explanations = {wanted[j]: r for j, r in zip(why, reasons, strict=True)}
+                    try:
+                        reasons = await self._search.explain(
+                            self.router,
+                            snapshot,
+                            head,
+                            embedded.vectors[why],
+                            [decisions[wanted[j]] for j in why],
+                        )
+                    except Exception:  # an explanation is extra: its failure must not fail the answers
+                        logger.exception("explaining %d decisions failed: their intents go without", len(why))
+                    else:
+                        explanations = {wanted[j]: r for j, r in zip(why, reasons, strict=True)}
             search_ms = _ms_since(clock)
         self._metrics.search_ms(search_ms)
         facts = _BatchFacts(self._encoder.fingerprint, started_ns / 1e6, embed_ms, search_ms)

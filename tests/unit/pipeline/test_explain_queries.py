@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder
 
 from worker.config import Settings
 from worker.contracts import RoutedIntent
 from worker.pipeline import QueryPipeline
+from worker.pipeline.search import SearchThread
 from worker.routing import Router, RouteTable
 from worker.telemetry import Telemetry
 
@@ -86,3 +88,23 @@ async def test_a_setting_explains_every_query(
     assert why is not None
     assert answers["q"].route is None
     assert why.rule in ("below_threshold", "no_candidates")
+
+
+async def test_a_failing_explanation_leaves_the_answer_without_one(
+    settings: Settings,
+    encoder: HashingEncoder,
+    table: RouteTable,
+    telemetry: Telemetry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken(*args: object) -> list[object]:
+        raise RuntimeError("explainer bug")
+
+    monkeypatch.setattr(SearchThread, "explain", broken)
+    answers = await routed(
+        settings, encoder, table, telemetry, [{"id": "q", "text": "play some jazz music", "explain": True}]
+    )
+    assert answers["q"].route == "music"
+    assert answers["q"].explanation is None
+    assert "explaining 1 decisions failed" in caplog.text

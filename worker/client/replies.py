@@ -12,9 +12,11 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from worker.client.errors import QueryRejected, RouteClientError
@@ -32,9 +34,16 @@ class ReplyReader:
     """Reads answers from the topics' ends (taken at :meth:`start`) and hands them to ``deliver``."""
 
     def __init__(
-        self, consumer: AIOKafkaConsumer, intents: str, dlq: str | None, prefix: str, deliver: Deliver
+        self,
+        consumer: AIOKafkaConsumer,
+        admin_options: dict[str, Any],
+        intents: str,
+        dlq: str | None,
+        prefix: str,
+        deliver: Deliver,
     ) -> None:
         self._consumer = consumer
+        self._admin_options = admin_options
         self._intents = intents
         self._dlq = dlq
         self._marker = prefix.encode()
@@ -43,26 +52,23 @@ class ReplyReader:
     async def start(self) -> None:
         """Assign every partition and settle on the current ends before any query is sent."""
         await self._consumer.start()
-        await self._consumer.topics()  # fresh metadata
-        partitions = self._partitions(self._intents, required=True)
+        found = await topic_partitions(self._admin_options, [t for t in (self._intents, self._dlq) if t])
+        if self._intents not in found:
+            raise RouteClientError(
+                f"topic {self._intents!r} does not exist: `routeworker topics create` makes it"
+            )
+        partitions = found[self._intents]
         if self._dlq is not None:
-            partitions += self._partitions(self._dlq, required=False)
+            if self._dlq not in found:
+                logger.warning(
+                    "dead-letter topic %r does not exist: rejected queries will time out", self._dlq
+                )
+            partitions += found.get(self._dlq, [])
         self._consumer.assign(partitions)
         for tp, offset in (await self._consumer.end_offsets(partitions)).items():
             self._consumer.seek(tp, offset)
         for tp in partitions:  # resolve now: a reply produced from here on is read
             await self._consumer.position(tp)
-
-    def _partitions(self, topic: str, *, required: bool) -> list[TopicPartition]:
-        numbers = self._consumer.partitions_for_topic(topic)
-        if not numbers:
-            if required:
-                raise RouteClientError(
-                    f"topic {topic!r} does not exist: `routeworker topics create` makes it"
-                )
-            logger.warning("dead-letter topic %r does not exist: rejected queries will time out", topic)
-            return []
-        return [TopicPartition(topic, p) for p in sorted(numbers)]
 
     async def run(self) -> None:
         """Read until cancelled."""
@@ -100,6 +106,31 @@ class ReplyReader:
         query_id = _field(original, "id")
         if query_id is not None:
             self._deliver(query_id, QueryRejected(query_id, letter.error_code.value, letter.reason))
+
+
+async def topic_partitions(
+    admin_options: dict[str, Any], topics: list[str]
+) -> dict[str, list[TopicPartition]]:
+    """The partitions of those ``topics`` that exist, by topic.
+
+    Asked with a Metadata request naming them (a consumer's own metadata covers only what it
+    already reads on Apache Kafka), and only for topics the broker lists: Tansu creates a topic
+    that a Metadata request names.
+    """
+    admin = AIOKafkaAdminClient(**admin_options)
+    try:
+        await admin.start()
+        listed = set(await admin.list_topics())
+        wanted = [t for t in topics if t in listed]
+        described: Any = await admin.describe_topics(wanted) if wanted else []
+    finally:
+        await admin.close()
+    found: dict[str, list[TopicPartition]] = {}
+    for topic in described:
+        numbers = sorted(int(p["partition"]) for p in topic.get("partitions", ()))
+        if topic.get("error_code") == 0 and numbers:
+            found[topic["topic"]] = [TopicPartition(topic["topic"], n) for n in numbers]
+    return found
 
 
 def _field(document: bytes, name: str) -> str | None:

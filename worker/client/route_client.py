@@ -72,7 +72,12 @@ class RouteClient:
         self._producer = AIOKafkaProducer(enable_idempotence=False, linger_ms=1, **options)
         consumer = AIOKafkaConsumer(enable_auto_commit=False, fetch_max_wait_ms=50, **options)
         self._reader = ReplyReader(
-            consumer, self.settings.topic_intents, self.settings.topic_dlq, self.prefix, self._deliver
+            consumer,
+            options,
+            self.settings.topic_intents,
+            self.settings.topic_dlq,
+            self.prefix,
+            self._deliver,
         )
         self._reading: asyncio.Task[None] | None = None
         self._broken: BaseException | None = None

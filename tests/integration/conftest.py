@@ -38,6 +38,9 @@ async def asked_worker(
         health_port=port,
         routing_head=False,
         routing_top_k=1,
+        # Apache Kafka refuses group sessions shorter than group.min.session.timeout.ms (6 s)
+        kafka_session_timeout_ms=6000,
+        kafka_heartbeat_interval_ms=500,
     )
     process = WorkerProcess(env, tmp / "worker.log")
     try:

@@ -17,11 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.config import load_settings
+from aiokafka.admin import AIOKafkaAdminClient
+
+from worker.config import Settings, load_settings
 from worker.demo.stack import cli
+from worker.kafka_client import client_options
 from worker.local.broker import LocalBroker
 from worker.local.redis import LocalRedis
-from worker.replication import ensure_topics, topic_specs
+from worker.replication import TopicStatus, ensure_topics, topic_specs
+
+__all__ = ["BROKERS", "DEFAULT_BROKER", "DevStack", "next_commands", "run_dev"]
 
 #: the private brokers `routeworker dev --broker` can start
 BROKERS: dict[str, Callable[[], LocalBroker]] = {"tansu": LocalBroker}
@@ -66,7 +71,10 @@ def run_dev(
     routes: Path | None = None,
     stop: threading.Event | None = None,
 ) -> DevStack:
-    """Run the stack until ``stop`` is set (by SIGTERM/SIGINT when not given); returns what ran."""
+    """Run the stack until ``stop`` is set (by SIGTERM/SIGINT when not given); returns what ran.
+
+    ``broker`` names one of :data:`BROKERS`.
+    """
     stop = stop if stop is not None else _stop_on_signals()
     service = BROKERS[broker]()
     redis: LocalRedis | None = None
@@ -77,7 +85,7 @@ def run_dev(
             redis = LocalRedis().start()
         stack = DevStack(broker, service.bootstrap, redis.url if redis is not None else None)
         settings = load_settings(kafka_bootstrap=stack.bootstrap)
-        statuses = asyncio.run(ensure_topics(settings, topic_specs(settings, partitions)))
+        statuses = asyncio.run(_create_topics(settings, partitions))
         say("topics: " + ", ".join(f"{s.name} ({s.partitions})" for s in statuses))
         if routes is not None:
             say(_apply(routes, stack))
@@ -93,6 +101,22 @@ def run_dev(
         if redis is not None:
             redis.stop()
         service.stop()
+
+
+async def _create_topics(settings: Settings, partitions: int) -> list[TopicStatus]:
+    """Create the topics and wait until the broker's metadata lists them all (the next commands
+    look them up at once; a topic just created may be missing from metadata for a moment)."""
+    specs = topic_specs(settings, partitions)
+    statuses = await ensure_topics(settings, specs)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        async with asyncio.timeout(30):
+            while not {s.name for s in specs} <= set(await admin.list_topics()):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)  # the broker's metadata, not our state: nothing to wait on
+    finally:
+        await admin.close()
+    return statuses
 
 
 def _apply(routes: Path, stack: DevStack) -> str:

@@ -108,7 +108,7 @@ def test_ready_only_when_caught_up_assigned_and_not_rebalancing(health: Health) 
     health.partitions_assigned({("queries", 0)})
     assert not health.is_ready()  # partitions, but the route table has not caught up
     health.routes_caught_up()
-    assert health.readiness() == (True, "ready: route table caught up, 1 partitions assigned")
+    assert health.readiness() == (True, "ready: route table caught up, 1 partition assigned")
     health.rebalance_started()
     assert health.readiness() == (False, "rebalancing")
     health.partitions_assigned(set())

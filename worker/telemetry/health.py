@@ -169,7 +169,8 @@ class Health:
                 return False, "rebalancing"
             if not self._assigned:
                 return False, "no partitions of the queries topic assigned"
-            return True, f"ready: route table caught up, {len(self._assigned)} partitions assigned"
+            held = len(self._assigned)
+            return True, f"ready: route table caught up, {held} partition{'' if held == 1 else 's'} assigned"
 
     def is_ready(self) -> bool:
         """``readiness()[0]`` (the readiness gauge reads this)."""

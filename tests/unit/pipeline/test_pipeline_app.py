@@ -188,7 +188,7 @@ async def test_revoke_finishes_and_commits_in_flight_work_first(
         assert consumer.commits == []
         producer.hold.set()
         await asyncio.wait_for(rebalance, 5)
-        assert telemetry.health.readiness() == (True, "ready: route table caught up, 1 partitions assigned")
+        assert telemetry.health.readiness() == (True, "ready: route table caught up, 1 partition assigned")
         assert consumer.commits[-1] == {P0: 3, P1: 3}
         consumer.append(1, query(6))
         await until(lambda: consumer.committed.get(P1) == 4)

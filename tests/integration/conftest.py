@@ -15,24 +15,24 @@ from pipeline_harness import (
     wait_ready,
 )
 
-from worker.local.broker import LocalBroker
+from worker.local.kafka import LocalKafka
 from worker.local.process import free_port
 
 
 @pytest.fixture(scope="module")
 async def asked_worker(
-    broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
+    kafka_broker: LocalKafka, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[RunningWorker]:
     """One `routeworker run` (real model, local cache) serving fresh topics, ready before tests start."""
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
-    await publish_routes(broker.bootstrap, topics.mutations, route_definitions())
+    await create_topics(kafka_broker.bootstrap, topics)
+    await publish_routes(kafka_broker.bootstrap, topics.mutations, route_definitions())
     tmp = tmp_path_factory.mktemp("route-client")
     port = free_port()
     # the nearest utterance alone decides: answers must not change when a learned head comes into
     # service, and three utterances per route are too few for a mean over five
     env = topics.env(
-        broker.bootstrap,
+        kafka_broker.bootstrap,
         tmp / "store.sqlite3",
         replica_id="asked-worker",
         health_port=port,
@@ -45,6 +45,6 @@ async def asked_worker(
     process = WorkerProcess(env, tmp / "worker.log")
     try:
         await wait_ready(port, process)
-        yield RunningWorker(topics, broker.bootstrap, port, process)
+        yield RunningWorker(topics, kafka_broker.bootstrap, port, process)
     finally:
         process.close()

@@ -49,7 +49,7 @@ def exported(lines: list[str], name: str) -> str:
     return next(line.strip()[len(prefix) :] for line in lines if line.strip().startswith(prefix))
 
 
-@pytest.mark.parametrize("broker", [["--broker", "tansu"]], ids=["tansu"])
+@pytest.mark.parametrize("broker", [[], ["--broker", "tansu"]], ids=["kafka", "tansu"])
 async def test_dev_starts_broker_and_redis_prints_the_next_commands_and_stops_on_ctrl_c(
     broker: list[str],
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from pipeline_harness import ROOT, RunningWorker, Topics, create_topics
 
 from worker.client import QueryRejected, RouteClient, RouteTimeout
-from worker.local.broker import LocalBroker
+from worker.local.kafka import LocalKafka
 
 pytestmark = pytest.mark.integration
 
@@ -60,19 +60,19 @@ async def test_a_dead_lettered_query_raises_with_its_code(asked_worker: RunningW
     assert "characters" in info.value.reason
 
 
-async def test_no_answer_in_time_is_a_timeout(broker: LocalBroker) -> None:
+async def test_no_answer_in_time_is_a_timeout(kafka_broker: LocalKafka) -> None:
     topics = Topics.fresh()  # nobody serves these
-    await create_topics(broker.bootstrap, topics)
-    async with RouteClient(topics.settings(broker.bootstrap), timeout_s=0.3) as client:
+    await create_topics(kafka_broker.bootstrap, topics)
+    async with RouteClient(topics.settings(kafka_broker.bootstrap), timeout_s=0.3) as client:
         with pytest.raises(RouteTimeout, match=r"within 0\.3 s"):
             await client.route("is anyone there")
         assert client.in_flight == 0
 
 
-async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: LocalBroker) -> None:
+async def test_calls_beyond_max_in_flight_wait_for_a_slot(kafka_broker: LocalKafka) -> None:
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
-    async with RouteClient(topics.settings(broker.bootstrap), timeout_s=1.0, max_in_flight=2) as client:
+    await create_topics(kafka_broker.bootstrap, topics)
+    async with RouteClient(topics.settings(kafka_broker.bootstrap), timeout_s=1.0, max_in_flight=2) as client:
         calls = [asyncio.create_task(client.route(f"question {i}")) for i in range(5)]
         async with asyncio.timeout(10):
             while client.waiting != 3:  # noqa: ASYNC110 - state of the client under test
@@ -82,8 +82,8 @@ async def test_calls_beyond_max_in_flight_wait_for_a_slot(broker: LocalBroker) -
     assert all(isinstance(r, RouteTimeout) for r in results)
 
 
-async def test_a_missing_intents_topic_is_a_clear_error(broker: LocalBroker) -> None:
-    settings = Topics.fresh().settings(broker.bootstrap)
+async def test_a_missing_intents_topic_is_a_clear_error(kafka_broker: LocalKafka) -> None:
+    settings = Topics.fresh().settings(kafka_broker.bootstrap)
     with pytest.raises(Exception, match="does not exist"):
         async with RouteClient(settings):
             pass
@@ -130,11 +130,11 @@ async def test_the_route_command_reads_a_file_and_prints_json(
     assert answers[1]["error"] == "dead-lettered: too_large"
 
 
-async def test_the_route_command_times_out_with_status_1(broker: LocalBroker, tmp_path: Path) -> None:
+async def test_the_route_command_times_out_with_status_1(kafka_broker: LocalKafka, tmp_path: Path) -> None:
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
+    await create_topics(kafka_broker.bootstrap, topics)
     done = await asyncio.to_thread(
-        run_cli, ["anyone?", "--timeout", "0.5"], topics.env(broker.bootstrap, tmp_path / "s.sqlite3")
+        run_cli, ["anyone?", "--timeout", "0.5"], topics.env(kafka_broker.bootstrap, tmp_path / "s.sqlite3")
     )
     assert done.returncode == 1
     assert "timeout (0.5 s)" in done.stdout

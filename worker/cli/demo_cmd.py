@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,12 +11,17 @@ import numpy as np
 
 from worker.cli.console import console, table
 from worker.demo.runner import ROUTES, DemoOutcome, run_demo
+from worker.local.errors import ServiceError
 
 
 def _demo(args: argparse.Namespace) -> int:
-    outcome = run_demo(
-        console, queries=args.queries, rate=args.rate, replicas=args.replicas, routes=args.routes
-    )
+    try:
+        outcome = run_demo(
+            console, queries=args.queries, rate=args.rate, replicas=args.replicas, routes=args.routes
+        )
+    except ServiceError as exc:  # no Java, no jars, a broker that did not start: say why, no trace
+        print(f"routeworker demo: {exc}", file=sys.stderr)
+        return 1
     _summary(outcome)
     return 0 if outcome.complete else 1
 

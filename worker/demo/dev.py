@@ -20,18 +20,16 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import Settings, load_settings
-from worker.demo.stack import cli
+from worker.demo.stack import BROKERS, cli, embedded_broker
 from worker.kafka_client import client_options
-from worker.local.broker import LocalBroker
 from worker.local.redis import LocalRedis
 from worker.replication import TopicStatus, ensure_topics, topic_specs
 
 __all__ = ["BROKERS", "DEFAULT_BROKER", "DevStack", "next_commands", "run_dev"]
 
-#: the private brokers `routeworker dev --broker` can start
-BROKERS: dict[str, Callable[[], LocalBroker]] = {"tansu": LocalBroker}
-DEFAULT_BROKER = "tansu"
-DESCRIPTIONS = {"tansu": "Tansu (in memory)"}
+#: the private brokers `routeworker dev --broker` can start are the demo's (BROKERS)
+DEFAULT_BROKER = "kafka"
+DESCRIPTIONS = {"kafka": "Apache Kafka 4.4.0 (KRaft, one node)", "tansu": "Tansu (in memory)"}
 
 
 @dataclass(frozen=True)
@@ -73,10 +71,10 @@ def run_dev(
 ) -> DevStack:
     """Run the stack until ``stop`` is set (by SIGTERM/SIGINT when not given); returns what ran.
 
-    ``broker`` names one of :data:`BROKERS`.
+    ``broker`` is ``kafka`` (Apache Kafka, the reference: a few seconds to start) or ``tansu``.
     """
     stop = stop if stop is not None else _stop_on_signals()
-    service = BROKERS[broker]()
+    service = embedded_broker(broker)
     redis: LocalRedis | None = None
     try:
         say(f"starting {DESCRIPTIONS[broker]} and Redis ...")
@@ -99,8 +97,8 @@ def run_dev(
         return stack
     finally:
         if redis is not None:
-            redis.stop()
-        service.stop()
+            redis.close()
+        service.close()
 
 
 async def _create_topics(settings: Settings, partitions: int) -> list[TopicStatus]:

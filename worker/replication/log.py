@@ -11,11 +11,14 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition
+from worker.kafka_client import client_options
 from worker.replication.errors import TopicMissing
 from worker.replication.fold import FoldedMutations, LogRecord, fold
 from worker.replication.kafka import mutation_consumer_options, running
@@ -26,13 +29,25 @@ logger = logging.getLogger(__name__)
 POLL_MS = 200
 
 
-async def mutation_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Every partition of ``topic``, sorted; raises :class:`TopicMissing` if it does not exist."""
-    await consumer.topics()  # refreshes the metadata: a topic created a moment ago is seen
-    partitions = consumer.partitions_for_topic(topic)
+async def mutation_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, sorted; raises :class:`TopicMissing` if it does not exist.
+
+    Asked with a Metadata request that names the topic: a consumer's own metadata covers only the
+    topics it already reads (Tansu lists every topic there anyway; Apache Kafka does not). Only
+    after the list of all topics holds it: Tansu creates a topic that a request names.
+    """
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        await admin.start()
+        described: Any = await admin.describe_topics([topic]) if topic in await admin.list_topics() else []
+    finally:
+        await admin.close()
+    partitions = sorted(
+        int(p["partition"]) for d in described if d.get("error_code") == 0 for p in d.get("partitions", ())
+    )
     if not partitions:
         raise TopicMissing(f"topic {topic!r} does not exist: create it with `routeworker topics create`")
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
+    return [TopicPartition(topic, p) for p in partitions]
 
 
 async def log_end_offsets(
@@ -80,7 +95,7 @@ class MutationLog:
     async def opened(cls, settings: Settings) -> AsyncIterator[MutationLog]:
         """Open the log of ``settings.topic_mutations``; raises :class:`TopicMissing`."""
         async with running(AIOKafkaConsumer(**mutation_consumer_options(settings))) as consumer:
-            partitions = await mutation_partitions(consumer, settings.topic_mutations)
+            partitions = await mutation_partitions(settings, settings.topic_mutations)
             yield cls(consumer, partitions, await log_end_offsets(consumer, partitions))
 
     async def seek(self, positions: Mapping[int, int]) -> None:

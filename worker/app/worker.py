@@ -23,6 +23,7 @@ from worker.config import Settings
 from worker.embedding import EncoderPool, encoder_pool
 from worker.health.server import HealthServer
 from worker.pipeline import PipelineError, QueryPipeline
+from worker.pipeline.preflight import require_transactions
 from worker.replication import RouteReplica
 from worker.routing import RouteTable
 from worker.telemetry import Telemetry
@@ -93,7 +94,12 @@ class ReplicaWorker:
             self.pipeline.stop()
 
     async def run(self) -> None:
-        """Start everything, serve until stopped, then close everything in reverse order."""
+        """Start everything, serve until stopped, then close everything in reverse order.
+
+        Raises :class:`worker.errors.ConfigError` first thing when the brokers cannot give the
+        processing guarantee asked for (exactly_once without transactions).
+        """
+        await require_transactions(self.settings)
         health = self.telemetry.health
         server = None
         if self.settings.health_port is not None:

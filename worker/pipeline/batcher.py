@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from worker.pipeline.kafka import QueryConsumer
-from worker.pipeline.types import InputRecord
+from worker.pipeline.types import InputRecord, TopicPartition
 
 # How long one empty poll blocks: also how quickly an idle consumer notices a stop request.
 DEFAULT_POLL_S = 0.2
@@ -24,6 +24,10 @@ class Batcher:
     being filled that were fetched before the revocation: they were not processed, and whoever owns
     their partitions next reads them again from the committed offset.
     """
+
+    #: records of a partition it does not admit, when fetched, are dropped (exactly-once mode:
+    #: a partition whose transactional producer and position are not set yet)
+    admits: Callable[[TopicPartition], bool] | None = None
 
     def __init__(
         self,
@@ -49,7 +53,13 @@ class Batcher:
 
     async def _fetch(self, timeout_ms: int, max_records: int) -> list[InputRecord]:
         fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return [InputRecord.from_kafka(r) for records in fetched.values() for r in records]
+        admits = self.admits
+        return [
+            InputRecord.from_kafka(r)
+            for tp, records in fetched.items()
+            if admits is None or admits(tp)
+            for r in records
+        ]
 
     async def next_batch(self) -> list[InputRecord]:
         """The next batch, or an empty list when nothing arrived within one poll."""

@@ -37,7 +37,7 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from worker.pipeline.cadence import CommitCadence
 from worker.pipeline.kafka import QueryConsumer, TransactionalProducer
 from worker.pipeline.produce import backoff_s
-from worker.pipeline.transaction_errors import TransactionFatal, fatal_error, is_fatal
+from worker.pipeline.transaction_errors import TRANSACTION_ERRORS, TransactionFatal, fatal_error, is_fatal
 from worker.pipeline.transactions import PartitionTransaction, transactional_id
 from worker.pipeline.types import Outbound
 from worker.telemetry import PipelineMetrics
@@ -134,7 +134,14 @@ class ExactlyOnceOutput:
         dropped = False
         for tp, records in by_partition.items():
             txn = stamp.get(tp)
-            sent = await txn.send(records, offsets[tp]) if txn is self._owned.get(tp) and txn else None
+            if txn is None or txn is not self._owned.get(tp):
+                dropped = True
+                continue
+            try:
+                sent = await txn.send(records, offsets[tp])
+            except TRANSACTION_ERRORS as error:  # refused before it reached the broker
+                await self._failed(error, [txn])
+                return PendingOutput(stamp, acks, dropped=True)
             if sent is None:
                 dropped = True
                 continue

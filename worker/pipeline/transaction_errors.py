@@ -43,6 +43,11 @@ _FATAL = (
 )
 
 
+# What a transactional producer's calls raise: Kafka errors, refusals of the client, the assertions
+# of its transaction state machine, and timeouts (ours).
+TRANSACTION_ERRORS = (KafkaError, IllegalOperation, AssertionError, TimeoutError)
+
+
 class TransactionFatal(PipelineError):
     """The exactly-once output cannot go on; the replica stops (exit status 1)."""
 

@@ -21,10 +21,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from aiokafka.errors import IllegalOperation, KafkaError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
 from worker.pipeline.kafka import TransactionalProducer
+from worker.pipeline.transaction_errors import TRANSACTION_ERRORS
 from worker.pipeline.types import Outbound
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class PartitionTransaction:
                 await self._abort()
         # aiokafka refuses an abort from some states with an assertion (a commit under way, its
         # sender gone); the partition's next producer aborts whatever this one left open
-        except (KafkaError, IllegalOperation, AssertionError, TimeoutError) as error:
+        except TRANSACTION_ERRORS as error:
             logger.warning(
                 "could not abort the transaction of %s-%d (its next producer will): %s",
                 self.partition.topic,

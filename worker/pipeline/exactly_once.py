@@ -99,6 +99,7 @@ class ExactlyOnceOutput:
         self._ownership = asyncio.Lock()
         self._wake = asyncio.Event()  # set when a transaction opens, and on stop
         self._stopped = asyncio.Event()
+        self._closed = False  # after close(): a late assignment owns nothing
         self._rewinds_in_a_row = 0
         self.rewinds = 0
         self.commits = 0
@@ -166,6 +167,8 @@ class ExactlyOnceOutput:
     async def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Own newly assigned partitions (fence, read the committed offset, seek, admit)."""
         async with self._ownership:
+            if self._closed:
+                return
             await self._own({tp for tp in partitions if tp not in self._owned})
 
     def withdraw(self, partitions: Iterable[TopicPartition]) -> None:
@@ -184,6 +187,7 @@ class ExactlyOnceOutput:
         """Give up every partition (on stop): commit (``commit``) or abort, stop the producers."""
         self.stop()
         async with self._ownership:
+            self._closed = True
             leaving = [self._owned.pop(tp) for tp in sorted(self._owned)]
             self._admitted.clear()
             await self._close(leaving, commit=commit, reason="shutdown")
@@ -347,5 +351,5 @@ class ExactlyOnceOutput:
             leaving = [self._owned.pop(tp) for tp in sorted(partitions)]
             await self._close(leaving, commit=False, reason="rewind")
             await asyncio.sleep(self._backoff(self._rewinds_in_a_row - 1))
-            still = partitions & self._consumer.assignment()
-            await self._own(still)
+            if not self._closed:
+                await self._own(partitions & self._consumer.assignment())

@@ -266,3 +266,14 @@ def test_which_errors_are_fatal() -> None:
     assert is_fatal(AssertionError("Invalid state transition"))
     assert not is_fatal(KafkaTimeoutError())
     assert not is_fatal(TimeoutError())
+
+
+async def test_an_assignment_after_the_close_owns_nothing(
+    output: ExactlyOnceOutput, consumer: FakeConsumer, cluster: FakeTransactions
+) -> None:
+    await output.assign({P0})
+    await output.close(commit=True)
+    await output.assign({P0, P1})  # a rebalance that ends while the replica stops
+    assert output.owned() == {}
+    assert not output.admits(P1)
+    assert all(p.stopped for p in cluster.producers)

@@ -260,9 +260,10 @@ class QueryPipeline:
         """Hand the outputs over (``sent`` once they are, in order), then wait for them; False when
         they were dropped (exactly once: their transaction was rewound or revoked meanwhile)."""
         if self.exactly_once is not None:
+            # done once handed over: the commit checks every acknowledgement of its transaction
             pending = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
             sent.set()
-            return await self.exactly_once.confirm(pending)
+            return not pending.dropped
         assert self._delivery is not None
         futures = await self._delivery.enqueue(outbounds)
         sent.set()

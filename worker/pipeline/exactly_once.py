@@ -21,7 +21,9 @@ interleave):
 
 A batch is *stamped* with the transactions its partitions' records were admitted under; its
 outputs go only into those same transactions, so the outputs of a batch from before a rewind or a
-revocation are dropped. Fatal errors (:mod:`worker.pipeline.transaction_errors`) stop the replica.
+revocation are dropped. A batch is done once its outputs are handed over: its records'
+acknowledgements are checked when the transaction commits, which a failed one rewinds. Fatal
+errors (:mod:`worker.pipeline.transaction_errors`) stop the replica.
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ MAX_REWINDS = 5
 
 @dataclass(frozen=True, slots=True)
 class PendingOutput:
-    """A batch's outputs handed to its transactions: their acknowledgements, and the stamp."""
+    """A batch's outputs handed to its transactions: their acknowledgements, and the stamp.
+
+    Nobody needs to wait for the acknowledgements: a transaction commits only once all of its
+    records are acknowledged, and a failure rewinds it then (:meth:`ExactlyOnceOutput.commit`).
+    """
 
     stamp: Stamp
     acks: list[asyncio.Future[RecordMetadata]]
@@ -149,18 +155,6 @@ class ExactlyOnceOutput:
             acks += sent
             self._wake.set()
         return PendingOutput(stamp, acks, dropped)
-
-    async def confirm(self, pending: PendingOutput) -> bool:
-        """Wait for the acknowledgements; on a failure rewind (or stop, if fatal) and return False.
-
-        True means every output is in a live transaction, which the cadence commits.
-        """
-        results = await asyncio.gather(*pending.acks, return_exceptions=True)
-        failure = next((r for r in results if isinstance(r, BaseException)), None)
-        if failure is None:
-            return not pending.dropped
-        await self._failed(failure, pending.stamp.values())
-        return False
 
     # --- ownership -----------------------------------------------------------------------------
 

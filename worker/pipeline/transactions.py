@@ -79,6 +79,11 @@ class PartitionTransaction:
         return self.opened_at is not None
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran: the producer is stopped."""
+        return self._closed
+
+    @property
     def live(self) -> bool:
         """Whether sends are still taken (not voided, not closed)."""
         return self._live and not self._closed
@@ -117,8 +122,13 @@ class PartitionTransaction:
         Raises the first failure of a record's acknowledgement or of the commit itself; the
         transaction is then still open and must be aborted (see :meth:`close`).
         """
+        if self._closed or self.opened_at is None:
+            return None
+        # wait for what is in flight without the lock: sends go on meanwhile, and only those made
+        # since are waited for inside it, while the partition's next records wait
+        await asyncio.gather(*self._acks, return_exceptions=True)
         async with self.lock:
-            if self._closed:
+            if self.closed:  # while waiting
                 return None
             return await self._commit()
 

@@ -60,7 +60,7 @@ async def deliver(output: ExactlyOnceOutput, offsets: dict[TopicPartition, range
     stamp = output.stamp(offsets)
     records = [out(tp, o) for tp, span in offsets.items() for o in span]
     nexts = {tp: span.stop for tp, span in offsets.items()}
-    return await output.confirm(await output.enqueue(stamp, records, nexts))
+    return not (await output.enqueue(stamp, records, nexts)).dropped
 
 
 def test_transactional_ids_are_per_group_topic_and_partition() -> None:
@@ -157,21 +157,24 @@ async def test_a_failed_acknowledgement_aborts_and_rewinds_to_the_committed_offs
     stale = output.stamp([P0, P1])  # a batch consumed before the failure, delivered after it
     cluster.fail = lambda sent: sent.value == b"0:3"
     consumer.positions[P0] = 10  # the consumer had fetched further
-    assert not await deliver(output, {P0: range(2, 4), P1: range(0, 1)})
+    assert await deliver(output, {P0: range(2, 4), P1: range(0, 1)})  # handed over
+    await output.commit("test")  # finds the failed acknowledgement of P0's transaction
 
     assert rewound == [1]  # the batch being filled was dropped
     assert output.rewinds == 1
-    assert consumer.positions == {P0: 2, P1: 0}  # back to the committed offsets
-    assert {s.value for s in cluster.aborted} >= {b"0:2", b"1:0"}
-    assert cluster.values("routed-intents") == [b"0:0", b"0:1"]
+    # P1's transaction was whole and committed; P0's was aborted: both resume where committed
+    assert consumer.committed_offsets == {P0: 2, P1: 1}
+    assert consumer.positions == {P0: 2, P1: 1}
+    assert {s.value for s in cluster.aborted} >= {b"0:2"}
+    assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"1:0"]
     # the stale batch's outputs go nowhere; a batch consumed now goes into the new transactions
     cluster.fail = lambda sent: False
     late = await output.enqueue(stale, [out(P0, 4)], {P0: 5})
     assert late.dropped
     assert late.acks == []
-    assert await deliver(output, {P0: range(2, 4), P1: range(0, 1)})
+    assert await deliver(output, {P0: range(2, 4)})
     await output.commit("test")
-    assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"0:2", b"0:3", b"1:0"]
+    assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"1:0", b"0:2", b"0:3"]
     assert consumer.committed_offsets == {P0: 4, P1: 1}
 
 
@@ -206,9 +209,10 @@ async def test_a_fenced_commit_stops_the_replica(
 async def test_a_fenced_send_stops_the_replica(output: ExactlyOnceOutput, cluster: FakeTransactions) -> None:
     await output.assign({P0})
     assert await deliver(output, {P0: range(0, 1)})
+    await output.commit("test")
     await cluster.producer(transactional_id(GROUP, P0)).start()
     with pytest.raises(TransactionFatal, match="fenced"):
-        await deliver(output, {P0: range(1, 2)})
+        await deliver(output, {P0: range(1, 2)})  # the next transaction cannot begin
 
 
 async def test_transactions_that_keep_failing_stop_the_replica(
@@ -219,10 +223,13 @@ async def test_transactions_that_keep_failing_stop_the_replica(
     )
     await output.assign({P0})
     cluster.fail = lambda sent: True
-    assert not await deliver(output, {P0: range(0, 1)})
-    assert not await deliver(output, {P0: range(0, 1)})
+    for _ in range(2):
+        assert await deliver(output, {P0: range(0, 1)})
+        await output.commit("test")
+    assert output.rewinds == 2
+    assert await deliver(output, {P0: range(0, 1)})
     with pytest.raises(TransactionFatal, match="3 times in a row"):
-        await deliver(output, {P0: range(0, 1)})
+        await output.commit("test")
 
 
 async def test_revoking_commits_finished_work_and_aborts_unfinished_work(

@@ -130,8 +130,7 @@ async def deliver(
 ) -> bool:
     stamp = output.stamp([stack.tp])
     outbounds = [Outbound(stack.intents, None, b"out-" + v + b"." * pad, origin=stack.tp) for _, v in records]
-    pending = await output.enqueue(stamp, outbounds, {stack.tp: records[-1][0] + 1})
-    return not pending.dropped
+    return await output.enqueue(stamp, outbounds, {stack.tp: records[-1][0] + 1})
 
 
 @pytest.fixture

@@ -261,9 +261,9 @@ class QueryPipeline:
         they were dropped (exactly once: their transaction was rewound or revoked meanwhile)."""
         if self.exactly_once is not None:
             # done once handed over: the commit checks every acknowledgement of its transaction
-            pending = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
+            taken = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
             sent.set()
-            return not pending.dropped
+            return taken
         assert self._delivery is not None
         futures = await self._delivery.enqueue(outbounds)
         sent.set()

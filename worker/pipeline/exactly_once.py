@@ -22,8 +22,9 @@ interleave):
 A batch is *stamped* with the transactions its partitions' records were admitted under; its
 outputs go only into those same transactions, so the outputs of a batch from before a rewind or a
 revocation are dropped. A batch is done once its outputs are handed over: its records'
-acknowledgements are checked when the transaction commits, which a failed one rewinds. Fatal
-errors (:mod:`worker.pipeline.transaction_errors`) stop the replica.
+acknowledgements are checked when the transaction commits, which a failed one rewinds, and records
+handed over during a commit wait in the partition's backlog, so the pipeline never waits for a
+commit. Fatal errors (:mod:`worker.pipeline.transaction_errors`) stop the replica.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-from aiokafka.structs import RecordMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from worker.pipeline.cadence import CommitCadence
 from worker.pipeline.kafka import QueryConsumer, TransactionalProducer
@@ -51,19 +51,6 @@ Stamp = Mapping[TopicPartition, PartitionTransaction]
 
 # Rewinds in a row without a successful commit before the replica gives up.
 MAX_REWINDS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class PendingOutput:
-    """A batch's outputs handed to its transactions: their acknowledgements, and the stamp.
-
-    Nobody needs to wait for the acknowledgements: a transaction commits only once all of its
-    records are acknowledged, and a failure rewinds it then (:meth:`ExactlyOnceOutput.commit`).
-    """
-
-    stamp: Stamp
-    acks: list[asyncio.Future[RecordMetadata]]
-    dropped: bool = False  # some outputs were not taken: their transaction was rewound or revoked
 
 
 class ExactlyOnceOutput:
@@ -126,35 +113,34 @@ class ExactlyOnceOutput:
 
     async def enqueue(
         self, stamp: Stamp, outbounds: Sequence[Outbound], offsets: Mapping[TopicPartition, int]
-    ) -> PendingOutput:
-        """Add a batch's outputs to the transactions of its stamp, with the batch's next offsets.
+    ) -> bool:
+        """Add a batch's outputs to the transactions of its stamp, with the batch's next offsets;
+        False if some were dropped.
 
         Outputs of partitions whose transaction is no longer the one stamped (rewound, revoked)
-        are dropped: that input is consumed again by whoever owns the partition now.
+        are dropped: that input is consumed again by whoever owns the partition now. Nobody waits
+        for the acknowledgements: a transaction commits only once every record of it is
+        acknowledged, and a failure rewinds it then (:meth:`commit`).
         """
         by_partition: dict[TopicPartition, list[Outbound]] = {tp: [] for tp in offsets}
         for outbound in outbounds:
             if outbound.origin not in by_partition:
                 raise TransactionFatal(f"an output record without its batch's input partition: {outbound}")
             by_partition[outbound.origin].append(outbound)
-        acks: list[asyncio.Future[RecordMetadata]] = []
-        dropped = False
+        taken = True
         for tp, records in by_partition.items():
             txn = stamp.get(tp)
             if txn is None or txn is not self._owned.get(tp):
-                dropped = True
+                taken = False
                 continue
             try:
                 sent = await txn.send(records, offsets[tp])
             except TRANSACTION_ERRORS as error:  # refused before it reached the broker
                 await self._failed(error, [txn])
-                return PendingOutput(stamp, acks, dropped=True)
-            if sent is None:
-                dropped = True
-                continue
-            acks += sent
+                return False
+            taken = taken and sent
             self._wake.set()
-        return PendingOutput(stamp, acks, dropped)
+        return taken
 
     # --- ownership -----------------------------------------------------------------------------
 

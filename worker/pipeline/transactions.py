@@ -44,8 +44,11 @@ class PartitionTransaction:
 
     :meth:`send`, :meth:`commit` and :meth:`close` take :attr:`lock` in turn, so a commit cuts the
     partition's input at a point every record before which is in this transaction or an earlier one.
-    :meth:`void` (no lock, immediate) makes later sends drop their records: the owner calls it when
-    the open transaction is going to be aborted and its input consumed again.
+    A commit holds the lock for its round trips to the coordinator; records handed over meanwhile
+    wait in a backlog (up to ``max_backlog`` of them, then the sender waits) and open the next
+    transaction as soon as the commit is done, so a batch never waits for a commit. :meth:`void`
+    (no lock, immediate) makes later sends drop their records: the owner calls it when the open
+    transaction is going to be aborted and its input consumed again.
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class PartitionTransaction:
         producer: TransactionalProducer,
         group_id: str,
         *,
+        max_backlog: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.partition = partition
@@ -63,11 +67,14 @@ class PartitionTransaction:
         self.committed: int | None = None
         self.opened_at: float | None = None
         self._producer = producer
+        self._max_backlog = max_backlog
         self._clock = clock
         self._live = True
         self._closed = False
         self._acks: list[asyncio.Future[RecordMetadata]] = []
         self._next_offset: int | None = None
+        self._backlog: list[tuple[Sequence[Outbound], int]] = []
+        self._backlog_records = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self.is_open else "idle"
@@ -96,41 +103,64 @@ class PartitionTransaction:
         """Refuse every later send: the open transaction is to be aborted."""
         self._live = False
 
-    async def send(
-        self, records: Sequence[Outbound], next_offset: int
-    ) -> list[asyncio.Future[RecordMetadata]] | None:
+    async def send(self, records: Sequence[Outbound], next_offset: int) -> bool:
         """Add ``records`` (answers to the partition's input before ``next_offset``) to the open
-        transaction, opening one if needed; their acknowledgements, or None when voided."""
+        transaction, opening one if needed; False when voided (the records are dropped).
+
+        While a commit holds the lock they join the backlog instead (in order), unless it is full.
+        """
+        if not self.live:
+            return False
+        if self.lock.locked() and self._backlog_records < self._max_backlog:
+            self._backlog.append((records, next_offset))
+            self._backlog_records += len(records)
+            return True
         async with self.lock:
-            if not self.live:
-                return None
-            if self.opened_at is None:
-                await self._producer.begin_transaction()
-                self.opened_at = self._clock()
-            acks = [
+            if self._refusing():  # voided or closed while waiting
+                return False
+            await self._flush()  # what waited behind a commit goes first
+            await self._send_now(records, next_offset)
+            return True
+
+    def _refusing(self) -> bool:
+        return not self.live
+
+    async def _send_now(self, records: Sequence[Outbound], next_offset: int) -> None:
+        if self.opened_at is None:
+            await self._producer.begin_transaction()
+            self.opened_at = self._clock()
+        for r in records:
+            self._acks.append(
                 await self._producer.send(r.topic, r.value, key=r.key, headers=r.headers or None)
-                for r in records
-            ]
-            self._acks += acks
-            if self._next_offset is None or next_offset > self._next_offset:
-                self._next_offset = next_offset
-            return acks
+            )
+        if self._next_offset is None or next_offset > self._next_offset:
+            self._next_offset = next_offset
+
+    async def _flush(self, *, keep: bool | None = None) -> None:
+        """Send the backlog (``keep``, by default: unless voided) or drop it."""
+        backlog, self._backlog, self._backlog_records = self._backlog, [], 0
+        if self.live if keep is None else keep:
+            for records, next_offset in backlog:
+                await self._send_now(records, next_offset)
 
     async def commit(self) -> int | None:
         """Commit the open transaction with its offset; returns that offset (None: none open).
 
         Raises the first failure of a record's acknowledgement or of the commit itself; the
-        transaction is then still open and must be aborted (see :meth:`close`).
+        transaction is then still open and must be aborted (see :meth:`close`). Records that
+        joined the backlog meanwhile open the next transaction before the lock is released.
         """
         if self._closed or self.opened_at is None:
             return None
         # wait for what is in flight without the lock: sends go on meanwhile, and only those made
-        # since are waited for inside it, while the partition's next records wait
+        # since are waited for inside it
         await asyncio.gather(*self._acks, return_exceptions=True)
         async with self.lock:
             if self.closed:  # while waiting
                 return None
-            return await self._commit()
+            offset = await self._commit()
+            await self._flush()
+            return offset
 
     async def _commit(self) -> int | None:
         if self.opened_at is None or self._next_offset is None:
@@ -164,7 +194,8 @@ class PartitionTransaction:
         an abort that fails is logged only: the partition's next producer aborts what this one
         left open when it starts. The producer is stopped in every case.
         """
-        self._live = False
+        voided = not self._live
+        self._live = False  # senders waiting for the lock drop their records
         async with self.lock:
             if self._closed:
                 return None
@@ -173,10 +204,12 @@ class PartitionTransaction:
                 if commit:
                     try:
                         async with asyncio.timeout(timeout_s):
+                            await self._flush(keep=not voided)
                             return await self._commit()
                     except Exception:
                         await self._abort_quietly(timeout_s)
                         raise
+                self._backlog, self._backlog_records = [], 0
                 await self._abort_quietly(timeout_s)
                 return None
             finally:

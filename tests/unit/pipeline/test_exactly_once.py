@@ -60,7 +60,7 @@ async def deliver(output: ExactlyOnceOutput, offsets: dict[TopicPartition, range
     stamp = output.stamp(offsets)
     records = [out(tp, o) for tp, span in offsets.items() for o in span]
     nexts = {tp: span.stop for tp, span in offsets.items()}
-    return not (await output.enqueue(stamp, records, nexts)).dropped
+    return await output.enqueue(stamp, records, nexts)
 
 
 def test_transactional_ids_are_per_group_topic_and_partition() -> None:
@@ -141,9 +141,7 @@ async def test_records_of_partitions_not_yet_owned_are_not_admitted(
 ) -> None:
     assert not output.admits(P0)
     assert output.stamp([P0]) == {}
-    pending = await output.enqueue(output.stamp([P0]), [out(P0, 0)], {P0: 1})
-    assert pending.acks == []
-    assert pending.dropped
+    assert not await output.enqueue(output.stamp([P0]), [out(P0, 0)], {P0: 1})
     assert cluster.open == {}
 
 
@@ -169,9 +167,7 @@ async def test_a_failed_acknowledgement_aborts_and_rewinds_to_the_committed_offs
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"1:0"]
     # the stale batch's outputs go nowhere; a batch consumed now goes into the new transactions
     cluster.fail = lambda sent: False
-    late = await output.enqueue(stale, [out(P0, 4)], {P0: 5})
-    assert late.dropped
-    assert late.acks == []
+    assert not await output.enqueue(stale, [out(P0, 4)], {P0: 5})
     assert await deliver(output, {P0: range(2, 4)})
     await output.commit("test")
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"1:0", b"0:2", b"0:3"]
@@ -284,3 +280,25 @@ async def test_an_assignment_after_the_close_owns_nothing(
     assert output.owned() == {}
     assert not output.admits(P1)
     assert all(p.stopped for p in cluster.producers)
+
+
+async def test_records_handed_over_during_a_commit_wait_and_open_the_next_transaction(
+    output: ExactlyOnceOutput, consumer: FakeConsumer, cluster: FakeTransactions
+) -> None:
+    await output.assign({P0})
+    assert await deliver(output, {P0: range(0, 2)})
+    cluster.markers = asyncio.Event()  # the commit stays in its round trips until set
+    committing = asyncio.create_task(output.commit("test"))
+    async with asyncio.timeout(5):
+        while not output.owned()[P0].lock.locked():  # noqa: ASYNC110 - state of the fakes
+            await asyncio.sleep(0)
+    # the batch does not wait for the commit: its records join the backlog
+    assert await asyncio.wait_for(deliver(output, {P0: range(2, 4)}), 1)
+    assert not committing.done()
+    cluster.markers.set()
+    await committing
+    assert consumer.committed_offsets == {P0: 2}
+    assert output.owned()[P0].is_open  # the backlog opened the next transaction
+    await output.commit("test")
+    assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"0:2", b"0:3"]
+    assert consumer.committed_offsets == {P0: 4}

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from aiokafka.errors import OffsetOutOfRangeError
 from replication_harness import (
+    RecordedEvents,
     create_mutation_topic,
     folded_digest,
     mutation_settings,
@@ -27,6 +30,7 @@ from worker.embedding.hashing import HashingSession, hashing_pool
 from worker.local.broker import LocalBroker
 from worker.replication import (
     MutationPublisher,
+    ReplayReason,
     RouteReplica,
     TopicMissing,
     apply_routes,
@@ -35,6 +39,8 @@ from worker.replication import (
     route_of,
     with_embeddings,
 )
+from worker.replication.fold import LogRecord
+from worker.replication.log import MutationLog
 from worker.replication.vectors import embed_routes
 from worker.routing import RouteVectors, l2_normalise
 
@@ -204,7 +210,7 @@ async def test_a_store_ahead_of_its_topic_is_rebuilt_from_the_log(
             assert rebuilt.table.route_names() == ["new-0", "new-1"]
             state = await read_routes(recreated)
             assert rebuilt.table.digest() == folded_digest(state.routes, pool.fingerprint, pool.dim)
-    assert any("ahead of topic" in r.getMessage() for r in caplog.records)
+    assert any("ahead_of_log" in r.getMessage() for r in caplog.records)
     async with replica_running(recreated, pool, store) as restarted:
         assert restarted.stats.rebuilt_from_log == 0
         assert restarted.table.route_names() == ["new-0", "new-1"]
@@ -278,3 +284,69 @@ async def test_applying_the_same_routes_twice_publishes_nothing(
     state = await read_routes(settings)
     assert sorted(state.routes) == sorted(f"route-{i}" for i in range(6))
     assert state.records == 10
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_replica_away_past_the_tombstone_horizon_replays_all_while_its_table_serves(
+    settings: Settings, pool: EncoderPool, tmp_path: Path
+) -> None:
+    gate, entered = threading.Event(), threading.Event()
+    gate.set()
+    gated = await asyncio.to_thread(
+        EncoderPool, ModelSpec("hashing-bow-64"), 1, 8, session_factory=lambda: GatedSession(gate, entered)
+    )
+    clock, events = FakeClock(), RecordedEvents()
+    try:
+        await apply_routes(settings, routes(4), encoder=pool)
+        async with replica_running(settings, gated, tmp_path / "r.db", events=events, clock=clock) as replica:
+            serving = replica.table.snapshot()
+            gate.clear()
+            clock.now += 2 * 86_400  # frozen for two days: past Kafka's default delete.retention.ms
+            slow = RouteDefinition(name="slow", utterances=["this one needs embedding"])
+            await produce_raw(settings, [(b"slow", encode(slow))])
+            await asyncio.to_thread(entered.wait, 10)  # the replay reached the route it must embed
+            assert [reason for reason, _ in events.replays] == [ReplayReason.TOMBSTONE_HORIZON]
+            assert replica.table.snapshot() is serving  # queries still see the table as it was
+            gate.set()
+            await wait_for(lambda: bool(events.replays_done), what="the full replay to finish")
+            assert replica.table.route_names() == sorted([*(f"route-{i}" for i in range(4)), "slow"])
+            digest = replica.table.digest()
+        async with replica_running(settings, pool, tmp_path / "fresh.db") as fresh:
+            assert fresh.table.digest() == digest
+    finally:
+        gate.set()
+        gated.close()
+
+
+async def test_a_position_below_the_log_start_while_tailing_replays_all(
+    settings: Settings, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await apply_routes(settings, routes(6), encoder=pool)
+    tailing = threading.Event()
+    original = MutationLog.next_batch
+
+    async def out_of_range_once(log: MutationLog) -> list[LogRecord]:
+        if tailing.is_set():
+            tailing.clear()
+            raise OffsetOutOfRangeError({log.partitions[0]: 0})
+        return await original(log)
+
+    monkeypatch.setattr(MutationLog, "next_batch", out_of_range_once)
+    events = RecordedEvents()
+    async with replica_running(settings, pool, tmp_path / "r.db", events=events) as replica:
+        tailing.set()
+        await wait_for(lambda: bool(events.replays_done), what="the full replay to finish")
+        assert [reason for reason, _ in events.replays] == [ReplayReason.BELOW_LOG_START]
+        assert replica.stats.rebuilt_from_log == 1
+        assert len(replica.table) == 6
+        await apply_routes(settings, routes(7), encoder=pool)  # and it goes on tailing
+        await wait_for(lambda: len(replica.table) == 7, what="a live mutation after the replay")

@@ -42,7 +42,7 @@ from worker.replication import (
 from worker.replication.fold import LogRecord
 from worker.replication.log import MutationLog
 from worker.replication.vectors import embed_routes
-from worker.routing import RouteVectors, l2_normalise
+from worker.routing import EncoderError, RouteVectors, l2_normalise
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ async def test_vectors_of_another_model_are_re_embedded_not_trusted(
         assert (replica.stats.re_embedded, replica.stats.shipped) == (1, 1)
 
 
-async def test_malformed_records_are_skipped_counted_and_the_route_keeps_its_definition(
+async def test_malformed_records_are_skipped_counted_and_their_route_is_absent(
     settings: Settings, pool: EncoderPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     valid = RouteDefinition(name="billing", utterances=["pay my bill"])
@@ -162,31 +162,91 @@ async def test_malformed_records_are_skipped_counted_and_the_route_keeps_its_def
         (b"billing", b"{not json"),
         (b"billing", b'{"name": "billing", "utterances": []}'),
         (b"billing", encode(RouteDefinition(name="other", utterances=["x"]))),  # key mismatch
-        (None, encode(valid)),  # no key
+        (None, encode(valid)),  # no key: names no route
         (b"billing", b"\xff\xfe\x00"),
     ]
     await produce_raw(settings, [(b"billing", encode(valid)), *garbage])
     later = RouteDefinition(name="weather", utterances=["will it rain"])
     await produce_raw(settings, [(b"weather", encode(later))])
+    events = RecordedEvents()
     with caplog.at_level(logging.WARNING, logger="worker.replication.fold"):
-        async with replica_running(settings, pool, tmp_path / "r.db") as replica:
+        async with replica_running(settings, pool, tmp_path / "r.db", events=events) as replica:
             assert replica.stats.skipped_malformed == 5
-            billing = replica.table.snapshot().route("billing")
-            assert billing is not None
-            assert billing.route.utterances == ("pay my bill",)
-            assert replica.table.route_names() == ["billing", "weather"]
-            # live: a bad record does not stop the tail, and the route keeps its definition
+            # billing's last record is unusable: absent, as on a replica that only ever saw that one
+            assert replica.table.route_names() == ["weather"]
+            # live: a bad record does not stop the tail; a usable one brings the route back
+            await produce_raw(settings, [(b"billing", encode(valid))])
+            await wait_for(lambda: replica.table.route_names() == ["billing", "weather"], what="billing back")
             await produce_raw(settings, [(b"billing", b"[]"), (b"weather", None)])
-            await wait_for(
-                lambda: replica.table.route_names() == ["billing"], what="tombstone after bad record"
-            )
+            await wait_for(lambda: replica.table.route_names() == [], what="bad record, then tombstone")
             assert replica.stats.skipped_malformed == 6
-            billing = replica.table.snapshot().route("billing")
-            assert billing is not None
-            assert billing.route.utterances == ("pay my bill",)
-    positions = [r.getMessage() for r in caplog.records if "skipped malformed mutation" in r.getMessage()]
-    assert len(positions) == 6
+            digest = replica.table.digest()
+        async with replica_running(settings, pool, tmp_path / "fresh.db") as fresh:
+            assert fresh.table.digest() == digest
+    positions = [r.getMessage() for r in caplog.records if "skipped mutation" in r.getMessage()]
+    assert len(positions) == 12  # six records, each skipped by both replicas
     assert all(f"{settings.topic_mutations}[" in p and "offset" in p for p in positions)
+    assert sorted({code for code, _, _ in events.skipped}) == [
+        "invalid_json", "invalid_utf8", "key_mismatch", "missing_key", "not_object", "schema"
+    ]  # fmt: skip
+
+
+class PoisonSession(HashingSession):
+    """A hashing session that fails on any text with "poison" in it, and on everything once broken."""
+
+    broken = False
+
+    def embed(self, documents: Iterable[str], batch_size: int = 32) -> Iterator[npt.NDArray[np.float32]]:
+        texts = list(documents)
+        if PoisonSession.broken and texts != ["dimension probe"]:
+            raise RuntimeError("the model session is gone")
+        if any("poison" in text for text in texts):
+            raise ValueError("the tokenizer chokes on this text")
+        return super().embed(texts, batch_size)
+
+
+async def test_a_route_the_model_cannot_embed_is_skipped_the_same_way_on_every_replica(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    poisoned = await asyncio.to_thread(
+        EncoderPool, ModelSpec("hashing-bow-64"), 1, 8, session_factory=lambda: PoisonSession(64)
+    )
+    try:
+        await apply_routes(settings, routes(3))  # no vectors shipped: each replica embeds
+        events = RecordedEvents()
+        async with replica_running(settings, poisoned, tmp_path / "live.db", events=events) as live:
+            assert len(live.table) == 3
+            edited = RouteDefinition(name="route-1", utterances=["a poison pill", "fine words"])
+            positions = await publish(settings, [RouteMutation("route-1", edited)])
+            await publish(
+                settings, [RouteMutation("after", RouteDefinition(name="after", utterances=["ok"]))]
+            )
+            await wait_for(lambda: "after" in live.table.route_names(), what="the mutation after the poison")
+            assert live.table.route_names() == ["after", "route-0", "route-2"]  # route-1 skipped, absent
+            assert live.stats.skipped_malformed == 1
+            ((code, partition, offset),) = events.skipped
+            assert code == "embedding_failed"
+            assert positions == {partition: offset + 1}
+            digest = live.table.digest()
+        async with replica_running(settings, poisoned, tmp_path / "replayed.db") as replayed:
+            assert replayed.table.digest() == digest
+        # restarted on its store: no crash loop, the same table
+        async with replica_running(settings, poisoned, tmp_path / "live.db") as restarted:
+            assert restarted.table.digest() == digest
+        assert any(
+            "skipped mutation" in r.getMessage() and f"offset {offset}" in r.getMessage()
+            for r in caplog.records
+        )
+        # an encoder that fails on everything is the replica's fault: it stops, loudly, skipping nothing
+        PoisonSession.broken = True
+        await publish(settings, [RouteMutation("late", RouteDefinition(name="late", utterances=["late"]))])
+        replica = RouteReplica(settings, poisoned, store_path=tmp_path / "broken.db")
+        with pytest.raises(EncoderError, match="probe text too"):
+            await asyncio.wait_for(replica.run(), 30)
+        assert not replica.ready.is_set()
+    finally:
+        PoisonSession.broken = False
+        poisoned.close()
 
 
 async def test_a_store_ahead_of_its_topic_is_rebuilt_from_the_log(

@@ -28,8 +28,9 @@ from aiokafka.errors import OffsetOutOfRangeError
 from worker.background import background_executor
 from worker.config import Settings
 from worker.embedding import EncoderPool
+from worker.errors import ContractError, ErrorCode
 from worker.replication.events import ReplicaEvents
-from worker.replication.fold import FoldedMutations, LogRecord, fold
+from worker.replication.fold import FoldedMutations, LogRecord, SkippedRecord, fold
 from worker.replication.log import MutationLog
 from worker.replication.resolve import ResolvedChanges, resolve_changes
 from worker.replication.resume import (
@@ -41,7 +42,7 @@ from worker.replication.resume import (
 )
 from worker.replication.stats import ReplicaStats
 from worker.replication.topic_config import mutation_retention
-from worker.replication.vectors import embed_routes, shipped_vectors
+from worker.replication.vectors import embed_isolated, shipped_vectors
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
 
@@ -125,10 +126,16 @@ class RouteReplica:
         if stale:
             # The model changed since these were stored: vectors of two models are not comparable.
             logger.warning("re-embedding %d stored routes made by another model", len(stale))
-            fresh = await embed_routes(self.encoder, stale)
-            await asyncio.to_thread(store.apply, fresh, [], {})
+            fresh, failed = await embed_isolated(self.encoder, stale)
+            for route, reason in failed:
+                # as a replica replaying the log with this model would: the route is skipped
+                logger.warning(
+                    "stored route %r cannot be embedded by this model, dropped: %s", route.name, reason
+                )
+            await asyncio.to_thread(store.apply, fresh, [route.name for route, _ in failed], {})
             routes.extend(fresh)
             self.stats.re_embedded_at_open += len(fresh)
+            self.stats.skipped_malformed += len(failed)
         self._table = await asyncio.to_thread(self._build_table, routes, state.version)
         self._store = store
         self._stored = dict(state.version)
@@ -315,7 +322,17 @@ class RouteReplica:
         folded, resolved = await loop.run_in_executor(executor, self._prepare, records)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
-            resolved.upserts.extend(await embed_routes(self.encoder, resolved.to_embed))
+            embedded, failed = await embed_isolated(self.encoder, resolved.to_embed)
+            resolved.upserts.extend(embedded)
+            for route, reason in failed:
+                # a poison route: skipped like a malformed record, on every replica of this model
+                partition, offset = folded.positions.get(route.name, (-1, -1))
+                error = ContractError(
+                    ErrorCode.EMBEDDING_FAILED, f"route {route.name!r} cannot be embedded: {reason}"
+                )
+                skipped = folded.skip(self.settings.topic_mutations, partition, offset, error, route.name)
+                resolved.deletes.append(route.name)
+                self._report_skipped([skipped])
         return folded, resolved
 
     def _prepare(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges]:
@@ -323,8 +340,13 @@ class RouteReplica:
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
         folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
         self.stats.records += folded.records
-        self.stats.skipped_malformed += len(folded.skipped)
+        self._report_skipped(folded.skipped)
         return folded, resolve_changes(folded, self._current, fingerprint, self.stats)
+
+    def _report_skipped(self, skipped: Sequence[SkippedRecord]) -> None:
+        self.stats.skipped_malformed += len(skipped)
+        for record in skipped:
+            self.events.mutation_skipped(record.code, record.partition, record.offset)
 
     def _commit(
         self,

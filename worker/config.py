@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     store_path: Path = Field(
         Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."
     )
+    overlay_max_rows: int = Field(
+        16_384,
+        ge=1,
+        description="Vectors the route table's write-ahead overlay may hold; beyond, live mutations "
+        "wait for the index rebuild (queries never wait).",
+    )
     resume_margin_s: float = Field(
         300.0,
         ge=0,

@@ -99,6 +99,8 @@ class RecordedEvents(ReplicaEvents):
         self.replays_done: list[tuple[ReplayReason, int]] = []
         self.skipped: list[tuple[str, int, int]] = []
         self.unknown: int = 0
+        self.rebuilds: list[BaseException | None] = []
+        self.waits: list[float] = []
 
     def full_replay(self, reason: ReplayReason, detail: str) -> None:
         with self._lock:
@@ -115,3 +117,11 @@ class RecordedEvents(ReplicaEvents):
     def unknown_fields(self, fields: int) -> None:
         with self._lock:
             self.unknown += fields
+
+    def index_rebuild(self, error: BaseException | None) -> None:
+        with self._lock:
+            self.rebuilds.append(error)
+
+    def apply_waited(self, seconds: float) -> None:
+        with self._lock:
+            self.waits.append(seconds)

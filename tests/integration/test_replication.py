@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ from replication_harness import (
     wait_for,
 )
 
+import worker.routing.table as table_module
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation, encode
 from worker.embedding import EncoderPool, ModelSpec
@@ -42,7 +44,7 @@ from worker.replication import (
 from worker.replication.fold import LogRecord
 from worker.replication.log import MutationLog
 from worker.replication.vectors import embed_routes
-from worker.routing import EncoderError, RouteVectors, l2_normalise
+from worker.routing import EncoderError, Router, RouteVectors, l2_normalise
 
 pytestmark = pytest.mark.integration
 
@@ -410,3 +412,40 @@ async def test_a_position_below_the_log_start_while_tailing_replays_all(
         assert len(replica.table) == 6
         await apply_routes(settings, routes(7), encoder=pool)  # and it goes on tailing
         await wait_for(lambda: len(replica.table) == 7, what="a live mutation after the replay")
+
+
+async def test_a_full_overlay_holds_mutations_back_until_a_failing_rebuild_succeeds(
+    broker: LocalBroker, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = threading.Event()
+    failing.set()
+    real_build = table_module.build_laid_out
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if failing.is_set():
+            raise OSError(28, "No space left on device")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(table_module, "build_laid_out", build)
+    settings = mutation_settings(broker.bootstrap, overlay_max_rows=9)
+    await create_mutation_topic(settings)
+    await apply_routes(settings, routes(3), encoder=pool)  # 9 utterances: the overlay is full
+    events = RecordedEvents()
+    async with replica_running(settings, pool, tmp_path / "r.db", events=events) as replica:
+        before = replica.table.version
+        (edited,) = await with_embeddings(pool, [RouteDefinition(name="route-1", utterances=["edited"])])
+        positions = await publish(settings, [RouteMutation("route-1", edited)])
+        await wait_for(lambda: any(e is not None for e in events.rebuilds), what="a failed rebuild")
+        assert isinstance(events.rebuilds[0], OSError)
+        assert replica.table.version == before  # the mutation waits ...
+        vectors = await pool.embed(["route 1 beta"])
+        decision = Router(replica.table).decide(vectors, 1)[0]  # ... queries are answered meanwhile
+        assert decision.route == "route-1"
+        failing.clear()  # the retry succeeds: room in the overlay, the mutation goes in
+        await asyncio.wait_for(replica.wait_for_position(positions), 20)
+        assert events.rebuilds[-1] is None
+        assert replica.stats.apply_waits == 1
+        assert len(events.waits) == 1
+        live = replica.table.snapshot().route("route-1")
+        assert live is not None
+        assert live.route.utterances == ("edited",)

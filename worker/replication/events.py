@@ -25,3 +25,12 @@ class ReplicaEvents:
 
     def unknown_fields(self, fields: int) -> None:
         """Records with fields this version does not know were applied; ``fields`` were ignored."""
+
+    def index_rebuild(self, error: BaseException | None) -> None:
+        """A background index rebuild ended: None, or the error it failed with (it is retried)."""
+
+    def overlay_rows(self, rows: int) -> None:
+        """The write-ahead overlay now holds ``rows`` vectors."""
+
+    def apply_waited(self, seconds: float) -> None:
+        """A live batch waited ``seconds`` for room in the bounded overlay."""

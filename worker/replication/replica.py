@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -96,6 +97,7 @@ class RouteReplica:
         self._store: RouteStore | None = None
         self._table: RouteTable | None = None
         self._stopping = asyncio.Event()
+        self._halt = threading.Event()  # the same request, seen by the apply thread
         self._advanced = asyncio.Condition()  # notified whenever the table's version moves
         #: partition -> next offset written to the store (ahead of the table while catching up)
         self._stored: dict[int, int] = {}
@@ -145,16 +147,27 @@ class RouteReplica:
     def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
         dim, fingerprint = self.encoder.dim, self.encoder.fingerprint
-        settings = IndexSettings(build_niceness=self.settings.background_nice)
+        settings = IndexSettings(
+            build_niceness=self.settings.background_nice, overlay_max_rows=self.settings.overlay_max_rows
+        )
         if (index_dir / MANIFEST).exists():
             # Restart: the persisted main index is reused; routes changed since are overlaid.
-            return RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir)
+            table = RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir)
+            table.on_rebuild = self._rebuilt
+            return table
         # No index on disk yet (first start, or killed before the first rebuild finished): serve
         # from the overlay at once and build the main index in the background, rather than block
         # start-up on an approximate-index build that takes minutes for a few hundred thousand vectors.
         table = RouteTable(dim, fingerprint, settings, index_dir=index_dir, version=version)
+        table.on_rebuild = self._rebuilt
         table.apply(routes, (), version)
         return table
+
+    def _rebuilt(self, error: BaseException | None) -> None:
+        # from the table's rebuild thread
+        self.events.index_rebuild(error)
+        if self._table is not None:
+            self.events.overlay_rows(self._table.snapshot().overlay.rows)
 
     async def run(self) -> None:
         """Replay the log up to its current end (then ``ready`` is set) and tail it until stopped.
@@ -165,7 +178,9 @@ class RouteReplica:
         try:
             await self._replay_and_tail()
         finally:
+            self._halt.set()
             self._background.shutdown(wait=False, cancel_futures=True)
+            self.table.close()  # no more rebuild retries; the table itself goes on serving
 
     async def _replay_and_tail(self) -> None:
         async with MutationLog.opened(self.settings) as log:
@@ -262,8 +277,9 @@ class RouteReplica:
             await self._advanced.wait_for(lambda: _covers(self.table.version, positions))
 
     async def stop(self) -> None:
-        """Ask :meth:`run` to return after the batch it is applying."""
+        """Ask :meth:`run` to return after the batch it is applying (or waiting to apply)."""
         self._stopping.set()
+        self._halt.set()
 
     async def _catch_up_or_replay(self, log: MutationLog, *, on_start: bool) -> None:
         """:meth:`_catch_up`, starting over with a full replay if records go missing under it."""
@@ -357,6 +373,8 @@ class RouteReplica:
         catching_up: bool,
     ) -> None:
         # Runs in a worker thread: store first (state + offsets in one transaction), then the table.
+        if not catching_up and not self._wait_for_room(table):
+            return  # stopping: the batch is read again on the next start
         store.apply(resolved.upserts, resolved.deletes, offsets)
         self._stored.update(offsets)
         self.stats.batches += 1
@@ -366,6 +384,23 @@ class RouteReplica:
             self._pending.update((name, None) for name in resolved.deletes)
         else:
             table.apply(resolved.upserts, resolved.deletes, make_version(self._stored))
+            self.events.overlay_rows(table.snapshot().overlay.rows)
+
+    def _wait_for_room(self, table: RouteTable) -> bool:
+        """Backpressure of the bounded overlay: this (apply) thread waits, queries never do."""
+        if table.has_room():
+            return True
+        started = time.monotonic()
+        logger.info(
+            "the route table's overlay is full (%d vectors): live mutations wait for the index rebuild",
+            table.snapshot().overlay.rows,
+        )
+        room = table.wait_for_room(self._halt)
+        waited = time.monotonic() - started
+        self.stats.apply_waits += 1
+        self.events.apply_waited(waited)
+        logger.info("live mutations waited %.1f s for room in the overlay", waited)
+        return room
 
     async def _become_ready(self, log: MutationLog) -> None:
         _, table = self._require()

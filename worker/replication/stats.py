@@ -33,6 +33,8 @@ class ReplicaStats:
     rebuilt_from_log: int = 0
     #: routes re-embedded at start because the store held vectors of another model
     re_embedded_at_open: int = 0
+    #: live batches that waited for an index rebuild because the overlay was full
+    apply_waits: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

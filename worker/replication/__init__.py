@@ -8,6 +8,7 @@ from worker.replication.apply import apply_routes, delete_routes, plan_routes, p
 from worker.replication.errors import ReplicationError, RouteFileError, RouteProblem, TopicMissing
 from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, SkippedRecord, fold
+from worker.replication.guard import LogMoved, PublishHooks, admin_transactional_id
 from worker.replication.log import LogState, read_routes
 from worker.replication.plan import MutationPlan, RouteChange, describe_difference, plan_changes
 from worker.replication.publisher import MutationPublisher, PublishReceipt
@@ -26,9 +27,11 @@ from worker.replication.vectors import (
 
 __all__ = [
     "FoldedMutations",
+    "LogMoved",
     "LogState",
     "MutationPlan",
     "MutationPublisher",
+    "PublishHooks",
     "PublishReceipt",
     "ReplayReason",
     "ReplicaEvents",
@@ -44,6 +47,7 @@ __all__ = [
     "TopicRetention",
     "TopicSpec",
     "TopicStatus",
+    "admin_transactional_id",
     "apply_routes",
     "attach_embeddings",
     "delete_routes",

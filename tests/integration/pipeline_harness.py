@@ -59,7 +59,11 @@ class Topics:
         return cls(f"queries-{tag}", f"intents-{tag}", f"mutations-{tag}", f"dlq-{tag}", f"group-{tag}")
 
     def options(self, bootstrap: str) -> dict[str, Any]:
-        """Settings for a worker of these topics: fast group membership and fetches for tests."""
+        """Settings for a worker of these topics: fast group membership and fetches for tests.
+
+        The session timeout is Apache Kafka's smallest (group.min.session.timeout.ms, 6 s); the
+        heartbeat stays short, since members learn of a rebalance from its answer.
+        """
         return {
             "kafka_bootstrap": bootstrap,
             "group_id": self.group,
@@ -68,7 +72,7 @@ class Topics:
             "topic_mutations": self.mutations,
             "topic_dlq": self.dlq,
             "kafka_heartbeat_interval_ms": 200,
-            "kafka_session_timeout_ms": 3000,
+            "kafka_session_timeout_ms": 6000,
             "kafka_fetch_max_wait_ms": 20,
             "commit_interval_ms": 200,
             "shutdown_timeout_s": 20,

@@ -29,6 +29,7 @@ class MetricName(StrEnum):
     COMMITS = "routeworker.offsets.committed"
     DECISIONS_REMEMBERED = "routeworker.decisions.remembered"
     HEAD_ROUTES = "routeworker.route_head.routes"
+    UNDECODABLE_BATCHES = "routeworker.consumer.undecodable_batches"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,11 @@ METRICS: dict[MetricName, MetricSpec] = {
     ),
     MetricName.HEAD_ROUTES: MetricSpec(
         "gauge", "{route}", "Routes the learned head in service was trained on (0: nearest utterances only)."
+    ),
+    MetricName.UNDECODABLE_BATCHES: MetricSpec(
+        "counter",
+        "{batch}",
+        "Fetched record batches the Kafka client could not decode (dead-lettered and skipped), by partition.",
     ),
 }
 

@@ -18,6 +18,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from worker.pipeline.types import TopicPartition
 
 READ_UNCOMMITTED = 0  # the Fetch request's isolation level, as the query consumer reads
+_MAX_WAIT_MS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +77,10 @@ class RawFetcher:
         found: dict[TopicPartition, RecordSet] = {}
         for leader, topics in by_leader.items():
             request = FetchRequest(
-                0,  # max wait: answer with what is there
-                0,  # min bytes
+                # what is there, at once: a broker waits up to this only for a partition at its
+                # end (Tansu answers nothing at all to a zero wait or a zero minimum)
+                _MAX_WAIT_MS,
+                1,
                 self._max_partition_bytes * sum(len(parts) for parts in topics.values()),
                 READ_UNCOMMITTED,
                 list(topics.items()),

@@ -75,7 +75,7 @@ async def test_the_readme_kcat_lines_produce_a_query_and_read_its_intent_and_the
     settings = load_settings(
         kafka_bootstrap=bootstrap,
         group_id=f"readme-{uuid.uuid4().hex[:8]}",
-        kafka_session_timeout_ms=6000,
+        kafka_session_timeout_ms=3000,
         kafka_heartbeat_interval_ms=200,
         kafka_fetch_max_wait_ms=20,
         commit_interval_ms=200,

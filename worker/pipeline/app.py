@@ -86,6 +86,7 @@ class QueryPipeline:
     def stop(self) -> None:
         """Ask for a graceful stop: no new batches; in-flight work finishes and is committed."""
         self._stopping.set()
+        self.telemetry.health.stopping()
         self.tracker.poke()
 
     async def run(self) -> None:
@@ -149,7 +150,6 @@ class QueryPipeline:
     # --- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, tasks: asyncio.TaskGroup) -> None:
-        self.telemetry.health.set_state("consuming", ready=True)
         while not self._stopping.is_set():
             self._raise_if_fatal()
             await self._flow.wait_for_room(self._stopping.is_set)
@@ -170,10 +170,11 @@ class QueryPipeline:
                 continue
             self._record_lag(records)
             batch = self.tracker.start(next_offsets(records))
+            self.telemetry.health.in_flight(len(self.tracker))
             previous, sent = self._last_sent, asyncio.Event()
             self._last_sent = sent
             tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
-        self.telemetry.health.set_state("stopping", ready=False)
+        self.telemetry.health.stopping()
 
     def _on_undecodable(self, batch: UndecodableBatch) -> None:
         self.telemetry.metrics.undecodable_batch(batch.topic, batch.partition)
@@ -182,10 +183,13 @@ class QueryPipeline:
         last: dict[TopicPartition, int] = {}
         for record in records:
             last[record.topic_partition] = record.offset
+        lag: dict[TopicPartition, int] = {}
         for tp, offset in last.items():
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, highwater - offset - 1)
+                lag[tp] = highwater - offset - 1
+                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, lag[tp])
+        self.telemetry.health.fetched(lag.items())
 
     async def _handle(
         self,
@@ -217,6 +221,8 @@ class QueryPipeline:
             if processed is not None:
                 processed.trace.end()
         self.tracker.finish(batch)
+        self.telemetry.health.processed()
+        self.telemetry.health.in_flight(len(self.tracker))
         self._account(processed)
 
     def _account(self, processed: ProcessedBatch) -> None:
@@ -230,10 +236,11 @@ class QueryPipeline:
     # --- rebalancing -------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # called at the start of every rebalance, with nothing revoked on joining
+        self.telemetry.health.rebalance_started()
         self._batcher.discard_pending()
         if not revoked:
             return
-        self.telemetry.health.set_state("rebalancing", ready=True)
         logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), len(self.tracker))
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
@@ -248,8 +255,7 @@ class QueryPipeline:
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
-        if not self._stopping.is_set():
-            self.telemetry.health.set_state("consuming", ready=True)
+        self.telemetry.health.partitions_assigned(assigned)
 
     def _on_listener_error(self, error: BaseException) -> None:
         logger.error("rebalance handling failed: %s", error)

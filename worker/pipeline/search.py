@@ -12,7 +12,8 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from worker.routing import Decision, Router
+from worker.routing import Decision, RouteHead, Router, TableSnapshot
+from worker.routing.explain import Explanation, explain
 from worker.routing.native import use_faiss_threads
 from worker.routing.types import Vectors
 
@@ -34,6 +35,20 @@ class SearchThread:
         """The router's decisions for ``vectors`` (one row per query)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, router.decide, vectors, list(top_n))
+
+    async def explain(
+        self,
+        router: Router,
+        snapshot: TableSnapshot,
+        head: RouteHead | None,
+        vectors: Vectors,
+        decisions: Sequence[Decision],
+    ) -> list[Explanation]:
+        """Why each of ``decisions`` was made, derived from the snapshot and head that made them."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: explain(router, snapshot, head, vectors, decisions)
+        )
 
     def close(self) -> None:
         """Stop the thread after the running search (if any)."""

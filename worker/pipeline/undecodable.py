@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+from aiokafka.errors import CorruptRecordException, IllegalStateError, KafkaError, UnsupportedCodecError
 from aiokafka.record.memory_records import MemoryRecords
 
 from worker.pipeline.kafka import QueryConsumer
@@ -174,14 +174,21 @@ class UndecodableBatches:
         """
         if not may_be_undecodable(error):
             raise error
-        owned = sorted(self._consumer.assignment())
-        positions = {tp: await self._put_back(tp, handed_out.get(tp)) for tp in owned}
-        fetched = await self._raw.fetch(positions)
+        positions: dict[TopicPartition, int] = {}
+        for tp in sorted(self._consumer.assignment()):
+            try:
+                positions[tp] = await self._put_back(tp, handed_out.get(tp))
+            except IllegalStateError:
+                continue  # revoked meanwhile: its next owner reads it
+        try:
+            fetched = await self._raw.fetch(positions)
+        except KafkaError as fetch_error:
+            raise error from fetch_error  # the consumer's error is the one to report
         out: list[InputRecord] = []
-        for tp in owned:
-            if tp not in fetched:
+        for tp, position in positions.items():
+            if tp not in fetched or tp not in self._consumer.assignment():
                 continue
-            scanned = scan(tp, positions[tp], fetched[tp])
+            scanned = scan(tp, position, fetched[tp])
             bad = scanned.bad
             if bad is None:
                 continue  # fine: the consumer reads it as usual

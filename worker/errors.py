@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     WRONG_MODEL = "wrong_model"
     EMBEDDING_SHAPE = "embedding_shape"
     PROCESSING = "processing"
+    # a fetched record batch the Kafka client could not decode (corrupt, or an unknown codec)
+    UNDECODABLE_BATCH = "undecodable_batch"
 
 
 class ContractError(ValueError):

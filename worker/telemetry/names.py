@@ -39,6 +39,7 @@ class MetricName(StrEnum):
     READY = "routeworker.replica.ready"
     MUTATION_APPLY_LAG = "routeworker.mutations.apply_lag"
     HEALTH_REQUESTS = "routeworker.health.requests"
+    UNDECODABLE_BATCHES = "routeworker.consumer.undecodable_batches"
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,11 @@ METRICS: dict[MetricName, MetricSpec] = {
     ),
     MetricName.HEALTH_REQUESTS: MetricSpec(
         "counter", "{request}", "Requests answered by the health server, by path and status code."
+    ),
+    MetricName.UNDECODABLE_BATCHES: MetricSpec(
+        "counter",
+        "{batch}",
+        "Fetched record batches the Kafka client could not decode (dead-lettered and skipped), by partition.",
     ),
 }
 

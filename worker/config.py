@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(
         2, ge=0, description="Producer linger: batches acks of one batch of intents."
     )
-    kafka_compression: Literal["none", "gzip"] = Field("none", description="Producer compression.")
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="Compression of the records this replica produces."
+    )
     kafka_fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Most bytes per fetch.")
     kafka_fetch_max_wait_ms: int = Field(
         100, ge=0, le=10_000, description="Longest a fetch waits at the broker for new records."

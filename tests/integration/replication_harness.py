@@ -13,9 +13,16 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from worker.config import Settings, load_settings
-from worker.contracts import RouteDefinition
+from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
-from worker.replication import ReplayReason, ReplicaEvents, RouteReplica, TopicSpec, ensure_topics
+from worker.replication import (
+    MutationPublisher,
+    ReplayReason,
+    ReplicaEvents,
+    RouteReplica,
+    TopicSpec,
+    ensure_topics,
+)
 from worker.replication.kafka import running
 from worker.replication.vectors import shipped_vectors
 from worker.routing import RouteVectors
@@ -52,6 +59,26 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what:
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def routes(count: int, prefix: str = "route", extra: str = "") -> list[RouteDefinition]:
+    """``count`` route definitions of every shape: negatives, thresholds, metadata."""
+    return [
+        RouteDefinition(
+            name=f"{prefix}-{i}",
+            utterances=[f"{prefix} {i} alpha {extra}", f"{prefix} {i} beta", f"question number {i}"],
+            negative_utterances=[f"not {prefix} {i}"] if i % 3 == 0 else [],
+            threshold=0.4 if i % 2 else None,
+            metadata={"index": i},
+        )
+        for i in range(count)
+    ]
+
+
+async def publish(settings: Settings, mutations: list[RouteMutation]) -> dict[int, int]:
+    """Publish mutations (acknowledged); returns the log positions after them."""
+    async with MutationPublisher(settings) as publisher:
+        return (await publisher.publish(mutations)).positions
 
 
 @asynccontextmanager

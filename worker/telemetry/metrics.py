@@ -117,6 +117,10 @@ class PipelineMetrics:
         """Count one offset commit (``reason``: cadence, revoke, shutdown)."""
         self._add(MetricName.COMMITS, 1, {"reason": reason})
 
+    def undecodable_batch(self, topic: str, partition: int) -> None:
+        """Count one record batch the client could not decode (dead-lettered and skipped)."""
+        self._add(MetricName.UNDECODABLE_BATCHES, 1, {"topic": topic, "partition": partition})
+
     def head_routes(self, routes: int) -> None:
         """The learned head now in service knows ``routes`` routes (0 when none is in service)."""
         self._gauges[MetricName.HEAD_ROUTES].set(routes)

@@ -39,6 +39,7 @@ class MetricName(StrEnum):
     READY = "routeworker.replica.ready"
     MUTATION_APPLY_LAG = "routeworker.mutations.apply_lag"
     HEALTH_REQUESTS = "routeworker.health.requests"
+    UNDECODABLE_BATCHES = "routeworker.consumer.undecodable_batches"
     MUTATIONS_FULL_REPLAYS = "routeworker.mutations.full_replays"
     MUTATIONS_SKIPPED = "routeworker.mutations.skipped"
     MUTATION_APPLY_WAITS = "routeworker.mutations.apply_waits"
@@ -134,6 +135,11 @@ METRICS: dict[MetricName, MetricSpec] = {
     ),
     MetricName.HEALTH_REQUESTS: MetricSpec(
         "counter", "{request}", "Requests answered by the health server, by path and status code."
+    ),
+    MetricName.UNDECODABLE_BATCHES: MetricSpec(
+        "counter",
+        "{batch}",
+        "Fetched record batches the Kafka client could not decode (dead-lettered and skipped), by partition.",
     ),
     MetricName.MUTATIONS_FULL_REPLAYS: MetricSpec(
         "counter",

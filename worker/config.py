@@ -141,6 +141,18 @@ class Settings(BaseSettings):
     store_path: Path = Field(
         Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."
     )
+    overlay_max_rows: int = Field(
+        16_384,
+        ge=1,
+        description="Vectors the route table's write-ahead overlay may hold; beyond, live mutations "
+        "wait for the index rebuild (queries never wait).",
+    )
+    resume_margin_s: float = Field(
+        300.0,
+        ge=0,
+        description="A replica away from the mutation log longer than its delete.retention.ms less "
+        "this replays the whole log instead of resuming (covers clock skew and replication delay).",
+    )
     replica_id: str = Field(default_factory=_default_replica_id, description="Names this replica in intents.")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period to finish in-flight work.")
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector URL; unset = no export.")

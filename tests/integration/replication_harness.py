@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -13,7 +15,14 @@ from aiokafka import AIOKafkaProducer
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
-from worker.replication import MutationPublisher, RouteReplica, TopicSpec, ensure_topics
+from worker.replication import (
+    MutationPublisher,
+    ReplayReason,
+    ReplicaEvents,
+    RouteReplica,
+    TopicSpec,
+    ensure_topics,
+)
 from worker.replication.kafka import running
 from worker.replication.vectors import shipped_vectors
 from worker.routing import RouteVectors
@@ -27,10 +36,11 @@ def mutation_settings(bootstrap: str, **overrides: object) -> Settings:
     )
 
 
-async def create_mutation_topic(settings: Settings, partitions: int = 3) -> None:
-    await ensure_topics(
-        settings, [TopicSpec(settings.topic_mutations, partitions, {"cleanup.policy": "compact"})]
-    )
+async def create_mutation_topic(
+    settings: Settings, partitions: int = 3, configs: Mapping[str, str] | None = None
+) -> None:
+    topic_configs = {"cleanup.policy": "compact", **(configs or {})}
+    await ensure_topics(settings, [TopicSpec(settings.topic_mutations, partitions, topic_configs)])
 
 
 async def produce_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
@@ -73,10 +83,16 @@ async def publish(settings: Settings, mutations: list[RouteMutation]) -> dict[in
 
 @asynccontextmanager
 async def replica_running(
-    settings: Settings, encoder: EncoderPool, store: Path, *, timeout_s: float = 30.0
+    settings: Settings,
+    encoder: EncoderPool,
+    store: Path,
+    *,
+    timeout_s: float = 30.0,
+    events: ReplicaEvents | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[RouteReplica]:
     """A replica replaying and tailing in the background, ready when the block starts."""
-    replica = RouteReplica(settings, encoder, store_path=store)
+    replica = RouteReplica(settings, encoder, store_path=store, events=events, clock=clock)
     task = asyncio.create_task(replica.run())
     try:
         ready = asyncio.create_task(replica.ready.wait())
@@ -99,3 +115,40 @@ def folded_digest(routes: Mapping[str, RouteDefinition], fingerprint: str, dim: 
         assert rv is not None, f"route {definition.name} carries no vectors of {fingerprint}"
         vectors.append(rv)
     return table_digest((rv.name, rv.digest) for rv in vectors)
+
+
+class RecordedEvents(ReplicaEvents):
+    """Replica events collected for assertions (thread-safe: some come from worker threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.replays: list[tuple[ReplayReason, str]] = []
+        self.replays_done: list[tuple[ReplayReason, int]] = []
+        self.skipped: list[tuple[str, int, int]] = []
+        self.unknown: int = 0
+        self.rebuilds: list[BaseException | None] = []
+        self.waits: list[float] = []
+
+    def full_replay(self, reason: ReplayReason, detail: str) -> None:
+        with self._lock:
+            self.replays.append((reason, detail))
+
+    def full_replay_done(self, reason: ReplayReason, routes: int, seconds: float) -> None:
+        with self._lock:
+            self.replays_done.append((reason, routes))
+
+    def mutation_skipped(self, code: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self.skipped.append((code, partition, offset))
+
+    def unknown_fields(self, fields: int) -> None:
+        with self._lock:
+            self.unknown += fields
+
+    def index_rebuild(self, error: BaseException | None) -> None:
+        with self._lock:
+            self.rebuilds.append(error)
+
+    def apply_waited(self, seconds: float) -> None:
+        with self._lock:
+            self.waits.append(seconds)

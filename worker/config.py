@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(
         2, ge=0, description="Producer linger: batches acks of one batch of intents."
     )
-    kafka_compression: Literal["none", "gzip"] = Field("none", description="Producer compression.")
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="Compression of the records this replica produces."
+    )
     kafka_fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Most bytes per fetch.")
     kafka_fetch_max_wait_ms: int = Field(
         100, ge=0, le=10_000, description="Longest a fetch waits at the broker for new records."
@@ -155,6 +157,18 @@ class Settings(BaseSettings):
     )
     store_path: Path = Field(
         Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."
+    )
+    overlay_max_rows: int = Field(
+        16_384,
+        ge=1,
+        description="Vectors the route table's write-ahead overlay may hold; beyond, live mutations "
+        "wait for the index rebuild (queries never wait).",
+    )
+    resume_margin_s: float = Field(
+        300.0,
+        ge=0,
+        description="A replica away from the mutation log longer than its delete.retention.ms less "
+        "this replays the whole log instead of resuming (covers clock skew and replication delay).",
     )
     replica_id: str = Field(default_factory=_default_replica_id, description="Names this replica in intents.")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period to finish in-flight work.")

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import load_settings
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
+from worker.local.kafka import LocalKafka
 from worker.replication import read_routes
+from worker.replication.topic_config import topic_configs
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +158,29 @@ def test_commands_fail_cleanly_without_a_broker(tmp_path: Path) -> None:
     out = cli("routes", "list", expect=1)
     assert "routeworker:" in out
     assert "Traceback" not in out
+
+
+async def test_topics_create_sets_the_mutation_log_retention_on_apache_kafka(
+    kafka_broker: LocalKafka,
+) -> None:
+    cli = Cli(kafka_broker.bootstrap)
+    created = cli("topics", "create", "--partitions", "2", "--tombstone-retention-hours", "1")
+    assert created.count("created") >= 4
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    await admin.start()
+    try:
+        configs = await topic_configs(admin, cli.topics["ROUTEWORKER_TOPIC_MUTATIONS"])
+        described = await admin.describe_topics([cli.topics["ROUTEWORKER_TOPIC_QUERIES"]])
+    finally:
+        await admin.close()
+    assert {k: configs[k] for k in ("cleanup.policy", "delete.retention.ms", "retention.ms")} == {
+        "cleanup.policy": "compact",
+        "delete.retention.ms": "3600000",
+        "retention.ms": "-1",
+    }
+    assert [len(p["replicas"]) for p in described[0]["partitions"]] == [1, 1]  # one broker: one copy
+    # more copies than brokers: one line, nothing half-made
+    failed = Cli(kafka_broker.bootstrap).run("topics", "create", "--replication-factor", "3", expect=1)
+    assert "routeworker:" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

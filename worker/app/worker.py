@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from worker.app.replica_telemetry import ReplicaTelemetry
 from worker.app.serving import HeadKeeper, serving_router
 from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
@@ -126,6 +127,7 @@ class ReplicaWorker:
         replica = self._replica_factory(self.settings, encoder)
         if isinstance(replica, RouteReplica):
             replica.on_live = self.telemetry.metrics.mutation_apply_lag
+            replica.events = ReplicaTelemetry(self.telemetry, self.settings.topic_mutations)
         self.telemetry.health.set_phase("loading routes")
         await replica.open()
         metrics = self.telemetry.metrics

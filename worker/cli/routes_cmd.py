@@ -19,6 +19,7 @@ from worker.contracts import RouteDefinition
 from worker.embedding import EncoderPool
 from worker.embedding.pool import encoder_pool
 from worker.replication import (
+    LogMoved,
     MutationPlan,
     PublishReceipt,
     ReplicationError,
@@ -31,11 +32,21 @@ from worker.replication import (
 )
 from worker.replication.routefile import dump_routes
 
+#: exit status of `routes apply` when the log moved between planning and publishing
+EXIT_LOG_MOVED = 3
+
+APPLY_EPILOG = f"""exit status: 0 published (or nothing to do, or --dry-run); 1 an error (bad file, no
+broker); {EXIT_LOG_MOVED} the log moved since the plan was made (another admin published meanwhile):
+nothing was published, run it again."""
+
 
 def _run(action: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run an async command; broker and log errors become one red line and exit code 1."""
     try:
         return asyncio.run(action())
+    except LogMoved as error:
+        err_console.print(f"[red]routeworker:[/red] {' '.join(str(error).split())}")
+        return EXIT_LOG_MOVED
     except (KafkaError, ReplicationError, TimeoutError) as error:
         message = " ".join(str(error).split()) or type(error).__name__
         err_console.print(f"[red]routeworker:[/red] {message}")
@@ -145,7 +156,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("routes", help="publish route changes to the mutation log; run a replica")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    apply = actions.add_parser("apply", help="make the log hold the routes of a YAML or JSON file")
+    apply = actions.add_parser(
+        "apply",
+        help="make the log hold the routes of a YAML or JSON file",
+        epilog=APPLY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     apply.add_argument("file", type=Path, help="route file: a list of routes")
     apply.add_argument("--dry-run", action="store_true", help="print the plan, publish nothing")
     apply.add_argument("--prune", action="store_true", help="delete routes missing from the file")

@@ -21,7 +21,7 @@ from worker.cache import AsyncEncoder
 from worker.config import Settings
 from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
 from worker.pipeline.batcher import Batcher
-from worker.pipeline.clients import output_producer, query_consumer, transactional_producer
+from worker.pipeline.clients import output_producer, query_consumer, raw_fetch, transactional_producer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
 from worker.pipeline.exactly_once import ExactlyOnceOutput, ProducerFactory, Stamp
@@ -29,8 +29,10 @@ from worker.pipeline.kafka import OutputProducer, QueryConsumer, TransactionalPr
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery
+from worker.pipeline.raw_fetch import RawFetch
 from worker.pipeline.rebalance import DrainOnRevoke
 from worker.pipeline.types import InputRecord, Outbound, TopicPartition, next_offsets
+from worker.pipeline.undecodable import UndecodableBatch, UndecodableBatches
 from worker.routing import Router
 from worker.telemetry import Telemetry
 
@@ -41,7 +43,8 @@ class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
     ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests pass
-    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`), and in
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`),
+    ``raw`` the undecoded fetches that find a batch the consumer cannot decode, and in
     exactly-once mode ``transactional_producers`` (a transactional id -> an unstarted producer).
     ``remember_decisions`` sizes the memo of decisions of repeated texts
     (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
@@ -57,6 +60,7 @@ class QueryPipeline:
         consumer: QueryConsumer | None = None,
         producer: OutputProducer | None = None,
         transactional_producers: ProducerFactory | None = None,
+        raw: RawFetch | None = None,
         remember_decisions: int = 0,
     ) -> None:
         self.settings = settings
@@ -64,8 +68,13 @@ class QueryPipeline:
         metrics = telemetry.metrics
         self._consumer = consumer if consumer is not None else query_consumer(settings)
         self.tracker = OffsetTracker()
+        self._undecodable = UndecodableBatches(
+            self._consumer, raw if raw is not None else raw_fetch(settings), self._on_undecodable
+        )
         self.exactly_once: ExactlyOnceOutput | None = None
-        self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
+        self._batcher = Batcher(
+            self._consumer, settings.batch_size, settings.batch_wait_ms / 1000, undecodable=self._undecodable
+        )
         if settings.processing_guarantee == "exactly_once":
             self.exactly_once = ExactlyOnceOutput(
                 self._consumer,
@@ -122,6 +131,7 @@ class QueryPipeline:
             await self._consumer.stop()  # leaves the group; the final commit is already done
             if self._producer is not None:
                 await self._producer.stop()
+            await self._undecodable.close()
             await asyncio.to_thread(self.processor.close)
 
     async def _run_tasks(self) -> None:
@@ -207,6 +217,9 @@ class QueryPipeline:
                 self._handle(batch, records, stamp, place, previous, sent), name=f"batch-{batch.seq}"
             )
         self.telemetry.health.stopping()
+
+    def _on_undecodable(self, batch: UndecodableBatch) -> None:
+        self.telemetry.metrics.undecodable_batch(batch.topic, batch.partition)
 
     def _record_lag(self, records: list[InputRecord]) -> None:
         last: dict[TopicPartition, int] = {}

@@ -79,16 +79,23 @@ class QueryConsumer(Protocol):
         """Commit ``offsets`` (the next offset to read, per partition) for the group."""
         ...
 
-    async def committed(self, partition: TopicPartition, /) -> int | None:
-        """The group's committed offset of ``partition``, asked of the broker now (None: none yet)."""
-        ...
+    # --- what moving past a batch that cannot be decoded (worker.pipeline.undecodable) and owning
+    # --- a partition in exactly-once mode (worker.pipeline.exactly_once) need ---
 
-    async def beginning_offsets(self, partitions: list[TopicPartition], /) -> dict[TopicPartition, int]:
-        """The first offset still in the log, per partition."""
+    async def position(self, partition: TopicPartition, /) -> int:
+        """The offset of the next record ``getmany`` would hand out of ``partition``."""
         ...
 
     def seek(self, partition: TopicPartition, offset: int, /) -> None:
-        """Fetch ``partition`` from ``offset`` next; records fetched before are dropped."""
+        """Read ``partition`` from ``offset`` on."""
+        ...
+
+    async def committed(self, partition: TopicPartition, /) -> int | None:
+        """The group's committed offset of ``partition`` (None if it has none)."""
+        ...
+
+    async def beginning_offsets(self, partitions: list[TopicPartition], /) -> dict[TopicPartition, int]:
+        """The first offset still in each partition's log."""
         ...
 
 

@@ -6,11 +6,14 @@ SQLite store and route table (see :class:`RouteReplica`).
 
 from worker.replication.apply import apply_routes, delete_routes, plan_routes, publish_plan
 from worker.replication.errors import ReplicationError, RouteFileError, RouteProblem, TopicMissing
+from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, SkippedRecord, fold
+from worker.replication.guard import LogMoved, PublishHooks, admin_transactional_id
 from worker.replication.log import LogState, read_routes
 from worker.replication.plan import MutationPlan, RouteChange, describe_difference, plan_changes
 from worker.replication.publisher import MutationPublisher, PublishReceipt
 from worker.replication.replica import RouteReplica
+from worker.replication.resume import ReplayReason, ResumeVerdict, TopicRetention, judge_resume
 from worker.replication.routefile import load_route_file, parse_routes
 from worker.replication.stats import ReplicaStats
 from worker.replication.topics import TopicSpec, TopicStatus, ensure_topics, topic_specs
@@ -24,20 +27,27 @@ from worker.replication.vectors import (
 
 __all__ = [
     "FoldedMutations",
+    "LogMoved",
     "LogState",
     "MutationPlan",
     "MutationPublisher",
+    "PublishHooks",
     "PublishReceipt",
+    "ReplayReason",
+    "ReplicaEvents",
     "ReplicaStats",
     "ReplicationError",
+    "ResumeVerdict",
     "RouteChange",
     "RouteFileError",
     "RouteProblem",
     "RouteReplica",
     "SkippedRecord",
     "TopicMissing",
+    "TopicRetention",
     "TopicSpec",
     "TopicStatus",
+    "admin_transactional_id",
     "apply_routes",
     "attach_embeddings",
     "delete_routes",
@@ -45,6 +55,7 @@ __all__ = [
     "embed_routes",
     "ensure_topics",
     "fold",
+    "judge_resume",
     "load_route_file",
     "parse_routes",
     "plan_changes",

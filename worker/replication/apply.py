@@ -3,15 +3,20 @@
 routes = load_route_file(Path("routes.yaml"))
 plan, _ = await plan_routes(settings, routes, prune=True)
 receipt = await publish_plan(settings, plan, encoder=pool)   # encoder: ship vectors
+
+A plan remembers where the log ended when it was made; publishing it raises ``LogMoved``
+(publishing nothing) if another admin published meanwhile (see :mod:`worker.replication.guard`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
+from worker.replication.guard import PublishHooks, publish_guarded
 from worker.replication.log import LogState, read_routes
 from worker.replication.plan import MutationPlan, RouteChange, plan_changes
 from worker.replication.publisher import MutationPublisher, PublishReceipt
@@ -26,9 +31,11 @@ async def plan_routes(
     prune: bool = False,
     fingerprint: str | None = None,
 ) -> tuple[MutationPlan, LogState]:
-    """Read the log's current routes and plan the changes that make it hold ``routes``."""
+    """Read the log's current routes and plan the changes that make it hold ``routes``; the plan
+    records the log's end offsets, so publishing it refuses if the log moves meanwhile."""
     state = await read_routes(settings)
-    return plan_changes(state.routes, routes, prune=prune, fingerprint=fingerprint), state
+    plan = plan_changes(state.routes, routes, prune=prune, fingerprint=fingerprint)
+    return replace(plan, based_on=dict(state.end_offsets)), state
 
 
 async def publish_plan(
@@ -37,10 +44,12 @@ async def publish_plan(
     *,
     encoder: EncoderPool | None = None,
     on_acked: Callable[[int], None] | None = None,
+    hooks: PublishHooks | None = None,
 ) -> PublishReceipt:
     """Publish the plan's changes; with ``encoder``, added and changed routes carry their vectors.
 
-    Everything is embedded and size-checked before the first record is sent.
+    Everything is embedded and size-checked before the first record is sent. A plan made against
+    the log (``based_on``) is published only onto the log as it was then, else ``LogMoved``.
     """
     changes = list(plan.changes)
     if encoder is not None:
@@ -53,8 +62,11 @@ async def publish_plan(
             for c in changes
         ]
         check_sizes([c.definition for c in changes if c.definition is not None], settings.limits, "routes")
+    mutations = [c.mutation() for c in changes]
+    if plan.based_on is not None:
+        return await publish_guarded(settings, mutations, plan.based_on, on_acked=on_acked, hooks=hooks)
     async with MutationPublisher(settings) as publisher:
-        return await publisher.publish([c.mutation() for c in changes], on_acked)
+        return await publisher.publish(mutations, on_acked)
 
 
 async def apply_routes(

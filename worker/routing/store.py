@@ -1,8 +1,10 @@
 """SQLite store of routes, their vectors and the mutation-log offsets they reflect.
 
 State and offsets are written in one transaction, so after a crash the store resumes the log exactly
-where its state stops. Every call opens its own connection: a store object may be used from any
-thread, SQLite's WAL journal lets readers run while one writer commits.
+where its state stops. Beside the offsets it keeps when its replica last saw them at the log's end
+(:meth:`RouteStore.mark_caught_up`): whether a resume from them can be trusted depends on it (see
+:mod:`worker.replication.resume`). Every call opens its own connection: a store object may be used
+from any thread, SQLite's WAL journal lets readers run while one writer commits.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class StoredState:
 
     routes: tuple[RouteVectors, ...]
     version: TableVersion
+    #: unix ms when the replica last found ``version`` at (or past) the log's end; None: never
+    caught_up_at_ms: int | None = None
 
 
 class RouteStore:
@@ -142,15 +146,34 @@ class RouteStore:
                 )
                 routes = tuple(_route_from_row(*row) for row in cursor)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+                caught_up = _caught_up_at(conn)
             finally:
                 conn.execute("COMMIT")
         logger.info("loaded %d routes at %s from %s", len(routes), version, self.path)
-        return StoredState(routes, version)
+        return StoredState(routes, version, caught_up)
 
     def version(self) -> TableVersion:
         """The stored mutation-log position."""
         with self._connect() as conn:
             return make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+
+    def mark_caught_up(self, at_ms: int) -> None:
+        """Record that at ``at_ms`` the stored offsets were at (or past) the log's end.
+
+        Offsets only move forward, so the mark stays true of every later state: every record after
+        the stored offsets was appended after ``at_ms``. An older mark is never written over a newer.
+        """
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                "excluded.value WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)",
+                (_CAUGHT_UP_KEY, str(int(at_ms))),
+            )
+
+    def caught_up_at_ms(self) -> int | None:
+        """The last :meth:`mark_caught_up` (None: never, or cleared since)."""
+        with self._connect() as conn:
+            return _caught_up_at(conn)
 
     def clear(self) -> None:
         """Forget every route and offset (a replica that must replay its log from the start)."""
@@ -158,6 +181,7 @@ class RouteStore:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM routes")
             conn.execute("DELETE FROM offsets")
+            conn.execute("DELETE FROM meta WHERE key = ?", (_CAUGHT_UP_KEY,))
             conn.execute("COMMIT")
 
     def schema_version(self) -> int:
@@ -167,6 +191,14 @@ class RouteStore:
         if row is None:
             raise StoreError(f"{self.path} has no schema version")
         return int(row[0])
+
+
+_CAUGHT_UP_KEY = "caught_up_at_ms"
+
+
+def _caught_up_at(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_CAUGHT_UP_KEY,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, bytes, bytes, str]:

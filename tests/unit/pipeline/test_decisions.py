@@ -104,5 +104,5 @@ async def test_repeated_texts_skip_embedding_and_search_until_a_mutation(
 
 async def until_committed(consumer: FakeConsumer, offset: int) -> None:
     async with asyncio.timeout(5):
-        while consumer.committed_offsets.get(P0) != offset:  # noqa: ASYNC110 - state of the fakes under test
+        while consumer.committed.get(P0) != offset:  # noqa: ASYNC110 - state of the fakes under test
             await asyncio.sleep(0.002)

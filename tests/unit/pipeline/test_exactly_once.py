@@ -35,7 +35,7 @@ def consumer() -> FakeConsumer:
 
 @pytest.fixture
 def cluster(consumer: FakeConsumer) -> FakeTransactions:
-    return FakeTransactions(group_offsets=consumer.committed_offsets)
+    return FakeTransactions(group_offsets=consumer.committed)
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ async def test_owning_fences_the_previous_owner_and_reads_the_offset_after_its_c
     # the previous owner of P0 has a transaction being committed (offsets up to 7) and one of P1
     # still open; the consumer's own view of the committed offset (as aiokafka fetched it on
     # assignment, concurrently) is older
-    consumer.committed_offsets[P0] = 5
+    consumer.committed[P0] = 5
     zombie0 = cluster.producer(transactional_id(GROUP, P0))
     zombie1 = cluster.producer(transactional_id(GROUP, P1))
     for zombie in (zombie0, zombie1):
@@ -125,7 +125,7 @@ async def test_outputs_and_offsets_are_committed_together_on_the_cadence(
     committer = asyncio.create_task(output.run())
     try:
         async with asyncio.timeout(5):
-            while consumer.committed_offsets != {P0: 3, P1: 2}:  # noqa: ASYNC110 - state of the fakes
+            while consumer.committed != {P0: 3, P1: 2}:  # noqa: ASYNC110 - state of the fakes
                 await asyncio.sleep(0.001)
         assert sorted(cluster.values("routed-intents")) == sorted([b"0:0", b"0:1", b"0:2", b"1:0", b"1:1"])
         assert {txn_id for txn_id, _ in cluster.commits} == {"routeworker/queries/0", "routeworker/queries/1"}
@@ -151,7 +151,7 @@ async def test_a_failed_acknowledgement_aborts_and_rewinds_to_the_committed_offs
     await output.assign({P0, P1})
     assert await deliver(output, {P0: range(0, 2)})
     await output.commit("test")
-    assert consumer.committed_offsets == {P0: 2}
+    assert consumer.committed == {P0: 2}
     stale = output.stamp([P0, P1])  # a batch consumed before the failure, delivered after it
     cluster.fail = lambda sent: sent.value == b"0:3"
     consumer.positions[P0] = 10  # the consumer had fetched further
@@ -161,7 +161,7 @@ async def test_a_failed_acknowledgement_aborts_and_rewinds_to_the_committed_offs
     assert rewound == [1]  # the batch being filled was dropped
     assert output.rewinds == 1
     # P1's transaction was whole and committed; P0's was aborted: both resume where committed
-    assert consumer.committed_offsets == {P0: 2, P1: 1}
+    assert consumer.committed == {P0: 2, P1: 1}
     assert consumer.positions == {P0: 2, P1: 1}
     assert {s.value for s in cluster.aborted} >= {b"0:2"}
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"1:0"]
@@ -171,7 +171,7 @@ async def test_a_failed_acknowledgement_aborts_and_rewinds_to_the_committed_offs
     assert await deliver(output, {P0: range(2, 4)})
     await output.commit("test")
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"1:0", b"0:2", b"0:3"]
-    assert consumer.committed_offsets == {P0: 4, P1: 1}
+    assert consumer.committed == {P0: 4, P1: 1}
 
 
 async def test_a_commit_refused_for_a_passing_reason_is_rewound(
@@ -184,7 +184,7 @@ async def test_a_commit_refused_for_a_passing_reason_is_rewound(
     await output.commit("test")
     assert output.rewinds == 1
     assert cluster.visible == []
-    assert consumer.committed_offsets == {}
+    assert consumer.committed == {}
     assert consumer.positions[P0] == 0
     assert await deliver(output, {P0: range(0, 3)})
     await output.commit("test")
@@ -239,7 +239,7 @@ async def test_revoking_commits_finished_work_and_aborts_unfinished_work(
     await output.revoke({P0}, finished=True)
     await output.revoke({P1}, finished=False)
     assert cluster.values("routed-intents") == [b"0:0", b"0:1"]
-    assert consumer.committed_offsets == {P0: 2}
+    assert consumer.committed == {P0: 2}
     assert [s.value for s in cluster.aborted] == [b"1:0", b"1:1"]
     assert output.owned() == {}
     assert all(p.stopped for p in cluster.producers)
@@ -297,8 +297,8 @@ async def test_records_handed_over_during_a_commit_wait_and_open_the_next_transa
     assert not committing.done()
     cluster.markers.set()
     await committing
-    assert consumer.committed_offsets == {P0: 2}
+    assert consumer.committed == {P0: 2}
     assert output.owned()[P0].is_open  # the backlog opened the next transaction
     await output.commit("test")
     assert cluster.values("routed-intents") == [b"0:0", b"0:1", b"0:2", b"0:3"]
-    assert consumer.committed_offsets == {P0: 4}
+    assert consumer.committed == {P0: 4}

@@ -38,7 +38,7 @@ async def routed(
         for query in queries:  # one at a time: a later one may reuse an earlier decision
             consumer.append(0, orjson.dumps(query))
             async with asyncio.timeout(5):
-                while consumer.committed_offsets != consumer.end_offsets():  # noqa: ASYNC110 - state of the fakes
+                while consumer.committed != consumer.end_offsets():  # noqa: ASYNC110 - state of the fakes
                     await asyncio.sleep(0.002)
     finally:
         pipeline.stop()

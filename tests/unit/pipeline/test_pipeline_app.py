@@ -85,7 +85,7 @@ async def test_every_record_gives_one_output_and_offsets_reach_the_end(
     consumer.append(1, b'{"id": "x", "text": ""}')
     consumer.append(1, query(10, "what is the weather today"))
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets == consumer.end_offsets())
+        await until(lambda: consumer.committed == consumer.end_offsets())
     await asyncio.wait_for(task, 5)
     routed = intents(producer)
     assert sorted(i.query_id for i in routed) == sorted(f"q{i}" for i in range(11))
@@ -113,7 +113,7 @@ async def test_output_follows_consumption_order_within_a_partition(
     for i in range(40):
         consumer.append(0, query(i, f"send money number {i}"), key=b"same-key")
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets == consumer.end_offsets())
+        await until(lambda: consumer.committed == consumer.end_offsets())
     await asyncio.wait_for(task, 5)
     sent_ids = [RoutedIntent.model_validate_json(s.value).query_id for s in producer.sent]
     assert sent_ids == [f"q{i}" for i in range(40)]
@@ -130,7 +130,7 @@ async def test_nothing_is_committed_past_an_unacknowledged_output(
         assert await pipeline.committer.commit("test") == {}
         assert consumer.commits == []
         producer.hold.set()
-        await until(lambda: consumer.committed_offsets == {P0: 4})
+        await until(lambda: consumer.committed == {P0: 4})
     await asyncio.wait_for(task, 5)
 
 
@@ -149,7 +149,7 @@ async def test_a_failed_produce_is_retried_and_holds_back_later_commits(
         await until(lambda: len(intents(producer)) == 11)
         assert all(max(c.values()) <= 0 for c in consumer.commits)  # q0 is at offset 0: nothing passes it
         give_up_failing.set()
-        await until(lambda: consumer.committed_offsets == {P0: 12})
+        await until(lambda: consumer.committed == {P0: 12})
     await asyncio.wait_for(task, 5)
     assert "routeworker_produce_retries_total" in telemetry.metrics_text()
 
@@ -166,7 +166,7 @@ async def test_partitions_pause_while_the_in_flight_window_is_full(
         assert consumer.positions[P0] == window
         assert len(pipeline.tracker) == settings.max_in_flight_batches
         producer.hold.set()
-        await until(lambda: consumer.committed_offsets == {P0: 40})
+        await until(lambda: consumer.committed == {P0: 40})
         assert consumer.paused() == set()
     await asyncio.wait_for(task, 5)
 
@@ -191,7 +191,7 @@ async def test_revoke_finishes_and_commits_in_flight_work_first(
         assert telemetry.health.readiness() == (True, "ready: route table caught up, 1 partition assigned")
         assert consumer.commits[-1] == {P0: 3, P1: 3}
         consumer.append(1, query(6))
-        await until(lambda: consumer.committed_offsets.get(P1) == 4)
+        await until(lambda: consumer.committed.get(P1) == 4)
     await asyncio.wait_for(task, 5)
     assert sorted(i.query_id for i in intents(producer)) == [f"q{i}" for i in range(7)]
 
@@ -211,7 +211,7 @@ async def test_stop_finishes_in_flight_work_then_commits_and_closes(
     assert consumer.commits == []
     producer.hold.set()
     await asyncio.wait_for(task, 5)
-    assert consumer.committed_offsets == {P0: 8}
+    assert consumer.committed == {P0: 8}
     assert not producer.started
     assert consumer.assigned == set()
 
@@ -258,7 +258,7 @@ async def test_the_routed_intent_continues_the_query_trace(
     consumer.append(0, query(0), headers=[("traceparent", UPSTREAM), ("tenant", b"acme")])
     consumer.append(0, query(1))
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets == {P0: 2})
+        await until(lambda: consumer.committed == {P0: 2})
     await asyncio.wait_for(task, 5)
     by_id = {
         RoutedIntent.model_validate_json(s.value).query_id: dict(s.headers or []) for s in producer.acked
@@ -319,7 +319,7 @@ async def test_queries_arriving_while_the_encoder_is_busy_wait_to_form_one_batch
         for i in range(2, 5):
             consumer.append(0, query(i, f"queued query {i}"))
         release.set()
-        await until(lambda: consumer.committed_offsets == {P0: 5})
+        await until(lambda: consumer.committed == {P0: 5})
     await asyncio.wait_for(task, 5)
     assert calls == [1, 1, 3]
 
@@ -332,9 +332,9 @@ async def test_a_query_the_model_cannot_embed_is_dead_lettered_and_the_rest_rout
     consumer.append(0, query(1, "poison pill"), key=b"bad")
     consumer.append(0, query(2, "send money"))
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets == {P0: 3})
+        await until(lambda: consumer.committed == {P0: 3})
         consumer.append(0, query(3, "poison alone in its batch"))
-        await until(lambda: consumer.committed_offsets == {P0: 4})
+        await until(lambda: consumer.committed == {P0: 4})
     await asyncio.wait_for(task, 5)
     assert sorted(i.query_id for i in intents(producer)) == ["q0", "q2"]
     assert [(d.error_code.value, d.source.offset) for d in letters(producer)] == [

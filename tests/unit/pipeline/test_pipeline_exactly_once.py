@@ -60,7 +60,7 @@ def consumer() -> FakeConsumer:
 
 @pytest.fixture
 def cluster(consumer: FakeConsumer) -> FakeTransactions:
-    return FakeTransactions(group_offsets=consumer.committed_offsets)
+    return FakeTransactions(group_offsets=consumer.committed)
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ async def test_every_query_is_answered_once_with_its_offsets_in_the_same_transac
         consumer.append(i % 2, query(i))
     consumer.append(0, b"{broken")
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets == consumer.end_offsets())
+        await until(lambda: consumer.committed == consumer.end_offsets())
     await asyncio.wait_for(task, 5)
     assert answered(cluster) == sorted([f"q{i}" for i in range(20)] + ["dlq@0:10"])
     assert consumer.commits == []  # no offset commit outside a transaction
@@ -116,7 +116,7 @@ async def test_a_failed_acknowledgement_aborts_and_the_queries_are_answered_once
     for i in range(30):
         consumer.append(0, query(i))
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets == consumer.end_offsets())
+        await until(lambda: consumer.committed == consumer.end_offsets())
     await asyncio.wait_for(task, 5)
     assert failed
     assert pipeline.exactly_once is not None
@@ -132,9 +132,9 @@ async def test_a_rebalance_mid_stream_answers_every_query_once(
     with running(pipeline) as task:
         await until(lambda: len(cluster.visible) >= 4)
         await consumer.rebalance({P1})
-        await until(lambda: consumer.committed_offsets.get(P1) == 12)
+        await until(lambda: consumer.committed.get(P1) == 12)
         await consumer.rebalance({P0, P1})
-        await until(lambda: consumer.committed_offsets == consumer.end_offsets())
+        await until(lambda: consumer.committed == consumer.end_offsets())
     await asyncio.wait_for(task, 5)
     assert answered(cluster) == sorted(f"q{i}" for i in range(24))
     # every assignment started new producers: each fenced the one before it
@@ -146,7 +146,7 @@ async def test_a_fenced_replica_stops(
 ) -> None:
     consumer.append(0, query(0))
     with running(pipeline) as task:
-        await until(lambda: consumer.committed_offsets.get(P0) == 1)
+        await until(lambda: consumer.committed.get(P0) == 1)
         await cluster.producer(transactional_id("routeworker", P0)).start()  # another owner
         consumer.append(0, query(1))
         with pytest.raises(ExceptionGroup) as stopped:

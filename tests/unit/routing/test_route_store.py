@@ -126,3 +126,18 @@ def test_clear_forgets_everything(tmp_path: Path, make_route: MakeRoute) -> None
     state = store.load()
     assert state.routes == ()
     assert state.version == ()
+
+
+def test_the_caught_up_mark_only_moves_forward_and_goes_with_a_clear(
+    tmp_path: Path, make_route: MakeRoute
+) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    assert store.caught_up_at_ms() is None
+    store.apply([make_route("billing", ["pay my bill"])], [], {0: 1})
+    store.mark_caught_up(2_000)
+    store.mark_caught_up(1_000)  # an older mark never replaces a newer one
+    assert store.caught_up_at_ms() == 2_000
+    assert store.load().caught_up_at_ms == 2_000
+    store.clear()
+    assert store.load().caught_up_at_ms is None
+    assert RouteStore(tmp_path / "routes.db").caught_up_at_ms() is None

@@ -1,6 +1,9 @@
 """Folding mutation records: last valid value per key, tombstones as deletes, malformed ones skipped.
 
-Pure and synchronous (decoding is CPU work): replicas call it from a worker thread.
+Keys in routeworker's reserved namespace are not routes: the calibration record is folded apart
+(its last value wins), any other reserved key is a record type this version does not know, skipped
+and counted like a malformed record. Pure and synchronous (decoding is CPU work): replicas call it
+from a worker thread.
 """
 
 from __future__ import annotations
@@ -11,8 +14,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from worker.contracts import Limits, RouteDefinition, decode_mutation
-from worker.errors import ContractError
+from worker.contracts import (
+    CALIBRATION_KEY,
+    RESERVED_KEY_PREFIX,
+    Limits,
+    RouteDefinition,
+    decode_calibration,
+    decode_mutation,
+)
+from worker.errors import ContractError, ErrorCode
+from worker.replication.calibrations import CalibrationChange
 from worker.routing import RouteVectors
 
 #: turns a decoded definition into its vectors when it can (shipped ones), raising ContractError when
@@ -22,6 +33,8 @@ Resolver = Callable[[RouteDefinition], RouteVectors | None]
 logger = logging.getLogger(__name__)
 
 _YIELD_EVERY = 4
+_RESERVED = RESERVED_KEY_PREFIX.encode("utf-8")
+_CALIBRATION = CALIBRATION_KEY.encode("utf-8")
 
 
 class LogRecord(Protocol):
@@ -60,27 +73,24 @@ class FoldedMutations:
     offsets: dict[int, int] = field(default_factory=dict)
     records: int = 0
     skipped: list[SkippedRecord] = field(default_factory=list)
+    #: the last valid calibration record among these records (None: there was none)
+    calibration: CalibrationChange | None = None
 
     def add(self, record: LogRecord, limits: Limits, resolve: Resolver | None = None) -> None:
         """Fold one record in; a malformed record is logged with its position and skipped, so its
         route keeps the last valid definition."""
         self.records += 1
         self.offsets[record.partition] = max(self.offsets.get(record.partition, 0), record.offset + 1)
+        if record.key is not None and record.key.startswith(_RESERVED):
+            self._add_reserved(record, limits)
+            return
         try:
             mutation = decode_mutation(record.key, record.value, limits)
             vectors = None
             if mutation.definition is not None and resolve is not None:
                 vectors = resolve(mutation.definition)
         except ContractError as error:
-            skipped = SkippedRecord(record.topic, record.partition, record.offset, str(error))
-            self.skipped.append(skipped)
-            logger.warning(
-                "skipped malformed mutation at %s[%d] offset %d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                error,
-            )
+            self._skip(record, error)
             return
         # re-inserting moves the key to the end: changes keep the order of their last record
         self.changes.pop(mutation.name, None)
@@ -88,6 +98,28 @@ class FoldedMutations:
         self.vectors.pop(mutation.name, None)
         if vectors is not None:
             self.vectors[mutation.name] = vectors
+
+    def _add_reserved(self, record: LogRecord, limits: Limits) -> None:
+        try:
+            if record.key != _CALIBRATION:
+                raise ContractError(
+                    ErrorCode.SCHEMA, f"record type {record.key!r} is unknown to this version"
+                )
+            decoded = None if record.value is None else decode_calibration(record.value, limits)
+        except ContractError as error:
+            self._skip(record, error)
+            return
+        self.calibration = CalibrationChange(record.value, decoded)
+
+    def _skip(self, record: LogRecord, error: ContractError) -> None:
+        self.skipped.append(SkippedRecord(record.topic, record.partition, record.offset, str(error)))
+        logger.warning(
+            "skipped malformed mutation at %s[%d] offset %d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error,
+        )
 
     def merge(self, later: FoldedMutations) -> None:
         """Fold ``later`` (records after these) into this one."""
@@ -100,6 +132,8 @@ class FoldedMutations:
             self.offsets[partition] = max(self.offsets.get(partition, 0), offset)
         self.records += later.records
         self.skipped.extend(later.skipped)
+        if later.calibration is not None:
+            self.calibration = later.calibration
 
 
 def fold(records: Iterable[LogRecord], limits: Limits, resolve: Resolver | None = None) -> FoldedMutations:

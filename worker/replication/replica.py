@@ -18,18 +18,38 @@ from pathlib import Path
 
 from worker.background import background_executor
 from worker.config import Settings
+from worker.contracts import CALIBRATION_KEY, decode_calibration
 from worker.embedding import EncoderPool
+from worker.errors import ContractError
+from worker.replication.calibrations import CalibrationChange, served_calibration
 from worker.replication.fold import FoldedMutations, LogRecord, fold
 from worker.replication.log import MutationLog
 from worker.replication.resolve import ResolvedChanges, resolve_changes
 from worker.replication.stats import ReplicaStats
 from worker.replication.vectors import embed_routes, shipped_vectors
-from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
+from worker.routing import (
+    IndexSettings,
+    RouteCalibration,
+    RouteStore,
+    RouteTable,
+    RouteVectors,
+    TableVersion,
+    make_version,
+)
 from worker.routing.index_file import MANIFEST
+from worker.routing.table import KEEP
 
 logger = logging.getLogger(__name__)
 
 _ABSENT = object()
+
+
+class _Install:
+    """A calibration record to store (``value``, None: forget) and what to serve from it."""
+
+    def __init__(self, value: bytes | None, calibration: RouteCalibration | None) -> None:
+        self.value = value
+        self.calibration = calibration
 
 
 def index_dir_for(store_path: Path) -> Path:
@@ -59,6 +79,8 @@ class RouteReplica:
         self._stored: dict[int, int] = {}
         #: changes stored but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
+        #: a calibration stored but not yet in service (only while catching up)
+        self._pending_calibration: _Install | None = None
         #: live mutations are decoded and written here, at a lower priority than the queries
         self._background = background_executor("route-apply", settings.background_nice)
 
@@ -85,10 +107,25 @@ class RouteReplica:
             await asyncio.to_thread(store.apply, fresh, [], {})
             routes.extend(fresh)
             self.stats.re_embedded_at_open += len(fresh)
-        self._table = await asyncio.to_thread(self._build_table, routes, state.version)
+        table = await asyncio.to_thread(self._build_table, routes, state.version)
+        stored = state.records.get(CALIBRATION_KEY)
+        if stored is not None:
+            install = await asyncio.to_thread(self._decode_stored, stored)
+            if install is not None:
+                table.apply([], [], state.version, calibration=install.calibration)
+        self._table = table
         self._store = store
         self._stored = dict(state.version)
         logger.info("route replica opened: %d routes at %s", len(routes), state.version)
+
+    def _decode_stored(self, value: bytes) -> _Install | None:
+        # the stored record was valid when read from the log; decoding it again gives the same result
+        try:
+            record = decode_calibration(value, self.settings.limits)
+        except ContractError as error:
+            logger.warning("stored calibration record is unreadable (%s): serving none", error)
+            return _Install(value, None)
+        return self._installable(CalibrationChange(value, record))
 
     def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
@@ -154,7 +191,7 @@ class RouteReplica:
         )
         store, table = self._require()
         await asyncio.to_thread(store.clear)
-        await asyncio.to_thread(table.apply, [], table.route_names(), ())
+        await asyncio.to_thread(functools.partial(table.apply, [], table.route_names(), (), calibration=None))
         self._stored = {}
         self.stats.rebuilt_from_log += 1
 
@@ -168,12 +205,12 @@ class RouteReplica:
         writing: asyncio.Future[None] | None = None
         try:
             async for records in log.up_to_end(self._stopping.is_set):
-                folded, resolved = await self._resolve(records)
+                folded, resolved, install = await self._resolve(records)
                 self.stats.replayed_on_start += folded.records
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(
-                    asyncio.to_thread(self._commit, store, table, resolved, folded.offsets, True)
+                    asyncio.to_thread(self._commit, store, table, resolved, install, folded.offsets, True)
                 )
         finally:
             if writing is not None:
@@ -185,56 +222,90 @@ class RouteReplica:
         Runs on the low-priority background thread: queries keep the CPU while mutations apply.
         """
         store, table = self._require()
-        folded, resolved = await self._resolve(records, background=True)
-        commit = functools.partial(self._commit, store, table, resolved, folded.offsets, False)
+        folded, resolved, install = await self._resolve(records, background=True)
+        commit = functools.partial(self._commit, store, table, resolved, install, folded.offsets, False)
         await asyncio.get_running_loop().run_in_executor(self._background, commit)
         await self._notify()
 
     async def _resolve(
         self, records: list[LogRecord], *, background: bool = False
-    ) -> tuple[FoldedMutations, ResolvedChanges]:
+    ) -> tuple[FoldedMutations, ResolvedChanges, _Install | None]:
         # catching up (nothing else to do yet) runs at full speed in the default executor
         executor = self._background if background else None
         loop = asyncio.get_running_loop()
-        folded, resolved = await loop.run_in_executor(executor, self._prepare, records)
+        folded, resolved, install = await loop.run_in_executor(executor, self._prepare, records)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
             resolved.upserts.extend(await embed_routes(self.encoder, resolved.to_embed))
-        return folded, resolved
+        return folded, resolved, install
 
-    def _prepare(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges]:
-        # Runs in a worker thread: decoding and checking vectors is CPU work.
+    def _prepare(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges, _Install | None]:
+        # Runs in a worker thread: decoding and checking vectors (and a calibration's weights) is CPU work.
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
         folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
         self.stats.records += folded.records
         self.stats.skipped_malformed += len(folded.skipped)
-        return folded, resolve_changes(folded, self._current, fingerprint, self.stats)
+        install = self._installable(folded.calibration) if folded.calibration is not None else None
+        return folded, resolve_changes(folded, self._current, fingerprint, self.stats), install
+
+    def _installable(self, change: CalibrationChange) -> _Install | None:
+        """What to store and serve for a calibration record; None when it must be skipped."""
+        try:
+            calibration = served_calibration(change.record, self.encoder.fingerprint, self.encoder.dim)
+        except ContractError as error:
+            self.stats.skipped_malformed += 1
+            logger.warning("skipped a calibration record: %s", error)
+            return None
+        if change.record is not None and calibration is None:
+            self.stats.calibrations_of_other_models += 1
+            logger.warning(
+                "the calibration in the log was made with model %s, not %s: serving none",
+                change.record.fingerprint,
+                self.encoder.fingerprint,
+            )
+        elif calibration is not None:
+            self.stats.calibrations += 1
+        return _Install(change.value, calibration)
 
     def _commit(
         self,
         store: RouteStore,
         table: RouteTable,
         resolved: ResolvedChanges,
+        install: _Install | None,
         offsets: dict[int, int],
         catching_up: bool,
     ) -> None:
-        # Runs in a worker thread: store first (state + offsets in one transaction), then the table.
-        store.apply(resolved.upserts, resolved.deletes, offsets)
+        # Runs in a worker thread: store first (state + offsets in one transaction), then the table,
+        # whose new snapshot carries the routes and the calibration of this batch together.
+        records = {CALIBRATION_KEY: install.value} if install is not None else None
+        store.apply(resolved.upserts, resolved.deletes, offsets, records)
         self._stored.update(offsets)
         self.stats.batches += 1
         self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
         if catching_up:
             self._pending.update((rv.name, rv) for rv in resolved.upserts)
             self._pending.update((name, None) for name in resolved.deletes)
+            if install is not None:
+                self._pending_calibration = install
         else:
-            table.apply(resolved.upserts, resolved.deletes, make_version(self._stored))
+            calibration = install.calibration if install is not None else KEEP
+            table.apply(
+                resolved.upserts, resolved.deletes, make_version(self._stored), calibration=calibration
+            )
 
     async def _become_ready(self) -> None:
         _, table = self._require()
         pending, self._pending = self._pending, {}
+        install, self._pending_calibration = self._pending_calibration, None
         upserts = [rv for rv in pending.values() if rv is not None]
         deletes = [name for name, rv in pending.items() if rv is None]
-        await asyncio.to_thread(table.apply, upserts, deletes, make_version(self._stored))
+        calibration = install.calibration if install is not None else KEEP
+        await asyncio.to_thread(
+            functools.partial(
+                table.apply, upserts, deletes, make_version(self._stored), calibration=calibration
+            )
+        )
         self.ready.set()
         await self._notify()
         logger.info(

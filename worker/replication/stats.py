@@ -31,6 +31,10 @@ class ReplicaStats:
     rebuilt_from_log: int = 0
     #: routes re-embedded at start because the store held vectors of another model
     re_embedded_at_open: int = 0
+    #: calibration records decoded and put into service (with the batch that carried them)
+    calibrations: int = 0
+    #: calibration records made with another model's vectors (none is served then)
+    calibrations_of_other_models: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

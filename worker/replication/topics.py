@@ -15,6 +15,9 @@ from worker.kafka_client import client_options
 
 logger = logging.getLogger(__name__)
 
+#: room for the record batch's own header around the largest record
+_BATCH_OVERHEAD = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -35,13 +38,23 @@ class TopicStatus:
     warning: str = ""
 
 
+def mutation_topic_configs(settings: Settings) -> dict[str, str]:
+    """The mutation log is compacted (one record per key) and takes records up to
+    ``max_mutation_bytes``: the calibration record (a learned head of a few MB for a couple of
+    thousand routes) is larger than Kafka's default 1 MB record limit."""
+    return {
+        "cleanup.policy": "compact",
+        "max.message.bytes": str(settings.max_mutation_bytes + _BATCH_OVERHEAD),
+    }
+
+
 def topic_specs(settings: Settings, partitions: int, mutation_partitions: int = 1) -> list[TopicSpec]:
-    """The topics a deployment needs; the mutation log is compacted (one record per route)."""
+    """The topics a deployment needs (see :func:`mutation_topic_configs` for the mutation log)."""
     return [
         TopicSpec(settings.topic_queries, partitions, {}),
         TopicSpec(settings.topic_intents, partitions, {}),
         TopicSpec(settings.topic_dlq, partitions, {}),
-        TopicSpec(settings.topic_mutations, mutation_partitions, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_mutations, mutation_partitions, mutation_topic_configs(settings)),
     ]
 
 

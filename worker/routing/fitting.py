@@ -15,8 +15,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
+from worker.routing.head import HeadConfig, RouteHead, train_head
+from worker.routing.route_calibration import CalibrationEstimate, RouteCalibration, half_precision
 from worker.routing.router import Router
-from worker.routing.scoring import RouteScores, Thresholds
+from worker.routing.scoring import RouteScores, ScoringConfig, Thresholds
+from worker.routing.table import RouteTable
 from worker.routing.threshold_search import (
     ACCEPT_ALL,
     Cut,
@@ -34,8 +37,10 @@ __all__ = [
     "FittedThresholds",
     "WeightChoice",
     "cross_validate",
+    "fit_calibration",
     "fit_head_weight",
     "fit_thresholds",
+    "fitted_calibration",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,7 +137,11 @@ def fit_head_weight(
     best: tuple[float, Router, _Prepared] | None = None
     for weight in sorted(set(weights)):
         candidate = Router(
-            router.table, replace(router.config, head_weight=float(weight)), router.thresholds, router.head
+            router.table,
+            replace(router.config, head_weight=float(weight)),
+            router.thresholds,
+            router.head,
+            calibrated=router.calibrated,
         )
         prepared = _prepare(candidate, vectors, labels)
         estimate = _cross_validate(prepared, min_examples, None, folds)
@@ -154,10 +163,18 @@ def _prepare(router: Router, vectors: npt.ArrayLike, labels: Sequence[str | None
     if label_codes.shape[0] != ranked.starts.shape[0] - 1:
         raise ValueError(f"{label_codes.shape[0]} labels for {ranked.starts.shape[0] - 1} vectors")
     current = router.thresholds
-    current_default = current.default if current is not None else router.config.default_threshold
+    calibration = router.calibration_for(snapshot)
+    if current is not None:
+        current_default = current.default
+    elif calibration is not None:
+        current_default = calibration.default_threshold
+    else:
+        current_default = router.config.default_threshold
     thresholds = np.array([router.threshold_for(snapshot, name) for name in names])
     return _Prepared(
-        names, _scored(ranked, code, label_codes), Cut(thresholds, current_default, router.margin)
+        names,
+        _scored(ranked, code, label_codes),
+        Cut(thresholds, current_default, router.margin_for(snapshot)),
     )
 
 
@@ -237,3 +254,67 @@ def _folds(labels: Labels, folds: int) -> npt.NDArray[np.int64]:
     fold = np.empty(labels.size, dtype=np.int64)
     fold[order[by_label]] = (rank + np.repeat(np.arange(begins.size), sizes)) % max(folds, 1)
     return fold
+
+
+def fit_calibration(
+    table: RouteTable,
+    vectors: npt.ArrayLike,
+    labels: Sequence[str | None],
+    *,
+    scoring: ScoringConfig | None = None,
+    head: HeadConfig | None = None,
+    head_weight: float | None = None,
+) -> tuple[RouteCalibration, FittedThresholds]:
+    """A calibration of ``table``'s routes fitted on labelled examples (what `routeworker fit` ships).
+
+    With ``head`` a head is trained on the routes (rounded to float16, as it is shipped) and its
+    weight is chosen by cross-validation unless ``head_weight`` is given. The fallback threshold
+    (for routes changed after this calibration) is fitted on the kNN scores alone.
+    """
+    scoring = scoring or ScoringConfig()
+    routes = table.snapshot().ordered_routes()
+    knn = Router(table, replace(scoring, head_weight=0.0), calibrated=False)
+    fallback = fit_thresholds(knn, vectors, labels, folds=1)
+    if head is None or len(routes) < 2:
+        fitted = fit_thresholds(knn, vectors, labels)
+        return fitted_calibration(knn, fitted, fallback, None), fitted
+    trained = half_precision(train_head(routes, head))
+    base = Router(table, scoring, head=trained, calibrated=False)
+    if head_weight is not None:
+        router = Router(table, replace(scoring, head_weight=head_weight), head=trained, calibrated=False)
+        fitted = fit_thresholds(router, vectors, labels)
+    else:
+        router, fitted = fit_head_weight(base, vectors, labels)
+    return fitted_calibration(router, fitted, fallback, trained), fitted
+
+
+def fitted_calibration(
+    router: Router, fitted: FittedThresholds, fallback: FittedThresholds, head: RouteHead | None
+) -> RouteCalibration:
+    """The calibration that serves what ``router`` was fitted to (``fitted``), with ``head``."""
+    routes = {rv.name: rv.training_digest for rv in router.table.snapshot().routes()}
+    measured = fitted.cross_validated
+    examples = sum(count for _, count in fitted.examples_per_route)
+    estimate = None
+    if measured is not None:
+        estimate = CalibrationEstimate(
+            held_out="labelled examples",
+            examples=measured.examples,
+            accuracy=measured.accuracy,
+            in_scope_accuracy=measured.in_scope_accuracy,
+            no_match_recall=measured.no_match_recall if measured.no_match_examples else None,
+            folds=FOLDS,
+        )
+        examples = measured.examples
+    return RouteCalibration(
+        fingerprint=router.table.fingerprint,
+        routes=dict(head.digests) if head is not None else routes,
+        head=head,
+        head_weight=router.config.head_weight if head is not None else 0.0,
+        default_threshold=fitted.default,
+        fallback_threshold=fallback.default,
+        margin=fitted.margin,
+        per_route=dict(fitted.per_route),
+        method=f"fit on {examples} labelled examples",
+        estimate=estimate,
+    )

@@ -71,6 +71,14 @@ def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     return out
 
 
+def _softmax32(logits: Weights) -> Weights:
+    """Row-wise softmax in place, float32 (training only: a batch's rows sum to one within 1e-6)."""
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
+
+
 def train_layers(
     x: Vectors, y: npt.NDArray[np.int64], positive: npt.NDArray[np.bool_], routes: int, config: HeadConfig
 ) -> HeadLayers:
@@ -124,32 +132,41 @@ def _gradients(
     config: HeadConfig,
     rng: np.random.Generator,
 ) -> list[Weights]:
-    inputs = (config.scale * xb).astype(np.float32)
+    # float32 throughout: the softmax over every route is most of the cost of a step
+    inputs: Weights = xb * np.float32(config.scale)
+    features: Weights
     if config.hidden:
-        pre = inputs @ params[0] + params[1]
+        pre: Weights = inputs @ params[0] + params[1]
         mask = (pre > 0).astype(np.float32)
         if config.dropout:
-            keep = rng.random(pre.shape) >= config.dropout
-            mask *= keep.astype(np.float32) / np.float32(1.0 - config.dropout)
+            keep = rng.random(pre.shape, dtype=np.float32) >= config.dropout
+            mask *= keep * np.float32(1.0 / (1.0 - config.dropout))
         features = pre * mask
         weights, bias = params[2], params[3]
     else:
         features, weights, bias = inputs, params[0], params[1]
-    probs = softmax(features @ weights + bias)
+    logits: Weights = features @ weights + bias
+    probs = _softmax32(logits)
     rows = np.arange(yb.size)
-    onehot = np.zeros_like(probs)
-    onehot[rows, yb] = 1.0
-    smoothing = config.label_smoothing
-    target = (1.0 - smoothing) * onehot + smoothing / probs.shape[1]
-    # Negatives: d/dlogits of -log(1 - p_route) pushes the route's logit down, the others up.
-    p_own = probs[rows, yb]
-    push = (p_own / np.maximum(1.0 - p_own, 1e-6))[:, None] * (onehot - probs)
-    grad = (np.where(pos[:, None], probs - target, push) / yb.size).astype(np.float32)
-    grads = [features.T @ grad + config.l2 * weights, grad.sum(axis=0)]
+    n, routes = probs.shape
+    if pos.all():
+        # d/dlogits of label-smoothed cross-entropy: p - ((1 - s) * onehot + s / routes)
+        grad = probs - np.float32(config.label_smoothing / routes)
+        grad[rows, yb] -= np.float32(1.0 - config.label_smoothing)
+    else:
+        onehot = np.zeros_like(probs)
+        onehot[rows, yb] = 1.0
+        target = (1.0 - config.label_smoothing) * onehot + np.float32(config.label_smoothing / routes)
+        # Negatives: d/dlogits of -log(1 - p_route) pushes the route's logit down, the others up.
+        p_own = probs[rows, yb]
+        push = (p_own / np.maximum(1.0 - p_own, np.float32(1e-6)))[:, None] * (onehot - probs)
+        grad = np.where(pos[:, None], probs - target, push).astype(np.float32)
+    grad *= np.float32(1.0 / n)
+    grads = [features.T @ grad + np.float32(config.l2) * weights, grad.sum(axis=0)]
     if not config.hidden:
         return grads
     back = (grad @ weights.T) * mask
-    return [inputs.T @ back + config.l2 * params[0], back.sum(axis=0), *grads]
+    return [inputs.T @ back + np.float32(config.l2) * params[0], back.sum(axis=0), *grads]
 
 
 def _adam(
@@ -162,11 +179,18 @@ def _adam(
     beta1: float = 0.9,
     beta2: float = 0.999,
 ) -> None:
+    scale_m = np.float32(rate / (1 - beta1**step))
+    scale_v = np.float32(1.0 / (1 - beta2**step))
     for param, g, m, v in zip(params, grads, moments, squares, strict=True):
-        m *= beta1
-        m += (1 - beta1) * g
-        v *= beta2
-        v += (1 - beta2) * g * g
-        m_hat = m / (1 - beta1**step)
-        v_hat = v / (1 - beta2**step)
-        param -= (rate * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(np.float32)
+        m *= np.float32(beta1)
+        m += np.float32(1 - beta1) * g
+        v *= np.float32(beta2)
+        g *= g
+        v += np.float32(1 - beta2) * g
+        # the update, computed in place in g's buffer: rate * m_hat / (sqrt(v_hat) + eps)
+        np.multiply(v, scale_v, out=g)
+        np.sqrt(g, out=g)
+        g += np.float32(1e-8)
+        np.divide(m, g, out=g)
+        g *= scale_m
+        param -= g

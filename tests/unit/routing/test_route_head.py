@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -15,7 +13,7 @@ from worker.routing import (
     l2_normalise,
 )
 from worker.routing.fitting import fit_head_weight
-from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
+from worker.routing.head import HeadConfig, RouteHead, train_head
 from worker.routing.threshold_search import best_cuts
 
 DIM = 32
@@ -139,8 +137,10 @@ def test_changed_route_is_not_scored_by_the_stale_head() -> None:
     head = train_head(table.snapshot().routes())
     rng = np.random.default_rng(4)
     elsewhere = l2_normalise(rng.normal(size=(1, DIM)))
-    # r00 moves far away: near its old centre it must lose, near its new one it must win.
-    table.apply([_route(names[0], _near(rng, elsewhere[0], 10, 0.5))], [], ((0, 1),))
+    # r00 gets new utterances far away: near its old centre it must lose, near its new one it must win.
+    moved_vectors = _near(rng, elsewhere[0], 10, 0.5)
+    rewritten = Route(names[0], tuple(f"{names[0]} rewritten {j}" for j in range(10)))
+    table.apply([RouteVectors(rewritten, moved_vectors, np.zeros((0, DIM), np.float32), FP)], [], ((0, 1),))
     snapshot = table.snapshot()
     moved = snapshot.route(names[0])
     assert moved is not None
@@ -160,23 +160,17 @@ def test_deleted_route_is_never_returned() -> None:
     assert all(c.route != names[0] for d in decisions for c in d.candidates)
 
 
-def test_trainer_swaps_the_head_in_and_skips_known_tables() -> None:
+def test_a_threshold_or_metadata_edit_keeps_the_head_for_the_route() -> None:
     table, *_ = _world()
-    router = Router(table, ScoringConfig())
-    landed = threading.Event()
-
-    def swap(head: RouteHead) -> None:
-        router.head = head
-        landed.set()
-
-    trainer = HeadTrainer(swap, HeadConfig(epochs=2))
-    assert trainer.maybe_train(table)
-    trainer.wait()
-    assert landed.is_set()
-    assert router.head is not None
-    assert set(router.head.digests) == set(table.route_names())
-    assert not trainer.maybe_train(table)  # same digest: nothing to do
-    assert trainer.last_error is None
+    head = train_head(table.snapshot().routes())
+    before = table.snapshot().route("r00")
+    assert before is not None
+    edited = Route("r00", before.route.utterances, threshold=0.3, metadata={"team": "billing"})
+    table.apply([RouteVectors(edited, before.utterance_vectors, before.negative_vectors, FP)], [], ((0, 1),))
+    after = table.snapshot().route("r00")
+    assert after is not None
+    assert after.digest != before.digest  # the table changed
+    assert head.column(after) == head.column(before) >= 0  # the head still knows the route
 
 
 def _labelled(seed: int, routes: int = 12) -> tuple[RouteTable, np.ndarray, list[str | None]]:

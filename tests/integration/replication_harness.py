@@ -15,6 +15,7 @@ from worker.contracts import RouteDefinition
 from worker.embedding import EncoderPool
 from worker.replication import RouteReplica, TopicSpec, ensure_topics
 from worker.replication.kafka import running
+from worker.replication.topics import mutation_topic_configs
 from worker.replication.vectors import shipped_vectors
 from worker.routing import RouteVectors
 from worker.routing.index import table_digest
@@ -29,7 +30,7 @@ def mutation_settings(bootstrap: str, **overrides: object) -> Settings:
 
 async def create_mutation_topic(settings: Settings, partitions: int = 3) -> None:
     await ensure_topics(
-        settings, [TopicSpec(settings.topic_mutations, partitions, {"cleanup.policy": "compact"})]
+        settings, [TopicSpec(settings.topic_mutations, partitions, mutation_topic_configs(settings))]
     )
 
 

@@ -18,7 +18,7 @@ from worker.contracts import RoutedIntent
 from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
-from worker.routing import RouteTable
+from worker.routing import RouteTable, self_fit
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -91,9 +91,12 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
             records = await reader.wait_for(lambda rs: len(rs) == 1)
             assert RoutedIntent.model_validate_json(records[0].value).route == "music"
             assert telemetry.health.readiness() == (True, "consuming")
-            # the learned head is trained on the served table in the background and put in service
-            routes = len(replicas[0].table)
-            await wait_for(lambda: f"routeworker_route_head_routes {routes}" in telemetry.metrics_text())
+            # a calibration applied to the table (as a replica applies one from the log) is served,
+            # and the head gauge says so
+            table = replicas[0].table
+            calibration = self_fit(list(table.snapshot().routes()))
+            table.apply([], [], table.version, calibration=calibration)
+            await wait_for(lambda: f"routeworker_route_head_routes {len(table)}" in telemetry.metrics_text())
     finally:
         if not worker.done():  # run_worker's own handler turns it into a graceful stop
             os.kill(os.getpid(), signal.SIGTERM)

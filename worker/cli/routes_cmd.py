@@ -81,7 +81,7 @@ async def _apply_async(settings: Settings, routes: list[RouteDefinition], args: 
         with console.status("loading the embedding model"):
             encoder = await asyncio.to_thread(encoder_pool, settings)
     try:
-        fingerprint = encoder.fingerprint if encoder is not None else None
+        fingerprint = encoder.fingerprint if encoder is not None and args.with_embeddings else None
         with console.status(f"reading {settings.topic_mutations}"):
             plan, state = await plan_routes(settings, routes, prune=args.prune, fingerprint=fingerprint)
         console.print(f"{settings.topic_mutations}: {len(state.routes)} routes in {state.records} records")
@@ -112,7 +112,8 @@ async def _apply_async(settings: Settings, routes: list[RouteDefinition], args: 
     finally:
         if encoder is not None:
             encoder.close()
-    console.print(f"published {receipt.published} records; log now at {receipt.positions}")
+    calibrated = " and a calibration" if record is not None else ""
+    console.print(f"published {len(plan.changes)} mutations{calibrated}; log now at {receipt.positions}")
     return 0
 
 

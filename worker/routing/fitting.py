@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: folds of the cross-validation; examples are assigned per label by a fixed-seed shuffle
 FOLDS = 5
+#: ``min_examples`` that gives every route the default threshold (no per-route thresholds)
+ONE_THRESHOLD = 2**31
 
 
 @dataclass(frozen=True)
@@ -268,15 +270,16 @@ def fit_calibration(
     """A calibration of ``table``'s routes fitted on labelled examples (what `routeworker fit` ships).
 
     With ``head`` a head is trained on the routes (rounded to float16, as it is shipped) and its
-    weight is chosen by cross-validation unless ``head_weight`` is given. The fallback threshold
-    (for routes changed after this calibration) is fitted on the kNN scores alone.
+    weight is chosen by cross-validation unless ``head_weight`` is given; per-route thresholds are
+    kept only if they cross-validate better than one threshold for all. The fallback threshold
+    (for routes changed after this calibration) is one threshold fitted on the kNN scores alone.
     """
     scoring = scoring or ScoringConfig()
     routes = table.snapshot().ordered_routes()
     knn = Router(table, replace(scoring, head_weight=0.0), calibrated=False)
-    fallback = fit_thresholds(knn, vectors, labels, folds=1)
+    fallback = fit_thresholds(knn, vectors, labels, folds=1, min_examples=ONE_THRESHOLD)
     if head is None or len(routes) < 2:
-        fitted = fit_thresholds(knn, vectors, labels)
+        fitted = _per_route_or_one(knn, vectors, labels, fit_thresholds(knn, vectors, labels))
         return fitted_calibration(knn, fitted, fallback, None), fitted
     trained = half_precision(train_head(routes, head))
     base = Router(table, scoring, head=trained, calibrated=False)
@@ -285,7 +288,26 @@ def fit_calibration(
         fitted = fit_thresholds(router, vectors, labels)
     else:
         router, fitted = fit_head_weight(base, vectors, labels)
+    fitted = _per_route_or_one(router, vectors, labels, fitted)
     return fitted_calibration(router, fitted, fallback, trained), fitted
+
+
+def _per_route_or_one(
+    router: Router, vectors: npt.ArrayLike, labels: Sequence[str | None], fitted: FittedThresholds
+) -> FittedThresholds:
+    """Per-route thresholds, or one threshold for every route, whichever cross-validates better.
+
+    A route with a few dozen examples (and "no match" examples that rarely land on it) can fit its
+    own threshold to them; the cross-validation says whether that generalises (the one threshold
+    wins ties: fewer numbers fitted).
+    """
+    one = cross_validate(router, vectors, labels, min_examples=ONE_THRESHOLD)
+    if fitted.cross_validated is not None and one.accuracy < fitted.cross_validated.accuracy:
+        return fitted
+    logger.info("one threshold for every route: cross-validated accuracy %.4f", one.accuracy)
+    return replace(
+        fit_thresholds(router, vectors, labels, min_examples=ONE_THRESHOLD), head_weights=fitted.head_weights
+    )
 
 
 def fitted_calibration(

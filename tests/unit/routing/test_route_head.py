@@ -235,3 +235,35 @@ def test_head_weight_is_chosen_by_cross_validated_accuracy() -> None:
         assert router.thresholds is fitted
         chosen.add(router.config.head_weight)
     assert chosen != {0.0}  # the worlds do make a head weight win
+
+
+def test_large_tables_train_on_route_groups_covering_every_example_once_per_epoch() -> None:
+    from worker.routing.head_batches import epoch_batches, neighbours
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(40), [3 + (i % 25) for i in range(40)])  # 3 to 27 examples per route
+    x = l2_normalise(rng.normal(size=(y.size, DIM)))
+    nearest = neighbours(x, y, np.ones(y.size, np.bool_), 40, 5)
+    assert nearest.shape == (40, 5)
+    assert not (nearest == np.arange(40)[:, None]).any()  # a route is not its own competitor
+    batches = list(epoch_batches(y, 40, 32, np.random.default_rng(1), nearest))
+    rows = np.concatenate([b.rows for b in batches])
+    assert np.array_equal(np.sort(rows), np.arange(y.size))  # every example, once
+    for batch in batches:
+        assert batch.columns is not None
+        assert set(y[batch.rows]) <= set(batch.columns.tolist())  # its routes are in its softmax
+        assert np.bincount(y[batch.rows]).max() <= 10  # no route floods a batch
+    again = list(epoch_batches(y, 40, 32, np.random.default_rng(1), nearest))
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(batches, again, strict=True))
+
+
+def test_a_sampled_softmax_still_learns_and_is_deterministic() -> None:
+    table, centres, _, names = _world(routes=30)
+    config = HeadConfig(epochs=20, softmax_routes=8)
+    head = train_head(table.snapshot().routes(), config)
+    again = train_head(table.snapshot().routes(), config)
+    assert np.array_equal(head.weights, again.weights)
+    rng = np.random.default_rng(7)
+    queries = np.concatenate([_near(rng, c, 5, 0.9) for c in centres])
+    truth = np.repeat(np.arange(len(names)), 5)
+    assert float(np.mean(head.probabilities(queries).argmax(axis=1) == truth)) >= 0.9

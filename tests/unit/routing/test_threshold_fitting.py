@@ -151,3 +151,40 @@ def test_best_cut_is_optimal_for_one_route(examples: list[tuple[int, float]]) ->
     achieved = gain[score >= threshold].sum()
     best = max(0.0, *(gain[score >= t].sum() for t in score))
     assert achieved == best
+
+
+def test_fit_calibration_ships_what_it_fitted() -> None:
+    from worker.routing.fitting import fit_calibration
+    from worker.routing.head import HeadConfig
+
+    rng = np.random.default_rng(11)
+    dim = 16
+    centres = l2_normalise(rng.normal(size=(6, dim)))
+    routes = [
+        RouteVectors(
+            Route(f"r{i}", tuple(f"r{i} {j}" for j in range(8))),
+            l2_normalise(c + 0.6 * rng.normal(size=(8, dim)) / np.sqrt(dim)),
+            np.zeros((0, dim), np.float32),
+            "synthetic",
+        )
+        for i, c in enumerate(centres)
+    ]
+    table = RouteTable(dim, "synthetic")
+    table.apply(routes, [], ())
+    examples = np.concatenate(
+        [l2_normalise(c + 0.6 * rng.normal(size=(10, dim)) / np.sqrt(dim)) for c in centres]
+    )
+    far = l2_normalise(rng.normal(size=(20, dim)))
+    labels: list[str | None] = [f"r{i}" for i in range(6) for _ in range(10)] + [None] * 20
+    calibration, fitted = fit_calibration(
+        table, np.concatenate([examples, far]), labels, head=HeadConfig(hidden=16, epochs=4)
+    )
+    assert calibration.head is not None
+    assert all(calibration.covers(rv) for rv in routes)
+    assert calibration.default_threshold == fitted.default
+    assert dict(calibration.per_route) == dict(fitted.per_route)
+    assert calibration.estimate is not None
+    assert calibration.estimate.no_match_recall is not None
+    assert np.isfinite(calibration.fallback_threshold)
+    served = Router(table, calibration=calibration)
+    assert served.threshold_for(table.snapshot(), "r0") == calibration.per_route.get("r0", fitted.default)

@@ -127,7 +127,15 @@ def main() -> int:
     )
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per k (default 5)")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument(
+        "--from-json",
+        action="store_true",
+        help="only redraw accuracy.md, accuracy.png and the README from --out",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        publish(args.out, readme=not args.no_readme)
+        return 0
 
     settings = load_settings()
     spec = resolve_model(settings)
@@ -150,16 +158,21 @@ def main() -> int:
         "datasets": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / "accuracy.json"
-    json_path.write_text(json.dumps(manifest, indent=1, default=_plain))
+    (args.out / "accuracy.json").write_text(json.dumps(manifest, indent=1, default=_plain))
+    publish(args.out, readme=not args.no_readme)
+    return 0
+
+
+def publish(out: Path, *, readme: bool) -> None:
+    """accuracy.md, accuracy.png and the README's accuracy block, all from accuracy.json."""
+    json_path = out / "accuracy.json"
     markdown = render_markdown(json.loads(json_path.read_text()))
-    (args.out / "accuracy.md").write_text(markdown)
-    run_plot(json_path, args.out / "accuracy.png")
-    if not args.no_readme:
+    (out / "accuracy.md").write_text(markdown)
+    run_plot(json_path, out / "accuracy.png")
+    if readme:
         update_readme(REPO / "README.md", markdown)
     console.print(markdown)
-    console.print(f"wrote {json_path}, accuracy.md and accuracy.png")
-    return 0
+    console.print(f"wrote {out / 'accuracy.md'} and {out / 'accuracy.png'} from {json_path}")
 
 
 def _plain(value: object) -> object:

@@ -22,7 +22,7 @@ from datasets import Dataset, Split
 from metrics import report
 
 from worker.routing import Route, RouteCalibration, Router, RouteTable, RouteVectors, ScoringConfig, self_fit
-from worker.routing.fitting import fit_calibration
+from worker.routing.fit_calibration import fit_calibration
 from worker.routing.head import HeadConfig, train_head
 from worker.routing.route_calibration import half_precision
 from worker.routing.self_fit import SelfFitConfig

@@ -29,7 +29,8 @@ from worker.replication.errors import RouteFileError
 from worker.replication.routefile import dump_routes, load_route_file
 from worker.replication.vectors import embed_routes, route_of
 from worker.routing import FittedThresholds, RouteCalibration, RouteTable, RouteVectors, self_fit
-from worker.routing.fitting import FitMetrics, fit_calibration
+from worker.routing.fit_calibration import fit_calibration
+from worker.routing.fitting import FitMetrics
 from worker.routing.head import HeadConfig
 from worker.routing.types import Vectors
 

@@ -8,6 +8,7 @@ the same bytes.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 
@@ -17,14 +18,19 @@ from worker.contracts import (
     CALIBRATION_KEY,
     CalibratedRoute,
     HalfMatrix,
+    Limits,
     RouteCalibrationRecord,
     ShippedEstimate,
     ShippedHead,
+    decode_calibration,
     encode,
 )
 from worker.errors import ContractError, ErrorCode
+from worker.replication.stats import ReplicaStats
 from worker.routing import CalibrationEstimate, RouteCalibration, RouteHead
 from worker.routing.route_calibration import ACCEPT_ALL, calibrated_digest, half_precision
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,3 +147,52 @@ def served_calibration(
             ErrorCode.EMBEDDING_SHAPE, f"calibration for vectors of dimension {record.dim}, model has {dim}"
         )
     return calibration_of(record)
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationInstall:
+    """A calibration record to store (``value``; None forgets it) and what to serve from it."""
+
+    value: bytes | None
+    calibration: RouteCalibration | None
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationContext:
+    """What a replica decides a calibration record's fate by: its model, its limits, its counters."""
+
+    fingerprint: str
+    dim: int
+    limits: Limits
+    stats: ReplicaStats
+
+
+def installable(change: CalibrationChange, context: CalibrationContext) -> CalibrationInstall | None:
+    """What a replica stores and serves for the latest calibration record of a batch; None when the
+    record is inconsistent (skipped and counted: the calibration in service stays)."""
+    try:
+        calibration = served_calibration(change.record, context.fingerprint, context.dim)
+    except ContractError as error:
+        context.stats.skipped_malformed += 1
+        logger.warning("skipped a calibration record: %s", error)
+        return None
+    if change.record is not None and calibration is None:
+        context.stats.calibrations_of_other_models += 1
+        logger.warning(
+            "the calibration in the log was made with model %s, not %s: serving none",
+            change.record.fingerprint,
+            context.fingerprint,
+        )
+    elif calibration is not None:
+        context.stats.calibrations += 1
+    return CalibrationInstall(change.value, calibration)
+
+
+def stored_calibration(value: bytes, context: CalibrationContext) -> CalibrationInstall | None:
+    """The same decision for the record a replica's store kept (valid when it was read)."""
+    try:
+        record = decode_calibration(value, context.limits)
+    except ContractError as error:
+        logger.warning("stored calibration record is unreadable (%s): serving none", error)
+        return CalibrationInstall(value, None)
+    return installable(CalibrationChange(value, record), context)

@@ -18,10 +18,14 @@ from pathlib import Path
 
 from worker.background import background_executor
 from worker.config import Settings
-from worker.contracts import CALIBRATION_KEY, decode_calibration
+from worker.contracts import CALIBRATION_KEY
 from worker.embedding import EncoderPool
-from worker.errors import ContractError
-from worker.replication.calibrations import CalibrationChange, served_calibration
+from worker.replication.calibrations import (
+    CalibrationContext,
+    CalibrationInstall,
+    installable,
+    stored_calibration,
+)
 from worker.replication.fold import FoldedMutations, LogRecord, fold
 from worker.replication.log import MutationLog
 from worker.replication.resolve import ResolvedChanges, resolve_changes
@@ -29,7 +33,6 @@ from worker.replication.stats import ReplicaStats
 from worker.replication.vectors import embed_routes, shipped_vectors
 from worker.routing import (
     IndexSettings,
-    RouteCalibration,
     RouteStore,
     RouteTable,
     RouteVectors,
@@ -42,14 +45,6 @@ from worker.routing.table import KEEP
 logger = logging.getLogger(__name__)
 
 _ABSENT = object()
-
-
-class _Install:
-    """A calibration record to store (``value``, None: forget) and what to serve from it."""
-
-    def __init__(self, value: bytes | None, calibration: RouteCalibration | None) -> None:
-        self.value = value
-        self.calibration = calibration
 
 
 def index_dir_for(store_path: Path) -> Path:
@@ -80,7 +75,7 @@ class RouteReplica:
         #: changes stored but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
         #: a calibration stored but not yet in service (only while catching up)
-        self._pending_calibration: _Install | None = None
+        self._pending_calibration: CalibrationInstall | None = None
         #: live mutations are decoded and written here, at a lower priority than the queries
         self._background = background_executor("route-apply", settings.background_nice)
 
@@ -110,7 +105,7 @@ class RouteReplica:
         table = await asyncio.to_thread(self._build_table, routes, state.version)
         stored = state.records.get(CALIBRATION_KEY)
         if stored is not None:
-            install = await asyncio.to_thread(self._decode_stored, stored)
+            install = await asyncio.to_thread(stored_calibration, stored, self._calibration_context())
             if install is not None:
                 table.apply([], [], state.version, calibration=install.calibration)
         self._table = table
@@ -118,14 +113,10 @@ class RouteReplica:
         self._stored = dict(state.version)
         logger.info("route replica opened: %d routes at %s", len(routes), state.version)
 
-    def _decode_stored(self, value: bytes) -> _Install | None:
-        # the stored record was valid when read from the log; decoding it again gives the same result
-        try:
-            record = decode_calibration(value, self.settings.limits)
-        except ContractError as error:
-            logger.warning("stored calibration record is unreadable (%s): serving none", error)
-            return _Install(value, None)
-        return self._installable(CalibrationChange(value, record))
+    def _calibration_context(self) -> CalibrationContext:
+        return CalibrationContext(
+            self.encoder.fingerprint, self.encoder.dim, self.settings.limits, self.stats
+        )
 
     def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
@@ -229,7 +220,7 @@ class RouteReplica:
 
     async def _resolve(
         self, records: list[LogRecord], *, background: bool = False
-    ) -> tuple[FoldedMutations, ResolvedChanges, _Install | None]:
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # catching up (nothing else to do yet) runs at full speed in the default executor
         executor = self._background if background else None
         loop = asyncio.get_running_loop()
@@ -239,40 +230,24 @@ class RouteReplica:
             resolved.upserts.extend(await embed_routes(self.encoder, resolved.to_embed))
         return folded, resolved, install
 
-    def _prepare(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges, _Install | None]:
+    def _prepare(
+        self, records: list[LogRecord]
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # Runs in a worker thread: decoding and checking vectors (and a calibration's weights) is CPU work.
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
         folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
         self.stats.records += folded.records
         self.stats.skipped_malformed += len(folded.skipped)
-        install = self._installable(folded.calibration) if folded.calibration is not None else None
+        change = folded.calibration
+        install = installable(change, self._calibration_context()) if change is not None else None
         return folded, resolve_changes(folded, self._current, fingerprint, self.stats), install
-
-    def _installable(self, change: CalibrationChange) -> _Install | None:
-        """What to store and serve for a calibration record; None when it must be skipped."""
-        try:
-            calibration = served_calibration(change.record, self.encoder.fingerprint, self.encoder.dim)
-        except ContractError as error:
-            self.stats.skipped_malformed += 1
-            logger.warning("skipped a calibration record: %s", error)
-            return None
-        if change.record is not None and calibration is None:
-            self.stats.calibrations_of_other_models += 1
-            logger.warning(
-                "the calibration in the log was made with model %s, not %s: serving none",
-                change.record.fingerprint,
-                self.encoder.fingerprint,
-            )
-        elif calibration is not None:
-            self.stats.calibrations += 1
-        return _Install(change.value, calibration)
 
     def _commit(
         self,
         store: RouteStore,
         table: RouteTable,
         resolved: ResolvedChanges,
-        install: _Install | None,
+        install: CalibrationInstall | None,
         offsets: dict[int, int],
         catching_up: bool,
     ) -> None:

@@ -154,7 +154,7 @@ def test_best_cut_is_optimal_for_one_route(examples: list[tuple[int, float]]) ->
 
 
 def test_fit_calibration_ships_what_it_fitted() -> None:
-    from worker.routing.fitting import fit_calibration
+    from worker.routing.fit_calibration import fit_calibration
     from worker.routing.head import HeadConfig
 
     rng = np.random.default_rng(11)

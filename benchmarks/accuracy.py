@@ -21,12 +21,14 @@ the README's accuracy tables (between ``<!-- accuracy-table:begin -->`` and ``..
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +77,7 @@ def evaluate(
     shots: tuple[int, ...],
     seeds: tuple[int, ...],
     with_sr: bool,
+    reused_sr: dict[str, Any] | None = None,
 ) -> dict[str, object]:
     vec = {
         "routes": cache.embed(ds.routes.texts, f"{ds.name}-routes"),
@@ -88,12 +91,22 @@ def evaluate(
         body = evaluate_run(ds, spec["route_rows"], vec, fingerprint,  # type: ignore[arg-type]
                             fit_excluded_rows=spec["fit_excluded_rows"])  # type: ignore[arg-type]  # fmt: skip
         body.update(k=spec["k"], seed=spec["seed"], seconds=time.perf_counter() - started)
+        body["route_rows_digest"] = _rows_digest(spec["route_rows"])  # type: ignore[arg-type]
         runs[str(spec["name"])] = body
         served = body["results"]["routeworker served defaults (self-fit, no labels)"]  # type: ignore[index]
         console.print(f"{ds.name} {spec['name']}: served defaults accuracy {served['accuracy']:.4f} "
                       f"({body['seconds']:.0f}s)")  # fmt: skip
     sr_info: dict[str, object] = {}
-    if with_sr:
+    if reused_sr is not None:
+        # semantic-router's answers from an earlier run of the same protocol on the same vectors
+        for name, body in runs.items():
+            previous = reused_sr["runs"][name]
+            # the same rows (older results did not record them: sampling is seeded and deterministic)
+            assert previous["route_rows_digest"] in (None, body["route_rows_digest"]), name
+            body["results"].update(previous["results"])  # type: ignore[union-attr]
+            body["semantic_router_fit_report"] = previous["fit_report"]
+        sr_info = {**reused_sr["info"], "reused": True}
+    elif with_sr:
         wanted = [{k: spec[k] for k in ("name", "route_rows", "fit_excluded_rows")} for spec in specs]
         with tempfile.TemporaryDirectory() as tmp:
             sr = run_semantic_router(ds, vec, wanted, Path(tmp))
@@ -132,6 +145,11 @@ def main() -> int:
         action="store_true",
         help="only redraw accuracy.md, accuracy.png and the README from --out",
     )
+    parser.add_argument(
+        "--reuse-semantic-router",
+        action="store_true",
+        help="take semantic-router's answers from --out/accuracy.json (same runs, same vectors)",
+    )
     args = parser.parse_args()
     if args.from_json:
         publish(args.out, readme=not args.no_readme)
@@ -143,9 +161,10 @@ def main() -> int:
     cache = VectorCache(encoder, settings.cache_dir / "bench-vectors")
     loaders = {"banking77": lambda: banking77(args.datasets), "clinc150": lambda: clinc150(args.datasets)}
     shots, seeds = tuple(args.shots), tuple(range(args.seeds))
+    reused = _semantic_router_answers(args.out / "accuracy.json") if args.reuse_semantic_router else {}
     results = {
         name: evaluate(load(), cache, encoder.fingerprint, shots=shots, seeds=seeds,
-                       with_sr=not args.no_semantic_router)
+                       with_sr=not args.no_semantic_router, reused_sr=reused.get(name))
         for name, load in loaders.items()
         if args.only in (None, name)
     }  # fmt: skip
@@ -173,6 +192,27 @@ def publish(out: Path, *, readme: bool) -> None:
         update_readme(REPO / "README.md", markdown)
     console.print(markdown)
     console.print(f"wrote {out / 'accuracy.md'} and {out / 'accuracy.png'} from {json_path}")
+
+
+def _rows_digest(rows: list[int]) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _semantic_router_answers(path: Path) -> dict[str, dict[str, Any]]:
+    """Per dataset: semantic-router's figures of every run in an earlier accuracy.json."""
+    manifest = json.loads(path.read_text())
+    out: dict[str, dict[str, Any]] = {}
+    for dataset, body in manifest["datasets"].items():
+        runs = {
+            name: {
+                "route_rows_digest": run.get("route_rows_digest"),
+                "results": {k: v for k, v in run["results"].items() if k in (SR_DEFAULT, SR_FITTED)},
+                "fit_report": run.get("semantic_router_fit_report"),
+            }
+            for name, run in body["runs"].items()
+        }
+        out[dataset] = {"runs": runs, "info": body["semantic_router"]}
+    return out
 
 
 def _plain(value: object) -> object:

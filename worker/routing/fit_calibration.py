@@ -75,13 +75,13 @@ def _per_route_or_one(
     own threshold to them; the cross-validation says whether that generalises (the one threshold
     wins ties: fewer numbers fitted).
     """
-    one = cross_validate(router, vectors, labels, min_examples=ONE_THRESHOLD)
+    bare = router.with_thresholds(None)  # judged from scratch, not against the per-route fit
+    one = cross_validate(bare, vectors, labels, min_examples=ONE_THRESHOLD)
     if fitted.cross_validated is not None and one.accuracy < fitted.cross_validated.accuracy:
         return fitted
     logger.info("one threshold for every route: cross-validated accuracy %.4f", one.accuracy)
-    return replace(
-        fit_thresholds(router, vectors, labels, min_examples=ONE_THRESHOLD), head_weights=fitted.head_weights
-    )
+    single = fit_thresholds(bare, vectors, labels, min_examples=ONE_THRESHOLD)
+    return replace(single, head_weights=fitted.head_weights)
 
 
 def fitted_calibration(

@@ -14,7 +14,7 @@ from worker.routing import (
     fit_thresholds,
     l2_normalise,
 )
-from worker.routing.fitting import _folds, cross_validate
+from worker.routing.fitting import _folds, cross_validate, fit_head_weight
 from worker.routing.threshold_search import best_cuts
 
 DIM = 48
@@ -188,3 +188,22 @@ def test_fit_calibration_ships_what_it_fitted() -> None:
     assert np.isfinite(calibration.fallback_threshold)
     served = Router(table, calibration=calibration)
     assert served.threshold_for(table.snapshot(), "r0") == calibration.per_route.get("r0", fitted.default)
+
+
+def test_one_threshold_replaces_per_route_ones_unless_those_cross_validate_better() -> None:
+    from dataclasses import replace
+
+    from worker.routing.fit_calibration import _per_route_or_one
+    from worker.routing.threshold_search import FitMetrics
+
+    table, vectors, labels = _world(0)
+    router, fitted = fit_head_weight(Router(table), vectors, labels, weights=(0.0,))
+    assert fitted.per_route  # the world gives each route its own threshold
+    fitted_router = router.with_thresholds(fitted)  # as fit_head_weight returns it: thresholds attached
+    perfect = FitMetrics(len(labels), 0, 1.0, 1.0, 0.0, 0.0)
+    assert _per_route_or_one(
+        fitted_router, vectors, labels, replace(fitted, cross_validated=perfect)
+    ).per_route
+    hopeless = replace(perfect, accuracy=0.0)
+    one = _per_route_or_one(fitted_router, vectors, labels, replace(fitted, cross_validated=hopeless))
+    assert one.per_route == {}  # not the router's attached per-route thresholds kept as "current"

@@ -18,7 +18,7 @@ from worker.contracts import RoutedIntent
 from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.capabilities import BrokerService
-from worker.routing import RouteTable
+from worker.routing import RouteTable, self_fit
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -96,10 +96,13 @@ async def test_queries_wait_for_the_route_table_then_flow(
                 True,
                 "ready: route table caught up, 2 partitions assigned",
             )
-            # the learned head is trained on the served table in the background and put in service
-            routes = len(replicas[0].table)
+            # a calibration applied to the table (as a replica applies one from the log) is served,
+            # and the head gauge says so
+            table = replicas[0].table
+            calibration = self_fit(list(table.snapshot().routes()))
+            table.apply([], [], table.version, calibration=calibration)
             await wait_for(
-                lambda: telemetry.registry.get_sample_value("routeworker_route_head_routes") == routes
+                lambda: telemetry.registry.get_sample_value("routeworker_route_head_routes") == len(table)
             )
     finally:
         if not worker.done():  # run_worker's own handler turns it into a graceful stop

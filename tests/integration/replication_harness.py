@@ -24,6 +24,7 @@ from worker.replication import (
     ensure_topics,
 )
 from worker.replication.kafka import running
+from worker.replication.topics import mutation_topic_configs
 from worker.replication.vectors import shipped_vectors
 from worker.routing import RouteVectors
 from worker.routing.index import table_digest
@@ -39,7 +40,7 @@ def mutation_settings(bootstrap: str, **overrides: object) -> Settings:
 async def create_mutation_topic(
     settings: Settings, partitions: int = 3, configs: Mapping[str, str] | None = None
 ) -> None:
-    topic_configs = {"cleanup.policy": "compact", **(configs or {})}
+    topic_configs = {**mutation_topic_configs(settings), **(configs or {})}
     await ensure_topics(settings, [TopicSpec(settings.topic_mutations, partitions, topic_configs)])
 
 

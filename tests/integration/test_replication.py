@@ -300,7 +300,7 @@ async def test_a_replica_away_past_the_tombstone_horizon_replays_all_while_its_t
         async with replica_running(settings, gated, tmp_path / "r.db", events=events, clock=clock) as replica:
             serving = replica.table.snapshot()
             gate.clear()
-            clock.now += 2 * 86_400  # frozen for two days: past Kafka's default delete.retention.ms
+            clock.now += 8 * 86_400  # frozen for 8 days: past the topic's delete.retention.ms (7 days)
             slow = RouteDefinition(name="slow", utterances=["this one needs embedding"])
             await produce_raw(settings, [(b"slow", encode(slow))])
             await asyncio.to_thread(entered.wait, 10)  # the replay reached the route it must embed

@@ -92,8 +92,11 @@ async def test_apply_plans_publishes_differences_prunes_and_deletes(cli: Cli, tm
     assert await cli.log_routes() == {}
 
     applied = cli("routes", "apply", str(EXAMPLE))
-    assert "published 24 mutations" in applied
-    assert "0 to add, 0 to change, 0 to remove, 24 unchanged" in cli("routes", "apply", str(EXAMPLE))
+    assert "published 24 mutations and a calibration" in applied
+    assert "cross-validated on" in applied  # what the self-fit chose, and its estimate
+    again = cli("routes", "apply", str(EXAMPLE))
+    assert "0 to add, 0 to change, 0 to remove, 24 unchanged" in again
+    assert "the calibration in the log is current" in again
 
     routes = yaml.safe_load(EXAMPLE.read_text())
     edited = [r for r in routes if r["name"] not in ("complaint", "gift_card")]
@@ -103,9 +106,11 @@ async def test_apply_plans_publishes_differences_prunes_and_deletes(cli: Cli, tm
     changed_file.write_text(yaml.safe_dump(edited))
     kept = cli("routes", "apply", str(changed_file))
     assert "1 to add, 1 to change, 0 to remove, 21 unchanged, 2 not in the file and kept" in kept
-    pruned = cli("routes", "apply", str(changed_file), "--prune")
+    pruned = cli("routes", "apply", str(changed_file), "--prune", "--no-calibrate")
     assert "0 to add, 0 to change, 2 to remove, 23 unchanged" in pruned
-    assert "published 2 mutations" in pruned
+    assert "published 2 mutations;" in pruned
+    recalibrated = cli("routes", "calibrate")
+    assert "published the calibration" in recalibrated
 
     assert "not in the log: no_such_route" in cli("routes", "delete", "no_such_route", expect=1)
     cli("routes", "delete", "loyalty_points")
@@ -151,6 +156,9 @@ async def test_apply_with_embeddings_ships_vectors_of_the_real_model(
     assert "0 to add, 0 to change, 0 to remove, 3 unchanged" in cli(
         "routes", "apply", str(small), "--with-embeddings"
     )
+    # a calibration published by `fit` covers the same routes: `routes apply` leaves it in place
+    assert "published calibration" in cli("fit", "--routes", str(small), "--publish")
+    assert "the calibration in the log is current" in cli("routes", "apply", str(small))
 
 
 def test_commands_fail_cleanly_without_a_broker(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ async def test_a_stored_offset_below_the_log_start_replays_the_whole_log(
     # topic that also deletes ("compact,delete"), the misconfiguration this guards against
     settings = mutation_settings(kafka_broker.bootstrap)
     await create_mutation_topic(settings, 1, {"cleanup.policy": "compact,delete", "retention.ms": "-1"})
-    await apply_routes(settings, routes(5), encoder=pool)  # offsets 0-4
+    await apply_routes(settings, routes(5), encoder=pool)  # routes at offsets 0-4, their calibration at 5
     store = tmp_path / "r.db"
     async with replica_running(settings, pool, store) as replica:
         assert len(replica.table) == 5
@@ -178,12 +178,13 @@ async def test_a_stored_offset_below_the_log_start_replays_the_whole_log(
         pool, [RouteDefinition(name=n, utterances=[f"{n} words"]) for n in ("late-a", "late-b")]
     )
     async with MutationPublisher(settings) as publisher:
-        await publisher.publish([RouteMutation(d.name, d) for d in later])  # offsets 5, 6
+        receipt = await publisher.publish([RouteMutation(d.name, d) for d in later])
     tp = TopicPartition(settings.topic_mutations, 0)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        await admin.delete_records({tp: RecordsToDelete(6)})  # the log is late-b alone
+        # the log is late-b alone (its last record)
+        await admin.delete_records({tp: RecordsToDelete(receipt.positions[0] - 1)})
     finally:
         await admin.close()
     events = RecordedEvents()

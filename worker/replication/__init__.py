@@ -4,7 +4,20 @@ The compacted ``route-mutations`` topic is the source of truth; each replica fol
 SQLite store and route table (see :class:`RouteReplica`).
 """
 
-from worker.replication.apply import apply_routes, delete_routes, plan_routes, publish_plan
+from worker.replication.apply import (
+    Calibrate,
+    apply_routes,
+    calibrate_plan,
+    calibration_is_current,
+    delete_routes,
+    embedded_plan,
+    plan_routes,
+    planned_routes,
+    publish_calibration,
+    publish_plan,
+    route_vectors,
+)
+from worker.replication.calibrations import calibration_of, calibration_record
 from worker.replication.errors import ReplicationError, RouteFileError, RouteProblem, TopicMissing
 from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, SkippedRecord, fold
@@ -26,6 +39,7 @@ from worker.replication.vectors import (
 )
 
 __all__ = [
+    "Calibrate",
     "FoldedMutations",
     "LogMoved",
     "LogState",
@@ -50,9 +64,14 @@ __all__ = [
     "admin_transactional_id",
     "apply_routes",
     "attach_embeddings",
+    "calibrate_plan",
+    "calibration_is_current",
+    "calibration_of",
+    "calibration_record",
     "delete_routes",
     "describe_difference",
     "embed_routes",
+    "embedded_plan",
     "ensure_topics",
     "fold",
     "judge_resume",
@@ -60,9 +79,12 @@ __all__ = [
     "parse_routes",
     "plan_changes",
     "plan_routes",
+    "planned_routes",
+    "publish_calibration",
     "publish_plan",
     "read_routes",
     "route_of",
+    "route_vectors",
     "shipped_vectors",
     "topic_specs",
     "with_embeddings",

@@ -7,7 +7,10 @@ last record per key, so a replica replaying after a cleaning would never see tha
 definition and would disagree with one that kept it. A route's state depends only on its last
 record, on every replica, whatever it read before.
 
-Pure and synchronous (decoding is CPU work): replicas call it from a worker thread.
+Keys in routeworker's reserved namespace are not routes: the calibration record is folded apart
+(its last value wins), any other reserved key is a record type this version does not know, skipped
+and counted like a malformed record. Pure and synchronous (decoding is CPU work): replicas call it
+from a worker thread.
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from worker.contracts import Limits, RouteDefinition, decode_mutation
+from worker.contracts import (
+    CALIBRATION_KEY,
+    RESERVED_KEY_PREFIX,
+    Limits,
+    RouteDefinition,
+    decode_calibration,
+    decode_mutation,
+)
 from worker.errors import ContractError, ErrorCode
+from worker.replication.calibrations import CalibrationChange
 from worker.routing import RouteVectors
 
 #: turns a decoded definition into its vectors when it can (shipped ones), raising ContractError when
@@ -29,6 +40,8 @@ Resolver = Callable[[RouteDefinition], RouteVectors | None]
 logger = logging.getLogger(__name__)
 
 _YIELD_EVERY = 4
+_RESERVED = RESERVED_KEY_PREFIX.encode("utf-8")
+_CALIBRATION = CALIBRATION_KEY.encode("utf-8")
 
 
 class LogRecord(Protocol):
@@ -77,12 +90,17 @@ class FoldedMutations:
     skipped: list[SkippedRecord] = field(default_factory=list)
     #: route -> (partition, offset) of its last record here (to name a record that fails later)
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: the last valid calibration record among these records (None: there was none)
+    calibration: CalibrationChange | None = None
 
     def add(self, record: LogRecord, limits: Limits, resolve: Resolver | None = None) -> None:
         """Fold one record in; an unusable record is logged with its position and skipped, and
         its route is absent afterwards (see the module's docstring)."""
         self.records += 1
         self.offsets[record.partition] = max(self.offsets.get(record.partition, 0), record.offset + 1)
+        if record.key is not None and record.key.startswith(_RESERVED):
+            self._add_reserved(record, limits)
+            return
         try:
             mutation = decode_mutation(record.key, record.value, limits)
             vectors = None
@@ -121,6 +139,18 @@ class FoldedMutations:
         self.vectors.pop(name, None)
         self.positions[name] = position
 
+    def _add_reserved(self, record: LogRecord, limits: Limits) -> None:
+        try:
+            if record.key != _CALIBRATION:
+                raise ContractError(
+                    ErrorCode.SCHEMA, f"record type {record.key!r} is unknown to this version"
+                )
+            decoded = None if record.value is None else decode_calibration(record.value, limits)
+        except ContractError as error:
+            self.skip(record.topic, record.partition, record.offset, error, None)  # not a route
+            return
+        self.calibration = CalibrationChange(record.value, decoded)
+
     def merge(self, later: FoldedMutations) -> None:
         """Fold ``later`` (records after these) into this one."""
         for name, definition in later.changes.items():
@@ -133,6 +163,8 @@ class FoldedMutations:
         self.records += later.records
         self.skipped.extend(later.skipped)
         self.positions.update(later.positions)
+        if later.calibration is not None:
+            self.calibration = later.calibration
 
 
 def _route_name(key: bytes | None) -> str | None:

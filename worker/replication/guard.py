@@ -41,7 +41,7 @@ from aiokafka.errors import (
 )
 
 from worker.config import Settings
-from worker.contracts import RouteMutation
+from worker.contracts import RouteCalibrationRecord, RouteMutation
 from worker.replication.errors import ReplicationError
 from worker.replication.log import MutationLog
 from worker.replication.publisher import MutationPublisher, PublishReceipt
@@ -100,8 +100,10 @@ async def publish_guarded(
     *,
     on_acked: Callable[[int], None] | None = None,
     hooks: PublishHooks | None = None,
+    calibration: RouteCalibrationRecord | None = None,
 ) -> PublishReceipt:
-    """Publish ``mutations`` only if the log still ends at ``planned_ends``; else :class:`LogMoved`."""
+    """Publish ``mutations`` (then ``calibration``) only if the log still ends at ``planned_ends``;
+    else :class:`LogMoved`."""
     hooks = hooks or PublishHooks()
     topic = settings.topic_mutations
     publisher = MutationPublisher(settings, transactional_id=admin_transactional_id(topic))
@@ -117,14 +119,16 @@ async def publish_guarded(
         )
     else:
         try:
-            return await _in_transaction(settings, publisher, mutations, planned_ends, on_acked, hooks)
+            return await _in_transaction(
+                settings, publisher, mutations, planned_ends, on_acked, hooks, calibration
+            )
         finally:
             await publisher.stop()
     async with MutationPublisher(settings) as plain:
         await _check(settings, planned_ends)
         if hooks.after_check is not None:
             await hooks.after_check()
-        return await plain.publish(mutations, on_acked)
+        return await plain.publish(mutations, on_acked, calibration=calibration)
 
 
 async def _in_transaction(
@@ -134,13 +138,14 @@ async def _in_transaction(
     planned_ends: Mapping[int, int],
     on_acked: Callable[[int], None] | None,
     hooks: PublishHooks,
+    calibration: RouteCalibrationRecord | None,
 ) -> PublishReceipt:
     committed = False
     try:
         await _check(settings, planned_ends)
         if hooks.after_check is not None:
             await hooks.after_check()
-        receipt = await publisher.publish(mutations, on_acked)
+        receipt = await publisher.publish(mutations, on_acked, calibration=calibration)
         if hooks.before_commit is not None:
             await hooks.before_commit()
         await publisher.commit_transaction()

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import Settings
-from worker.contracts import RouteDefinition
+from worker.contracts import RouteCalibrationRecord, RouteDefinition
 from worker.kafka_client import client_options
 from worker.replication.errors import TopicMissing
 from worker.replication.fold import FoldedMutations, LogRecord, fold
@@ -183,6 +183,8 @@ class LogState:
     end_offsets: dict[int, int]
     records: int
     skipped: int
+    #: the calibration record in the log (None: none, or withdrawn)
+    calibration: RouteCalibrationRecord | None = None
 
 
 async def read_routes(settings: Settings, *, timeout_s: float = 120.0) -> LogState:
@@ -195,7 +197,8 @@ async def read_routes(settings: Settings, *, timeout_s: float = 120.0) -> LogSta
                 folded.merge(await asyncio.to_thread(fold, records, settings.limits))
     routes = {name: d for name, d in folded.changes.items() if d is not None}
     logger.info("read %d records of %s: %d routes", folded.records, settings.topic_mutations, len(routes))
-    return LogState(routes, log.ends, folded.records, len(folded.skipped))
+    calibration = folded.calibration.record if folded.calibration is not None else None
+    return LogState(routes, log.ends, folded.records, len(folded.skipped), calibration)
 
 
 async def positions_reached(

@@ -12,8 +12,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from worker.config import Settings
-from worker.contracts import RouteMutation, encode
+from worker.contracts import RouteCalibrationRecord, RouteMutation, encode
 from worker.kafka_client import client_options
+from worker.replication.calibrations import calibration_mutation
 from worker.routing import TableVersion, make_version
 
 logger = logging.getLogger(__name__)
@@ -135,22 +136,35 @@ class MutationPublisher:
         await self.stop()
 
     async def publish(
-        self, mutations: Sequence[RouteMutation], on_acked: Callable[[int], None] | None = None
+        self,
+        mutations: Sequence[RouteMutation],
+        on_acked: Callable[[int], None] | None = None,
+        *,
+        calibration: RouteCalibrationRecord | None = None,
     ) -> PublishReceipt:
-        """Send ``mutations`` in order and wait until every one is acknowledged.
+        """Send ``mutations`` in order, then ``calibration``, and wait until every one is acknowledged.
 
-        ``on_acked(n)`` is called as each window of ``n`` records is acknowledged (progress bars).
+        ``on_acked(n)`` is called as each window of ``n`` route records is acknowledged (progress bars).
+        A calibration goes last: replicas that fetch it with the routes it was made for put both in
+        service at once.
         """
+        records = [mutation_record(mutation) for mutation in mutations]
+        if calibration is not None:
+            records.append(calibration_mutation(calibration))
         positions: dict[int, int] = {}
-        for start in range(0, len(mutations), _WINDOW):
-            window = mutations[start : start + _WINDOW]
+        for start in range(0, len(records), _WINDOW):
+            window = records[start : start + _WINDOW]
             pending = []
-            for mutation in window:
-                key, value = mutation_record(mutation)
+            for key, value in window:
                 pending.append(await self._producer.send(self.topic, value, key=key))
             for metadata in await asyncio.gather(*pending):
                 positions[metadata.partition] = max(positions.get(metadata.partition, 0), metadata.offset + 1)
             if on_acked is not None:
-                on_acked(len(window))
-        logger.info("published %d route mutations to %s", len(mutations), self.topic)
-        return PublishReceipt(len(mutations), positions)
+                on_acked(min(len(window), max(len(mutations) - start, 0)))  # route records only
+        logger.info(
+            "published %d route mutations%s to %s",
+            len(mutations),
+            " and a calibration" if calibration is not None else "",
+            self.topic,
+        )
+        return PublishReceipt(len(records), positions)

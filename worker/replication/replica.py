@@ -28,8 +28,15 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from worker.background import background_executor
 from worker.config import Settings
+from worker.contracts import CALIBRATION_KEY
 from worker.embedding import EncoderPool
 from worker.errors import ContractError, ErrorCode
+from worker.replication.calibrations import (
+    CalibrationContext,
+    CalibrationInstall,
+    installable,
+    stored_calibration,
+)
 from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, LogRecord, SkippedRecord, fold
 from worker.replication.log import MutationLog
@@ -46,6 +53,7 @@ from worker.replication.topic_config import mutation_retention
 from worker.replication.vectors import embed_isolated, shipped_vectors
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
+from worker.routing.table import KEEP
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +111,8 @@ class RouteReplica:
         self._stored: dict[int, int] = {}
         #: changes stored but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
+        #: a calibration stored but not yet in service (only while catching up)
+        self._pending_calibration: CalibrationInstall | None = None
         #: live mutations are decoded and written here, at a lower priority than the queries
         self._background = background_executor("route-apply", settings.background_nice)
         #: called after each live batch is in the table, with each record's seconds from its
@@ -138,11 +148,22 @@ class RouteReplica:
             routes.extend(fresh)
             self.stats.re_embedded_at_open += len(fresh)
             self.stats.skipped_malformed += len(failed)
-        self._table = await asyncio.to_thread(self._build_table, routes, state.version)
+        table = await asyncio.to_thread(self._build_table, routes, state.version)
+        stored = state.records.get(CALIBRATION_KEY)
+        if stored is not None:
+            install = await asyncio.to_thread(stored_calibration, stored, self._calibration_context())
+            if install is not None:
+                table.apply([], [], state.version, calibration=install.calibration)
+        self._table = table
         self._store = store
         self._stored = dict(state.version)
         self._caught_up_ms = self._marked_ms = state.caught_up_at_ms
         logger.info("route replica opened: %d routes at %s", len(routes), state.version)
+
+    def _calibration_context(self) -> CalibrationContext:
+        return CalibrationContext(
+            self.encoder.fingerprint, self.encoder.dim, self.settings.limits, self.stats
+        )
 
     def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
@@ -254,6 +275,7 @@ class RouteReplica:
         await asyncio.to_thread(store.clear)
         self._stored = {}
         self._pending = {}
+        self._pending_calibration = None
         self._caught_up_ms = self._marked_ms = None
         self._replaying = reason
         self._replay_started = time.monotonic()
@@ -303,13 +325,13 @@ class RouteReplica:
         writing: asyncio.Future[None] | None = None
         try:
             async for records in log.up_to_end(self._stopping.is_set):
-                folded, resolved = await self._resolve(records)
+                folded, resolved, install = await self._resolve(records)
                 if on_start:
                     self.stats.replayed_on_start += folded.records
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(
-                    asyncio.to_thread(self._commit, store, table, resolved, folded.offsets, True)
+                    asyncio.to_thread(self._commit, store, table, resolved, install, folded.offsets, True)
                 )
         finally:
             if writing is not None:
@@ -321,8 +343,8 @@ class RouteReplica:
         Runs on the low-priority background thread: queries keep the CPU while mutations apply.
         """
         store, table = self._require()
-        folded, resolved = await self._resolve(records, background=True)
-        commit = functools.partial(self._commit, store, table, resolved, folded.offsets, False)
+        folded, resolved, install = await self._resolve(records, background=True)
+        commit = functools.partial(self._commit, store, table, resolved, install, folded.offsets, False)
         await asyncio.get_running_loop().run_in_executor(self._background, commit)
         if self.on_live is not None:
             now_ms = time.time() * 1000
@@ -331,11 +353,11 @@ class RouteReplica:
 
     async def _resolve(
         self, records: list[LogRecord], *, background: bool = False
-    ) -> tuple[FoldedMutations, ResolvedChanges]:
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # catching up (nothing else to do yet) runs at full speed in the default executor
         executor = self._background if background else None
         loop = asyncio.get_running_loop()
-        folded, resolved = await loop.run_in_executor(executor, self._prepare, records)
+        folded, resolved, install = await loop.run_in_executor(executor, self._prepare, records)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
             embedded, failed = await embed_isolated(self.encoder, resolved.to_embed)
@@ -349,15 +371,19 @@ class RouteReplica:
                 skipped = folded.skip(self.settings.topic_mutations, partition, offset, error, route.name)
                 resolved.deletes.append(route.name)
                 self._report_skipped([skipped])
-        return folded, resolved
+        return folded, resolved, install
 
-    def _prepare(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges]:
-        # Runs in a worker thread: decoding and checking vectors is CPU work.
+    def _prepare(
+        self, records: list[LogRecord]
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
+        # Runs in a worker thread: decoding and checking vectors (and a calibration's weights) is CPU work.
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
         folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
         self.stats.records += folded.records
         self._report_skipped(folded.skipped)
-        return folded, resolve_changes(folded, self._current, fingerprint, self.stats)
+        change = folded.calibration
+        install = installable(change, self._calibration_context()) if change is not None else None
+        return folded, resolve_changes(folded, self._current, fingerprint, self.stats), install
 
     def _report_skipped(self, skipped: Sequence[SkippedRecord]) -> None:
         self.stats.skipped_malformed += len(skipped)
@@ -369,21 +395,29 @@ class RouteReplica:
         store: RouteStore,
         table: RouteTable,
         resolved: ResolvedChanges,
+        install: CalibrationInstall | None,
         offsets: dict[int, int],
         catching_up: bool,
     ) -> None:
-        # Runs in a worker thread: store first (state + offsets in one transaction), then the table.
+        # Runs in a worker thread: store first (state + offsets in one transaction), then the table,
+        # whose new snapshot carries the routes and the calibration of this batch together.
         if not catching_up and not self._wait_for_room(table):
             return  # stopping: the batch is read again on the next start
-        store.apply(resolved.upserts, resolved.deletes, offsets)
+        records = {CALIBRATION_KEY: install.value} if install is not None else None
+        store.apply(resolved.upserts, resolved.deletes, offsets, records)
         self._stored.update(offsets)
         self.stats.batches += 1
         self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
         if catching_up:
             self._pending.update((rv.name, rv) for rv in resolved.upserts)
             self._pending.update((name, None) for name in resolved.deletes)
+            if install is not None:
+                self._pending_calibration = install
         else:
-            table.apply(resolved.upserts, resolved.deletes, make_version(self._stored))
+            calibration = install.calibration if install is not None else KEEP
+            table.apply(
+                resolved.upserts, resolved.deletes, make_version(self._stored), calibration=calibration
+            )
             self.events.overlay_rows(table.snapshot().overlay.rows)
 
     def _wait_for_room(self, table: RouteTable) -> bool:
@@ -424,12 +458,19 @@ class RouteReplica:
         """
         _, table = self._require()
         pending, self._pending = self._pending, {}
+        install, self._pending_calibration = self._pending_calibration, None
         upserts = [rv for rv in pending.values() if rv is not None]
         deletes = [name for name, rv in pending.items() if rv is None]
         replaying, self._replaying = self._replaying, None
         if replaying is not None:
             deletes.extend(name for name in table.route_names() if name not in pending)
-        await asyncio.to_thread(table.apply, upserts, deletes, make_version(self._stored))
+        # after a full replay without a usable calibration record, none is served any more
+        calibration = install.calibration if install is not None else None if replaying is not None else KEEP
+        await asyncio.to_thread(
+            functools.partial(
+                table.apply, upserts, deletes, make_version(self._stored), calibration=calibration
+            )
+        )
         if replaying is not None:
             seconds = time.monotonic() - self._replay_started
             logger.warning(

@@ -35,6 +35,10 @@ class ReplicaStats:
     re_embedded_at_open: int = 0
     #: live batches that waited for an index rebuild because the overlay was full
     apply_waits: int = 0
+    #: calibration records decoded and put into service (with the batch that carried them)
+    calibrations: int = 0
+    #: calibration records made with another model's vectors (none is served then)
+    calibrations_of_other_models: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

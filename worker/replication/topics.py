@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_TOMBSTONE_RETENTION_MS = 7 * 86_400_000
 #: copies of each partition when not asked: three, or every broker of a smaller cluster
 DEFAULT_REPLICATION_FACTOR = 3
+#: room for the record batch's own header around the largest record
+_BATCH_OVERHEAD = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,9 @@ class TopicStatus:
     replication_factor: int = 0
 
 
-def mutation_topic_configs(tombstone_retention_ms: int = DEFAULT_TOMBSTONE_RETENTION_MS) -> dict[str, str]:
+def mutation_topic_configs(
+    settings: Settings, tombstone_retention_ms: int = DEFAULT_TOMBSTONE_RETENTION_MS
+) -> dict[str, str]:
     """The mutation log's configuration, every retention setting explicit.
 
     - ``cleanup.policy=compact``: the last record per route is kept for ever, so the log is always
@@ -60,6 +64,8 @@ def mutation_topic_configs(tombstone_retention_ms: int = DEFAULT_TOMBSTONE_RETEN
       how long a replica may be away and still resume from its stored offsets.
     - ``min.compaction.lag.ms=0``: a superseded definition may be cleaned at once (replicas never
       need it: each record is the route's whole definition).
+    - ``max.message.bytes``: records up to ``max_mutation_bytes``; the calibration record (a learned
+      head of a few MB for a couple of thousand routes) is larger than Kafka's default 1 MB limit.
     """
     return {
         "cleanup.policy": "compact",
@@ -67,6 +73,7 @@ def mutation_topic_configs(tombstone_retention_ms: int = DEFAULT_TOMBSTONE_RETEN
         "min.compaction.lag.ms": "0",
         "retention.ms": "-1",
         "retention.bytes": "-1",
+        "max.message.bytes": str(settings.max_mutation_bytes + _BATCH_OVERHEAD),
     }
 
 
@@ -82,7 +89,9 @@ def topic_specs(
         TopicSpec(settings.topic_intents, partitions, {}),
         TopicSpec(settings.topic_dlq, partitions, {}),
         TopicSpec(
-            settings.topic_mutations, mutation_partitions, mutation_topic_configs(tombstone_retention_ms)
+            settings.topic_mutations,
+            mutation_partitions,
+            mutation_topic_configs(settings, tombstone_retention_ms),
         ),
     ]
 

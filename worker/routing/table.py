@@ -12,6 +12,7 @@ background rebuild that fails is retried with back-off; each outcome is reported
 
 from __future__ import annotations
 
+import enum
 import logging
 import shutil
 import tempfile
@@ -31,10 +32,19 @@ from worker.routing.index_file import load_main, place_index, write_manifest
 from worker.routing.index_settings import IndexSettings
 from worker.routing.native import use_blas_from, use_faiss_threads
 from worker.routing.overlay import Overlay
+from worker.routing.route_calibration import RouteCalibration
 from worker.routing.snapshot import TableSnapshot
 from worker.routing.types import RouteVectors, TableVersion
 
 logger = logging.getLogger(__name__)
+
+
+class _Keep(enum.Enum):
+    KEEP = enum.auto()
+
+
+#: ``RouteTable.apply(calibration=KEEP)``: the calibration in service stays as it is
+KEEP = _Keep.KEEP
 
 
 class RouteTable:
@@ -141,11 +151,13 @@ class RouteTable:
         version: TableVersion,
         *,
         rebuild: bool = True,
+        calibration: RouteCalibration | _Keep | None = KEEP,
     ) -> None:
         """Add or replace ``upserts`` and remove ``deletes``; visible to the next search on return.
 
         ``version`` is the mutation-log position after this batch. Deleting an unknown route is a
-        no-op (replays see tombstones of routes they never had). Triggers a background rebuild when
+        no-op (replays see tombstones of routes they never had). ``calibration`` (if not ``KEEP``)
+        goes into service in the same snapshot as the routes. Triggers a background rebuild when
         the overlay outgrows ``settings.overlay_rebuild_rows`` unless ``rebuild`` is False.
         """
         for rv in upserts:
@@ -153,7 +165,9 @@ class RouteTable:
         with self._swap_lock:
             current = self._snapshot
             overlay = current.overlay.with_mutations(current.main, upserts, deletes)
-            self._snapshot = TableSnapshot(current.main, overlay, version)
+            served = current.calibration if calibration is KEEP else calibration
+            assert not isinstance(served, _Keep)
+            self._snapshot = TableSnapshot(current.main, overlay, version, served)
         if rebuild and overlay.rows >= self.settings.overlay_rebuild_rows:
             self.rebuild(block=False)
 
@@ -305,7 +319,7 @@ class RouteTable:
             kept = [rv for name, rv in current.overlay.routes.items() if main.route(name) is not rv]
             gone = [name for name in current.overlay.deleted if main.slot(name) is not None]
             overlay = Overlay.empty(main).with_mutations(main, kept, gone)
-            self._snapshot = TableSnapshot(main, overlay, current.version)
+            self._snapshot = TableSnapshot(main, overlay, current.version, current.calibration)
         with self._room:
             self._room.notify_all()
         logger.info(

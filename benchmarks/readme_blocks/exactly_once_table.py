@@ -80,7 +80,7 @@ def faults(results: Path) -> str:
     columns = ["mode", "sent (valid + malformed)", "answered", "lost", "duplicated", "unexpected",
                "kill -9 / join / leave"]  # fmt: skip
     note = (
-        f"{plan['queries']:,} queries over {plan['seconds']:.0f} s, {plan['workers']} workers, "
+        f"{plan['queries']:,} queries over {plan['seconds']:.0f} s, {plan['workers']} workers at a time, "
         f"{plan['partitions']} partitions, Apache Kafka; counted by a read_committed reader."
     )
     return markdown_table(columns, rows, "lrrrrrr") + "\n\n" + note

@@ -10,7 +10,7 @@ listener as its own principal, with exactly the ACLs the README lists for its ro
   line naming the cause;
 - a publisher without Write on the mutation log cannot change routing (the CLI says why in one
   line, the broker refuses the records too, and the replica answers as before);
-- a permission taken away while the worker runs stops it (exit 1, /livez failing meanwhile);
+- a read permission (queries, or the mutation log) taken away while the worker runs stops it (exit 1);
 - no password appears in any log, in `config show`, or in any crash output.
 """
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from pipeline_harness import (
     WorkerProcess,
     create_topics,
     produce,
+    publish_routes,
     route_definitions,
     wait_ready,
 )
@@ -269,19 +271,26 @@ async def secured_worker(stack: SecureStack, model_spec: ModelSpec) -> AsyncIter
         publisher_env,
     )
     assert code == 0, output
+    async with started_worker(stack, topics, "worker") as worker:
+        yield worker
+
+
+@asynccontextmanager
+async def started_worker(stack: SecureStack, topics: Topics, name: str) -> AsyncIterator[SecuredWorker]:
+    """`routeworker run` as User:worker on ``topics``, ready; its log is ``<name>.log``."""
     port = free_port()
     env = topics.env(
         stack.secure,
-        stack.logs / "worker.sqlite3",
+        stack.logs / f"{name}.sqlite3",
         **stack.options("worker"),
-        replica_id="secured-worker",
+        replica_id=name,
         health_port=port,
         routing_head=False,
         routing_top_k=1,
         kafka_session_timeout_ms=6000,
         kafka_heartbeat_interval_ms=500,
     )
-    process = WorkerProcess(env, stack.logs / "worker.log")
+    process = WorkerProcess(env, stack.logs / f"{name}.log")
     try:
         await wait_ready(port, process)
         yield SecuredWorker(topics, process, port, env)
@@ -435,16 +444,23 @@ async def test_config_show_and_every_output_hold_no_password(
     assert_no_password(stack.logs)
 
 
-async def test_a_permission_removed_while_running_stops_the_worker(
-    stack: SecureStack, secured_worker: SecuredWorker
+@pytest.mark.parametrize("topic", ["queries", "mutations"])
+async def test_a_read_permission_removed_while_running_stops_the_worker(
+    stack: SecureStack, model_spec: ModelSpec, topic: str
 ) -> None:
-    """Runs last in the module: it ends the module's worker."""
-    topics = secured_worker.topics
-    read_queries = allow("worker", ResourceType.TOPIC, topics.queries, AclOperation.READ)
-    await asyncio.to_thread(grant, stack, [read_queries], revoke=True)
-    await produce(stack.admin, topics.queries, [query(200, "good morning")])
-    code = await secured_worker.process.wait(within=60)
-    log = secured_worker.process.log()
+    topics = Topics.fresh()
+    await create_topics(stack.admin, topics)
+    await publish_routes(stack.admin, topics.mutations, route_definitions())
+    await asyncio.to_thread(grant, stack, worker_acls(topics))
+    async with started_worker(stack, topics, f"revoked-{topic}") as worker:
+        await produce(stack.admin, topics.queries, [query(1, "good morning")])
+        await read_intents(stack, topics, {"q1"})
+        name = getattr(topics, topic)
+        read = allow("worker", ResourceType.TOPIC, name, AclOperation.READ)
+        await asyncio.to_thread(grant, stack, [read], revoke=True)
+        await produce(stack.admin, topics.queries, [query(2, "good evening")])
+        code = await worker.process.wait(within=60)
+        log = worker.process.log()
     assert code == 1, log
-    assert "TopicAuthorizationFailedError" in log
+    assert f"TopicAuthorizationFailedError: {name}" in log
     assert_no_password(stack.logs)

@@ -17,6 +17,7 @@ from worker.app.worker import EncoderFactory, ReplicaFactory, ReplicaWorker, rou
 from worker.config import Settings
 from worker.embedding import encoder_pool
 from worker.errors import ConfigError
+from worker.kafka_access import KafkaAccessError
 from worker.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ async def run_worker(
         return 1
     except ConfigError:
         raise  # one line and exit status 2 (the command line prints it)
+    except KafkaAccessError as error:  # TLS, SASL or a missing ACL: one line names it, no traceback
+        telemetry.health.fail(str(error))
+        logger.error("routeworker cannot start: Kafka refuses access: %s", error)
+        return 1
     except Exception as error:  # the task boundary of the whole replica: log it all, exit non-zero
         telemetry.health.fail(str(error))
         logger.exception("routeworker stopped on an error")

@@ -1,15 +1,28 @@
-"""An old reader against a new writer on the mutation log: a newer admin tool adds fields to route
-definitions, and replicas of this version apply them identically, whatever their contract mode
+"""An old reader against a new writer, on a real broker: an upstream adds fields to its queries (routed
+when tolerant, dead-lettered with a code when strict), a newer admin tool adds fields to route
+definitions (replicas of this version apply them identically, whatever their contract mode)
 (issue 13, item 7)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from pipeline_harness import (
+    QUERY_TEXTS,
+    Record,
+    TopicReader,
+    Topics,
+    build_table,
+    committed_offsets,
+    create_topics,
+    log_end,
+    produce,
+)
 from replication_harness import (
     RecordedEvents,
     create_mutation_topic,
@@ -22,11 +35,15 @@ from replication_harness import (
 )
 
 from worker.app.replica_telemetry import ReplicaTelemetry
-from worker.contracts import RouteDefinition, encode
+from worker.contracts import DeadLetter, RouteDefinition, RoutedIntent, encode
+from worker.contracts.limits import ContractMode
 from worker.embedding import EncoderPool
 from worker.embedding.hashing import hashing_pool
+from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
+from worker.pipeline import QueryPipeline
 from worker.replication import with_embeddings
+from worker.routing import Router
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -36,6 +53,63 @@ pytestmark = pytest.mark.integration
 def pool() -> Iterator[EncoderPool]:
     with hashing_pool(64) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def model(model_spec: ModelSpec) -> Iterator[EncoderPool]:
+    with EncoderPool(model_spec, pool_size=1, max_pending=8) as made:
+        yield made
+
+
+@pytest.mark.parametrize("mode", ["tolerant", "strict"])
+async def test_queries_from_a_newer_upstream_are_routed_when_tolerant_and_dead_lettered_when_strict(
+    broker: LocalBroker, model: EncoderPool, mode: ContractMode
+) -> None:
+    topics = Topics.fresh()
+    await create_topics(broker.bootstrap, topics)
+    records: list[Record] = []
+    for i in range(40):
+        query: dict[str, Any] = {"id": f"q{i}", "text": QUERY_TEXTS[i % len(QUERY_TEXTS)]}
+        if i % 2:  # every other one from the newer upstream
+            query |= {"locale": "de", "ab_test": {"arm": i % 3}}
+        records.append((f"conv-{i % 5}".encode(), orjson.dumps(query), []))
+    telemetry = Telemetry(replica_id=f"evolution-{mode}")
+    pipeline = QueryPipeline(
+        topics.settings(broker.bootstrap, contract_mode=mode),
+        encoder=model,
+        router=Router(build_table(model)),
+        telemetry=telemetry,
+    )
+    running = asyncio.create_task(pipeline.run())
+    try:
+        async with TopicReader(broker.bootstrap, [topics.intents, topics.dlq]) as reader:
+            await produce(broker.bootstrap, topics.queries, records)
+            ends = await log_end(broker.bootstrap, topics.queries, len(records))
+            async with asyncio.timeout(120):
+                while await committed_offsets(broker.bootstrap, topics.group, topics.queries) != ends:
+                    assert not running.done(), "the pipeline stopped"
+                    await asyncio.sleep(0.2)
+            got = await reader.wait_for(lambda rs: len(rs) >= len(records))
+        counted = telemetry.registry.get_sample_value(
+            "routeworker_contracts_unknown_fields_total", {"topic": topics.queries}
+        )
+    finally:
+        pipeline.stop()
+        await asyncio.wait_for(running, 30)
+        telemetry.shutdown()
+    routed = {RoutedIntent.model_validate_json(r.value).query_id: r for r in got if r.topic == topics.intents}
+    dead = [DeadLetter.model_validate_json(r.value) for r in got if r.topic == topics.dlq]
+    if mode == "tolerant":
+        assert sorted(routed) == sorted(f"q{i}" for i in range(40))
+        assert dead == []
+        assert counted == 40  # two fields in each of 20 queries
+        assert all(b"locale" not in r.value for r in routed.values())  # not passed on
+    else:
+        assert sorted(routed) == sorted(f"q{i}" for i in range(0, 40, 2))
+        assert len(dead) == 20
+        assert {d.error_code.value for d in dead} == {"unknown_field"}
+        assert all("locale, ab_test" in d.reason for d in dead)
+        assert counted == 0
 
 
 def newer_writer(definition: RouteDefinition, **fields: Any) -> bytes:

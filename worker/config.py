@@ -23,7 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from worker.contracts.limits import MAX_TOP_N, Limits
+from worker.contracts.limits import MAX_TOP_N, ContractMode, Limits
 from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(4_000, ge=1, description="Longest query text accepted.")
     max_top_n: int = Field(20, ge=1, le=MAX_TOP_N, description="Most candidates a query may ask for.")
     max_mutation_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest route-mutation record.")
+    contract_mode: ContractMode = Field(
+        "tolerant",
+        description="Query fields this version does not know: tolerant ignores and counts them, strict "
+        "dead-letters the query (unknown_field). Route mutations are always read tolerantly.",
+    )
     # --- routing ---
     top_n: int = Field(3, ge=1, le=MAX_TOP_N, description="Candidates per routed intent by default.")
     explain_all: bool = Field(
@@ -212,6 +217,7 @@ class Settings(BaseSettings):
             max_text_chars=self.max_text_chars,
             max_top_n=self.max_top_n,
             max_mutation_bytes=self.max_mutation_bytes,
+            contract_mode=self.contract_mode,
         )
 
     def redacted(self) -> dict[str, Any]:

@@ -103,6 +103,13 @@ class Stack:
         finally:
             await reader.stop()
 
+    async def reaches(self, offset: int) -> None:
+        """Wait until the intents topic holds ``offset`` records and markers (enqueue does not wait
+        for acknowledgements, so a test that needs them in the log waits here)."""
+        async with asyncio.timeout(20):
+            while await self.end("read_uncommitted") < offset:  # noqa: ASYNC110 - the broker's state
+                await asyncio.sleep(0.05)
+
     async def end(self, isolation_level: str) -> int:
         reader = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, isolation_level=isolation_level)
         await reader.start()
@@ -149,6 +156,7 @@ async def test_a_new_owner_fences_the_zombie_and_resumes_from_its_last_commit(st
     assert await deliver(stack, zombie, first[:4])
     await zombie.commit("test")
     assert await deliver(stack, zombie, first[4:])  # left open: the old owner stalls here
+    await stack.reaches(8)  # 4 records, the commit marker, 3 records of the open transaction
 
     consumer, owner = await stack.owner()  # the group gave the partition to another replica
 
@@ -196,6 +204,7 @@ async def test_read_committed_readers_see_outputs_only_once_committed(stack: Sta
     consumer, output = await stack.owner()
     records = await fetch(consumer, output, 3)
     assert await deliver(stack, output, records)
+    await stack.reaches(3)
     assert await stack.end("read_uncommitted") == 3
     assert await stack.end("read_committed") == 0  # the open transaction holds them back
     assert await consumer.committed(stack.tp) is None

@@ -131,7 +131,8 @@ async def _apply_async(settings: Settings, routes: list[RouteDefinition], args: 
         publishes = not args.dry_run and status == 0 and (not plan.is_empty or record is not None)
         if not publishes:
             if args.dry_run:
-                out.print("dry run: nothing published" + (" (a calibration would be)" if calibrate else ""))
+                would = " (nor the calibration above)" if record is not None else " (a calibration would be)"
+                out.print("dry run: nothing published" + (would if calibrate else ""))
             elif status != 0:
                 out.print("[red]nothing published[/red]")
             elif not args.no_calibrate:

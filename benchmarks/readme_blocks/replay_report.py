@@ -1,0 +1,30 @@
+"""The report of `routes apply --dry-run --replay` (replay_report.txt) and its timing (replay.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from readme_blocks import block, load
+
+
+@block("replay-report")
+def replay_report(results: Path) -> str:
+    data = load(results, "replay.json")
+    text = (results / "replay_report.txt").read_text(encoding="utf-8").rstrip()
+    replay = data["report"]["replay"]
+    seconds = replay["seconds"]
+    machine = data["machine"]
+    load_1m = data["load_average_before"][0]
+    broker = {"kafka": "Apache Kafka", "tansu": "Tansu"}[data["broker"]]
+    rate = replay["embedded_texts"] / seconds["embed"]
+    rest = data["replay_json_wall_s"] - sum(seconds.values())
+    timing = (
+        f"Replaying {replay['replayed']:,} queries took {data['replay_json_wall_s']:.1f} s for the whole "
+        f"command on {machine['cpus']} vCPUs ({machine['cpu']}, load average {load_1m:.1f} at the start), "
+        f"{broker}: embedding {replay['embedded_texts']:,} distinct texts {seconds['embed']:.1f} s "
+        f"({rate:.0f} texts/s), building both tables {seconds['build_tables']:.1f} s (embedding "
+        f"the routes), reading the sample {seconds['read_sample']:.2f} s, routing both ways "
+        f"{seconds['route']:.2f} s, and {rest:.1f} s starting, loading the model, reading the "
+        f"mutation log and the self-fit of the planned table. From `{data['command'].strip()}` (benchmarks/results/replay.json)."
+    )
+    return f"```console\n$ {data['text_command']}\n{text}\n```\n\n{timing}"

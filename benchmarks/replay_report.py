@@ -123,7 +123,9 @@ class Cli:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--broker", choices=("kafka", "tansu"), default="kafka")
     parser.add_argument("--queries", type=int, default=2000, help="queries produced (and replayed)")
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
@@ -133,7 +135,8 @@ def main() -> int:
     service: AbstractContextManager[Any] = LocalKafka() if args.broker == "kafka" else LocalBroker()
     tag = uuid.uuid4().hex[:8]
     topics = {
-        f"ROUTEWORKER_TOPIC_{name.upper()}": f"{name}-{tag}" for name in ("queries", "intents", "dlq", "mutations")
+        f"ROUTEWORKER_TOPIC_{name.upper()}": f"{name}-{tag}"
+        for name in ("queries", "intents", "dlq", "mutations")
     }
     with tempfile.TemporaryDirectory() as tmp, service as broker:
         current, planned, _ = route_files(args.datasets, Path(tmp))
@@ -147,7 +150,9 @@ def main() -> int:
         json_out, json_s = cli(*replay, *replay_limit, "--output", "json")
         text_out, text_s = cli(*replay, *replay_limit, "--show-examples")
     report = json.loads(json_out)
-    shown = " ".join(["routeworker", *replay[:2], "planned.yaml", *replay[3:], *replay_limit, "--show-examples"])
+    shown = " ".join(
+        ["routeworker", *replay[:2], "planned.yaml", *replay[3:], *replay_limit, "--show-examples"]
+    )
     result = {
         "benchmark": "replay_report",
         "command": "python benchmarks/replay_report.py " + " ".join(sys.argv[1:]),

@@ -25,6 +25,7 @@ def replay_report(results: Path) -> str:
         f"({rate:.0f} texts/s), building both tables {seconds['build_tables']:.1f} s (embedding "
         f"the routes), reading the sample {seconds['read_sample']:.2f} s, routing both ways "
         f"{seconds['route']:.2f} s, and {rest:.1f} s starting, loading the model, reading the "
-        f"mutation log and the self-fit of the planned table. From `{data['command'].strip()}` (benchmarks/results/replay.json)."
+        f"mutation log and the self-fit of the planned table. From `{data['command'].strip()}` "
+        "(benchmarks/results/replay.json)."
     )
     return f"```console\n$ {data['text_command']}\n{text}\n```\n\n{timing}"

@@ -91,7 +91,9 @@ async def test_a_split_route_reports_its_moves_and_fails_the_gate(cli: Cli, tmp_
     records += [(None, b"{not json", []), (None, orjson.dumps({"id": "no-text"}), [])]
     await produce(cli.bootstrap, cli.queries, records)
 
-    done = cli.run("routes", "apply", str(split), "--prune", "--dry-run", "--replay", "100", "--output", "json")
+    done = cli.run(
+        "routes", "apply", str(split), "--prune", "--dry-run", "--replay", "100", "--output", "json"
+    )
     report = json.loads(done.stdout)
     assert report["plan"]["summary"].startswith("2 to add, 0 to change, 1 to remove, 1 unchanged")
     replay = report["replay"]
@@ -113,8 +115,8 @@ async def test_a_split_route_reports_its_moves_and_fails_the_gate(cli: Cli, tmp_
     assert not any(text in done.stdout + done.stderr for text in REFUNDS)
 
     gated = cli.run(
-        "routes", "apply", str(split), "--prune", "--replay", "1h", "--fail-if-changed", "50", "--show-examples",
-        expect=EXIT_CHANGED,
+        "routes", "apply", str(split), "--prune", "--replay", "1h", "--fail-if-changed", "50",
+        "--show-examples", expect=EXIT_CHANGED,
     )  # fmt: skip
     output = gated.stdout + gated.stderr
     assert "8 of 12 queries change route (66.7%)" in output
@@ -140,8 +142,8 @@ def test_no_queries_topic_or_an_empty_sample_is_one_line_and_the_plan(cli: Cli, 
     assert "does not exist" in line
     assert "structural only" in line
     gated = cli.run(
-        "routes", "apply", str(routes), "--dry-run", "--no-calibrate", "--replay", "1h", "--fail-if-changed", "5",
-        expect=1,
+        "routes", "apply", str(routes), "--dry-run", "--no-calibrate", "--replay", "1h",
+        "--fail-if-changed", "5", expect=1,
     )  # fmt: skip
     assert "no sample to judge the change by" in gated.stdout
 

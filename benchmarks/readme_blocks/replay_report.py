@@ -14,18 +14,18 @@ def replay_report(results: Path) -> str:
     replay = data["report"]["replay"]
     seconds = replay["seconds"]
     machine = data["machine"]
-    load_1m = data["load_average_before"][0]
     broker = {"kafka": "Apache Kafka", "tansu": "Tansu"}[data["broker"]]
     rate = replay["embedded_texts"] / seconds["embed"]
     rest = data["replay_json_wall_s"] - sum(seconds.values())
+    loads = f"{data['load_average_before'][0]:.1f} before, {data['load_average_after'][0]:.1f} after"
     timing = (
-        f"Replaying {replay['replayed']:,} queries took {data['replay_json_wall_s']:.1f} s for the whole "
-        f"command on {machine['cpus']} vCPUs ({machine['cpu']}, load average {load_1m:.1f} at the start), "
+        f"The same replay with `--output json` (the figures kept in benchmarks/results/replay.json): "
+        f"{replay['replayed']:,} queries in {data['replay_json_wall_s']:.1f} s for the whole command, "
+        f"on {machine['cpus']} vCPUs ({machine['cpu']}) shared with other work (load average {loads}), "
         f"{broker}: embedding {replay['embedded_texts']:,} distinct texts {seconds['embed']:.1f} s "
         f"({rate:.0f} texts/s), building both tables {seconds['build_tables']:.1f} s (embedding "
-        f"the routes), reading the sample {seconds['read_sample']:.2f} s, routing both ways "
+        f"their routes), reading the sample {seconds['read_sample']:.2f} s, routing it through both "
         f"{seconds['route']:.2f} s, and {rest:.1f} s starting, loading the model, reading the "
-        f"mutation log and the self-fit of the planned table. From `{data['command'].strip()}` "
-        "(benchmarks/results/replay.json)."
+        f"mutation log and the self-fit of the planned table. From `{data['command'].strip()}`."
     )
     return f"```console\n$ {data['text_command']}\n{text}\n```\n\n{timing}"

@@ -124,3 +124,15 @@ def test_the_command_line_refuses_a_gate_without_a_replay(
     with pytest.raises(SystemExit):
         main(["routes", "apply", str(routes), "--dry-run", "--replay", "yesterday"])
     assert "neither a duration" in capsys.readouterr().err
+
+
+def test_the_text_report_lists_the_largest_moves_and_counts_the_rest() -> None:
+    routes = [f"r{i:02d}" for i in range(30)]
+    before = [Decision(r, 0.5, (), ()) for r in routes for _ in range(2 if r < "r05" else 1)]
+    after = [Decision(None, 0.4, (), ()) for _ in before]
+    ids = [str(i) for i in range(len(before))]
+    report = _report(compare(before, after, ids, ids), records=len(before), malformed=0)
+    printed = _printed(report, show_examples=False)
+    assert "Moves (the 20 largest)" in printed
+    assert "and 10 smaller moves of 10 queries" in printed
+    assert len(replay_json(report, show_examples=False)["moves"]) == 30

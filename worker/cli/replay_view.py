@@ -16,6 +16,8 @@ from worker.cli.console import table
 from worker.routing.impact import AffectedQuery, RouteImpact
 
 NO_MATCH = "(no match)"
+#: moves listed in the text report (the largest; JSON lists every one)
+MOVES_SHOWN = 20
 
 
 def route_label(route: str | None) -> str:
@@ -48,8 +50,16 @@ def print_replay(report: ReplayReport, topic: str, out: Console, *, show_example
     out.print(f"planned table: {report.planned_calibration}")
     out.print(f"[bold]{impact.changed} of {impact.queries} queries change route ({impact.share:.1%})[/bold]")
     if impact.moves:
-        rows = [(route_label(m.source), route_label(m.target), m.count) for m in impact.moves]
-        out.print(table("Moves", ("from", "to", "queries"), rows))
+        shown = impact.moves[:MOVES_SHOWN]
+        rows = [(route_label(m.source), route_label(m.target), m.count) for m in shown]
+        title = "Moves" if len(shown) == len(impact.moves) else f"Moves (the {len(shown)} largest)"
+        out.print(table(title, ("from", "to", "queries"), rows))
+        rest = impact.moves[MOVES_SHOWN:]
+        if rest:
+            out.print(
+                f"and {len(rest)} smaller moves of {sum(m.count for m in rest)} queries "
+                "(--output json lists every move)"
+            )
         out.print(_examples_table(impact, show_examples))
         if not show_examples:
             out.print("query texts are hidden: --show-examples shows them")

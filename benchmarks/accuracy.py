@@ -32,16 +32,9 @@ from rich.table import Table
 from vectors import VectorCache
 
 from worker.config import load_settings
+from worker.embedding import EncoderPool
 from worker.embedding.model import resolve_model
-from worker.routing import (
-    EncoderPool,
-    Route,
-    Router,
-    RouteTable,
-    RouteVectors,
-    ScoringConfig,
-    fit_thresholds,
-)
+from worker.routing import Route, Router, RouteTable, RouteVectors, ScoringConfig, fit_thresholds
 from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight
 from worker.routing.head import HeadConfig, train_head
 
@@ -194,7 +187,7 @@ def main() -> int:
 
     settings = load_settings()
     spec = resolve_model(settings)
-    encoder = EncoderPool(spec.path, spec.name, pool_size=1)
+    encoder = EncoderPool(spec, pool_size=1)
     cache = VectorCache(encoder, settings.cache_dir / "bench-vectors")
     loaders = {"banking77": lambda: banking77(args.datasets), "clinc150": lambda: clinc150(args.datasets)}
     results = {

@@ -53,9 +53,9 @@ import faiss
 import numpy as np
 
 from worker.config import Settings
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelNotPreparedError, resolve_model
 from worker.routing import (
-    EncoderPool,
     IndexSettings,
     Route,
     Router,
@@ -63,11 +63,13 @@ from worker.routing import (
     RouteTable,
     RouteVectors,
     ScoringConfig,
+    build_process,
     builder,
     l2_normalise,
 )
 from worker.routing.builder import build_main
-from worker.routing.index import LeaveOneOut, MainIndex
+from worker.routing.calibration import LeaveOneOut
+from worker.routing.index import MainIndex
 
 DIM = 384
 PER_ROUTE = 5
@@ -148,7 +150,7 @@ def encoder_figures(repeat: int) -> dict[str, Any]:
         spec = resolve_model(Settings())
     except ModelNotPreparedError as error:
         return {"available": False, "reason": str(error)}
-    with EncoderPool(spec.path, spec.name) as pool:
+    with EncoderPool(spec) as pool:
         pool.embed_sync(QUERIES)
         figures = timed(lambda: pool.embed_sync(QUERIES), repeat)
         return {"available": True, "fingerprint": pool.fingerprint, "batch": len(QUERIES), **figures}
@@ -213,7 +215,7 @@ def real_recall(settings: IndexSettings, search_k: int) -> dict[str, Any]:
         return {"available": False, "reason": str(error)}
     if not root.is_dir():
         return {"available": False, "reason": f"no datasets in {root}"}
-    with EncoderPool(spec.path, spec.name) as pool:
+    with EncoderPool(spec) as pool:
         cache = VectorCache(pool, Settings().cache_dir / "bench-vectors")
         sets = [banking77(root), clinc150(root)]
         vectors = np.concatenate([cache.embed(ds.routes.texts, f"{ds.name}-routes") for ds in sets])
@@ -399,7 +401,7 @@ class SearchTimeline(SearchLoad):
 def child_windows() -> Iterator[list[tuple[float, float]]]:
     """Record when index build processes run (instrumentation only: the build is unchanged)."""
     windows: list[tuple[float, float]] = []
-    original = builder._run_child
+    original = builder.run_build_process
 
     def timed_run(job: Path, *args: Any) -> None:
         started = time.perf_counter()
@@ -408,11 +410,11 @@ def child_windows() -> Iterator[list[tuple[float, float]]]:
         finally:
             windows.append((started, time.perf_counter()))
 
-    builder._run_child = timed_run
+    builder.run_build_process = timed_run
     try:
         yield windows
     finally:
-        builder._run_child = original
+        builder.run_build_process = original
 
 
 def stall_figures(
@@ -476,7 +478,7 @@ def stall_figures(
 def other_cpu_busy() -> Iterator[None]:
     """A process spinning in the idle scheduling class (as the index build process runs)."""
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    builder._set_idle(spinner.pid, True)
+    build_process.set_idle(spinner.pid, True)
     try:
         yield
     finally:

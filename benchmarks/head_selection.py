@@ -32,8 +32,9 @@ from rich.table import Table
 from vectors import VectorCache
 
 from worker.config import load_settings
+from worker.embedding import EncoderPool
 from worker.embedding.model import resolve_model
-from worker.routing import EncoderPool, Router, RouteTable, ScoringConfig
+from worker.routing import Router, RouteTable, ScoringConfig
 from worker.routing.fitting import fit_head_weight
 from worker.routing.head import HeadConfig, RouteHead, train_head
 
@@ -139,7 +140,7 @@ def main() -> int:
 
     settings = load_settings()
     spec = resolve_model(settings)
-    encoder = EncoderPool(spec.path, spec.name, pool_size=1)
+    encoder = EncoderPool(spec, pool_size=1)
     cache = VectorCache(encoder, settings.cache_dir / "bench-vectors")
     bank, clinc = banking77(args.datasets), clinc150(args.datasets)
     bank_vectors = cache.embed(bank.routes.texts, "banking77-routes")

@@ -44,11 +44,12 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from worker.cli.console import console, table
 from worker.config import load_settings
 from worker.contracts import RouteDefinition, ShippedEmbeddings, encode
+from worker.embedding import EncoderPool
 from worker.embedding.model import resolve_model
 from worker.local.broker import LocalBroker
 from worker.local.process import free_port
 from worker.local.redis import LocalRedis
-from worker.routing import EncoderPool, l2_normalise
+from worker.routing import l2_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline.json"
@@ -413,7 +414,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(42)
     settings = load_settings()
     model = resolve_model(settings)
-    pool = await asyncio.to_thread(EncoderPool, model.path, model.name, 1, settings.encoder_max_pending,
+    pool = await asyncio.to_thread(EncoderPool, model, 1, settings.encoder_max_pending,
                                    batch_size=BATCH)  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="routeworker-bench-"))
     store = workdir / "store.sqlite3"

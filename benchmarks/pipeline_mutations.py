@@ -61,11 +61,12 @@ from pipeline import (
 from worker.cli.console import console, table
 from worker.config import load_settings
 from worker.contracts import RouteDefinition, RouteMutation, ShippedEmbeddings, encode
+from worker.embedding import EncoderPool
 from worker.embedding.model import resolve_model
 from worker.local.broker import LocalBroker
 from worker.local.process import free_port
 from worker.replication import MutationPublisher
-from worker.routing import EncoderPool, l2_normalise
+from worker.routing import l2_normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_mutations.json"
@@ -245,7 +246,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(11)
     settings = load_settings()
     model = resolve_model(settings)
-    pool = await asyncio.to_thread(EncoderPool, model.path, model.name, 1, batch_size=BATCH)
+    pool = await asyncio.to_thread(EncoderPool, model, 1, batch_size=BATCH)
     workdir = Path(tempfile.mkdtemp(prefix="routeworker-bench-mutations-"))
     try:
         with LocalBroker() as broker:

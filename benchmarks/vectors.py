@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from rich.progress import Progress
 
-from worker.routing import EncoderPool
+from worker.embedding import EncoderPool
 
 
 class VectorCache:

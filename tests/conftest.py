@@ -1,7 +1,9 @@
-"""Shared fixtures: a private Tansu broker and redis-server per test session, and the real model.
+"""Shared fixtures: private brokers (Tansu, Apache Kafka) and redis-server per test session, the model.
 
-Each starts on a free port, is waited for, and is stopped at the end of the session even when
-tests fail; the child processes also die with the test process if it is killed.
+Each starts on a free port when a test first asks for it, is waited for, and is stopped at the end
+of the session even when tests fail; the child processes also die with the test process if it is
+killed. Both broker fixtures offer the same small interface (worker.local.capabilities.BrokerService:
+``name``, ``bootstrap``, ``capabilities``), so one test body can run against either.
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ from worker.config import DEFAULT_MODEL, Settings, load_settings
 from worker.embedding.model import ModelSpec, resolve_model
 from worker.embedding.prepare import prepare
 from worker.local.broker import LocalBroker
+from worker.local.kafka import LocalKafka
 from worker.local.redis import LocalRedis
 
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[LocalBroker]:
+    """Tansu: in memory, starts in milliseconds; no compaction, transactions or librdkafka clients."""
     with LocalBroker() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[LocalKafka]:
+    """Apache Kafka 4.4.0, one KRaft combined node: the reference broker (a few seconds to start).
+
+    Shared by the session: a test that must restart, kill or reconfigure a broker starts its own
+    LocalKafka instead.
+    """
+    with LocalKafka() as running:
         yield running
 
 

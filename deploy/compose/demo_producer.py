@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.helpers import create_ssl_context
 
 from worker.config import Settings, load_settings
 from worker.contracts import Query, encode
+from worker.kafka_client import client_options
 
 logger = logging.getLogger("demo_producer")
 
@@ -56,26 +56,13 @@ MALFORMED = (
 
 
 def producer_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka producer options from the settings, including SASL and TLS."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+    """aiokafka producer options: the worker's own connection options (bootstrap, TLS, SASL) and
+    acknowledgement by every in-sync replica."""
+    return {
+        **client_options(settings),
         "client_id": f"{settings.kafka_client_id}-demo-producer",
-        "security_protocol": settings.kafka_security_protocol,
         "acks": "all",
-        "request_timeout_ms": settings.kafka_request_timeout_ms,
     }
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        )
-    if settings.kafka_sasl_mechanism is not None:
-        password = settings.kafka_sasl_password
-        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        options["sasl_plain_username"] = settings.kafka_sasl_username
-        options["sasl_plain_password"] = password.get_secret_value() if password else None
-    return options
 
 
 def demo_record(run: str, index: int, bad_every: int) -> tuple[bytes, bytes]:

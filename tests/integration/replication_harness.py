@@ -12,10 +12,11 @@ from aiokafka import AIOKafkaProducer
 
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition
+from worker.embedding import EncoderPool
 from worker.replication import RouteReplica, TopicSpec, ensure_topics
 from worker.replication.kafka import running
 from worker.replication.vectors import shipped_vectors
-from worker.routing import EncoderPool, RouteVectors
+from worker.routing import RouteVectors
 from worker.routing.index import table_digest
 
 

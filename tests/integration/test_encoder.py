@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from worker.config import Settings
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec, resolve_model
-from worker.routing import EncoderPool, Route, Router, RouteTable, RouteVectors, ScoringConfig
+from worker.routing import Route, Router, RouteTable, RouteVectors, ScoringConfig
 
 pytestmark = pytest.mark.integration
-
-MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _spec(variant: Literal["fp32", "int8"]) -> ModelSpec:
@@ -24,7 +23,7 @@ def _spec(variant: Literal["fp32", "int8"]) -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def fp32() -> Iterator[EncoderPool]:
-    with EncoderPool(_spec("fp32").path, MODEL, pool_size=2, max_pending=8) as pool:
+    with EncoderPool(_spec("fp32"), pool_size=2, max_pending=8) as pool:
         yield pool
 
 
@@ -57,7 +56,7 @@ async def test_async_embed_matches_sync(fp32: EncoderPool) -> None:
 
 
 def test_int8_embeds_each_text_alone_so_batches_do_not_matter() -> None:
-    with EncoderPool(_spec("int8").path, MODEL) as int8:
+    with EncoderPool(_spec("int8")) as int8:
         together = int8.embed_sync(["turn on the lights", "book a table for two"])
         alone = int8.embed_sync(["book a table for two"])
         assert np.array_equal(together[1], alone[0])

@@ -14,11 +14,12 @@ from pipeline_harness import QUERY_TEXTS, Record, TopicReader, Topics, build_tab
 
 from worker.cache import CachedEncoder, RedisEmbeddingCache
 from worker.contracts import RoutedIntent
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
 from worker.local.redis import LocalRedis
 from worker.pipeline import QueryPipeline
-from worker.routing import EncoderPool, Router
+from worker.routing import Router
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def encoder(model_spec: ModelSpec) -> Iterator[EncoderPool]:
-    with EncoderPool(model_spec.path, model_spec.name, pool_size=1, max_pending=8) as pool:
+    with EncoderPool(model_spec, pool_size=1, max_pending=8) as pool:
         yield pool
 
 
@@ -116,7 +117,4 @@ async def test_routing_goes_on_while_redis_is_down_and_uses_it_again_after(
 
 
 def _hits(telemetry: Telemetry) -> float:
-    for line in telemetry.metrics_text().splitlines():
-        if line.startswith("routeworker_cache_hits_total "):
-            return float(line.split()[1])
-    return 0.0
+    return telemetry.registry.get_sample_value("routeworker_cache_hits_total") or 0.0

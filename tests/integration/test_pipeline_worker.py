@@ -12,12 +12,13 @@ import orjson
 import pytest
 from pipeline_harness import TopicReader, Topics, build_table, create_topics, produce
 
-from worker.cli.run_cmd import run_worker
+from worker.app import run_worker
 from worker.config import Settings
 from worker.contracts import RoutedIntent
+from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
-from worker.routing import EncoderPool, RouteTable
+from worker.routing import RouteTable
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ class ScriptedReplica:
 
 @pytest.fixture
 def encoder_factory(model_spec: ModelSpec) -> Any:
-    return lambda settings: EncoderPool(model_spec.path, model_spec.name, pool_size=1, max_pending=4)
+    return lambda settings: EncoderPool(model_spec, pool_size=1, max_pending=4)
 
 
 async def wait_for(condition: Any, within: float = 30) -> None:
@@ -89,10 +90,15 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
             replicas[0].ready.set()
             records = await reader.wait_for(lambda rs: len(rs) == 1)
             assert RoutedIntent.model_validate_json(records[0].value).route == "music"
-            assert telemetry.health.readiness() == (True, "consuming")
+            assert telemetry.health.readiness() == (
+                True,
+                "ready: route table caught up, 2 partitions assigned",
+            )
             # the learned head is trained on the served table in the background and put in service
             routes = len(replicas[0].table)
-            await wait_for(lambda: f"routeworker_route_head_routes {routes}" in telemetry.metrics_text())
+            await wait_for(
+                lambda: telemetry.registry.get_sample_value("routeworker_route_head_routes") == routes
+            )
     finally:
         if not worker.done():  # run_worker's own handler turns it into a graceful stop
             os.kill(os.getpid(), signal.SIGTERM)
@@ -117,8 +123,8 @@ async def test_a_failing_replica_stops_the_worker_with_a_non_zero_status(
                    encoder_factory=encoder_factory)
     )  # fmt: skip
     await wait_for(lambda: telemetry.health.readiness()[0])
-    with caplog.at_level(logging.ERROR, logger="worker.run"):
+    with caplog.at_level(logging.ERROR, logger="worker.app"):
         replicas[0].fail.set()
         assert await asyncio.wait_for(worker, 60) == 1
     assert "mutation log is corrupt" in caplog.text
-    assert telemetry.health.liveness() is False
+    assert telemetry.health.liveness()[0] is False

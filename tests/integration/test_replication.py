@@ -22,6 +22,8 @@ from replication_harness import (
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation, encode
+from worker.embedding import EncoderPool, ModelSpec
+from worker.embedding.hashing import HashingSession, hashing_pool
 from worker.local.broker import LocalBroker
 from worker.replication import (
     MutationPublisher,
@@ -33,9 +35,8 @@ from worker.replication import (
     route_of,
     with_embeddings,
 )
-from worker.replication.encoders import HashingSession, hashing_pool
 from worker.replication.vectors import embed_routes
-from worker.routing import EncoderPool, RouteVectors, l2_normalise
+from worker.routing import RouteVectors, l2_normalise
 
 pytestmark = pytest.mark.integration
 
@@ -230,7 +231,7 @@ async def test_answers_use_the_previous_definition_until_the_new_vectors_exist(
     gate, entered = threading.Event(), threading.Event()
     gate.set()
     gated = await asyncio.to_thread(
-        EncoderPool, None, "hashing-bow-64", 1, 8, session_factory=lambda: GatedSession(gate, entered)
+        EncoderPool, ModelSpec("hashing-bow-64"), 1, 8, session_factory=lambda: GatedSession(gate, entered)
     )
     assert gated.fingerprint == pool.fingerprint
     try:

@@ -1,6 +1,6 @@
 """Replica processes converge: concurrent publishers, `kill -9` and restarts, then equal tables and answers.
 
-Each replica is a separate process (`python -m worker.replication.replica_main`) with its own store;
+Each replica is a separate process (`routeworker routes replica`) with its own store;
 on SIGUSR1 it writes its table's version, digest and answers to fixed probe queries. At the end
 every replica's digest must equal the digest of the log folded by key, and every replica must give
 the same answers.
@@ -23,13 +23,14 @@ from replication_harness import create_mutation_topic, mutation_settings, produc
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
 from worker.embedding.model import ModelSpec
 from worker.embedding.pool import encoder_pool
 from worker.local.broker import LocalBroker
 from worker.replication import MutationPublisher, read_routes, route_of, shipped_vectors, with_embeddings
-from worker.replication.encoders import hashing_pool
 from worker.replication.vectors import embed_routes
-from worker.routing import EncoderPool, RouteVectors
+from worker.routing import RouteVectors
 from worker.routing.index import table_digest
 
 pytestmark = pytest.mark.integration
@@ -60,7 +61,7 @@ class ReplicaProcess:
         self.status_file.unlink(missing_ok=True)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker.replication.replica_main", "--store", str(self.store),
+                [sys.executable, "-m", "worker.cli.main", "routes", "replica", "--store", str(self.store),
                  "--status", str(self.status_file), "--probes", str(self.probes), "--encoder", self.encoder],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -97,3 +97,17 @@ async def test_produces_to_the_queries_topic(
         except ContractError:
             pass
     assert valid == 8
+
+
+def test_producer_options_are_the_workers_connection_options(demo: ModuleType) -> None:
+    from worker.kafka_client import client_options
+
+    settings = Settings(kafka_security_protocol="SSL", kafka_request_timeout_ms=12_000)
+    options = demo.producer_options(settings)
+    shared = client_options(settings)
+    assert options["client_id"] == "routeworker-demo-producer"
+    assert options["acks"] == "all"
+    assert {k: v for k, v in options.items() if k not in ("client_id", "acks", "ssl_context")} == {
+        k: v for k, v in shared.items() if k not in ("client_id", "ssl_context")
+    }
+    assert "ssl_context" in options

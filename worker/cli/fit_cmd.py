@@ -16,10 +16,10 @@ import asyncio
 import csv
 from pathlib import Path
 
+from worker.app.serving import head_serves, serving_router
 from worker.cli.console import console, err_console, table
 from worker.config import Settings, load_settings
 from worker.embedding.pool import encoder_pool
-from worker.pipeline.routing import head_serves, serving_router
 from worker.replication.errors import RouteFileError
 from worker.replication.routefile import dump_routes, load_route_file
 from worker.replication.vectors import embed_routes, route_of

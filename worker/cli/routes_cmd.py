@@ -12,9 +12,11 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from worker.cli import replica_cmd
 from worker.cli.console import console, err_console, table
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition
+from worker.embedding import EncoderPool
 from worker.embedding.pool import encoder_pool
 from worker.replication import (
     MutationPlan,
@@ -27,9 +29,7 @@ from worker.replication import (
     publish_plan,
     read_routes,
 )
-from worker.replication.replica_main import add_arguments, run_from_args
 from worker.replication.routefile import dump_routes
-from worker.routing import EncoderPool
 
 
 def _run(action: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -165,6 +165,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     delete.add_argument("--force", action="store_true", help="publish even for names not in the log")
     delete.set_defaults(handler=_delete)
 
-    replica = actions.add_parser("replica", help="run only a route replica (status file on SIGUSR1)")
-    add_arguments(replica)
-    replica.set_defaults(handler=run_from_args)
+    replica_cmd.register_action(actions)

@@ -1,93 +1,22 @@
 """`routeworker run`: one replica, routing queries until SIGTERM/SIGINT.
 
-Exit status: 0 after a graceful stop (in-flight work finished and committed), 1 when anything
-failed or the grace period ran out (the traceback is logged), 2 for a configuration error.
-A second SIGTERM/SIGINT stops at once.
+Exit status: 0 after a graceful stop, 1 when anything failed or the grace period ran out, 2 for a
+configuration error (see :mod:`worker.app.run`). A second SIGTERM/SIGINT stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import signal
 
-from worker.config import Settings, load_settings
-from worker.embedding.pool import encoder_pool
-from worker.pipeline.supervisor import (
-    EncoderFactory,
-    ReplicaFactory,
-    ReplicaWorker,
-    route_replica,
-)
-from worker.telemetry import Telemetry
-
-logger = logging.getLogger("worker.run")
-
-# Beyond the pipeline's own grace period: closing the clients and flushing telemetry.
-_CLOSE_MARGIN_S = 5.0
-
-
-async def run_worker(
-    settings: Settings,
-    telemetry: Telemetry | None = None,
-    *,
-    replica_factory: ReplicaFactory = route_replica,
-    encoder_factory: EncoderFactory = encoder_pool,
-) -> int:
-    """Run a replica with signal handling; returns the exit status."""
-    telemetry = telemetry or Telemetry(replica_id=settings.replica_id, otlp_endpoint=settings.otlp_endpoint)
-    worker = ReplicaWorker(
-        settings,
-        telemetry,
-        replica_factory=replica_factory,
-        encoder_factory=encoder_factory,
-    )
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    forced = False
-
-    def force_stop(why: str) -> None:
-        nonlocal forced
-        if main is not None and not main.done():
-            forced = True
-            logger.error("stopping now: %s", why)
-            main.cancel()
-
-    def on_signal(number: int) -> None:
-        if worker.stopping:
-            force_stop(f"second {signal.Signals(number).name}")
-            return
-        logger.info("%s received: finishing in-flight work", signal.Signals(number).name)
-        worker.stop()
-        loop.call_later(
-            settings.shutdown_timeout_s + _CLOSE_MARGIN_S, force_stop, "shutdown grace period exceeded"
-        )
-
-    for number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(number, on_signal, number)
-    try:
-        await worker.run()
-    except asyncio.CancelledError:
-        if not forced:
-            raise
-        return 1
-    except Exception as error:  # the task boundary of the whole replica: log it all, exit non-zero
-        telemetry.health.fail(str(error))
-        logger.exception("routeworker stopped on an error")
-        return 1
-    finally:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(number)
-        await asyncio.to_thread(telemetry.shutdown)
-    logger.info("stopped cleanly")
-    return 0
+from worker.app import run_worker
+from worker.cli.logs import use_log_level
+from worker.config import load_settings
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = load_settings()
-    if not getattr(args, "verbose", False):
-        logging.getLogger().setLevel(settings.log_level)
+    use_log_level(settings, args)
     return asyncio.run(run_worker(settings))
 
 

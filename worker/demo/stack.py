@@ -1,4 +1,9 @@
-"""The demo's moving parts: a broker (private or given), Redis (private or none) and worker replicas."""
+"""The demo's moving parts: a broker (private or given), Redis (private or none) and worker replicas.
+
+The private broker is Apache Kafka (the reference, and what kcat and other librdkafka clients can
+talk to); ``DEMO_BROKER=tansu`` picks Tansu instead (in memory, starts at once).
+``KAFKA_BOOTSTRAP=host:port`` uses a running cluster and starts no broker.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,24 @@ import sys
 import time
 from pathlib import Path
 
+from worker.errors import ConfigError
 from worker.health.probe import probe
 from worker.local.broker import LocalBroker
+from worker.local.kafka import LocalKafka
 from worker.local.process import ManagedProcess, free_port
 from worker.local.redis import LocalRedis
 
 GROUP = "routeworker-demo"
+BROKER_ENV = "DEMO_BROKER"
+BROKERS: dict[str, type[LocalKafka] | type[LocalBroker]] = {"kafka": LocalKafka, "tansu": LocalBroker}
+
+
+def embedded_broker(choice: str | None = None) -> LocalKafka | LocalBroker:
+    """The private broker $DEMO_BROKER names (kafka, the default, or tansu), not yet started."""
+    name = (choice if choice is not None else os.environ.get(BROKER_ENV, "")) or "kafka"
+    if name not in BROKERS:
+        raise ConfigError(f"{BROKER_ENV}={name!r}: one of {', '.join(BROKERS)}")
+    return BROKERS[name]()
 
 
 def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -34,14 +51,14 @@ class DemoStack:
     def __init__(self, workdir: Path, replicas: int) -> None:
         self.workdir = workdir
         self.replicas = replicas
-        self.broker: LocalBroker | None = None
+        self.broker: LocalKafka | LocalBroker | None = None
         self.redis: LocalRedis | None = None
         self.workers: list[tuple[ManagedProcess, int]] = []
         self.bootstrap = os.environ.get("KAFKA_BOOTSTRAP", "")
 
     def start_services(self) -> None:
         if not self.bootstrap:
-            self.broker = LocalBroker().start()
+            self.broker = embedded_broker().start()
             self.bootstrap = self.broker.bootstrap
         if shutil.which("redis-server"):
             self.redis = LocalRedis().start()
@@ -96,5 +113,5 @@ class DemoStack:
             codes.append(process.proc.returncode)
         for service in (self.redis, self.broker):
             if service is not None:
-                service.stop()
+                service.close()
         return codes

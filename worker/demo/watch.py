@@ -6,9 +6,11 @@ import asyncio
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
@@ -73,15 +75,13 @@ async def produce(bootstrap: str, topic: str, records: list[Record], rate: float
 
 async def follow(bootstrap: str, intents: str, dlq: str, expected: int, tally: Tally,
                  texts: dict[str, str], live: Live, timeout_s: float) -> None:  # fmt: skip
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # "earliest": the offset reset that assign() starts must not land after the seek below
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
-        await consumer.topics()  # loads metadata, so partitions_for_topic knows both topics
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in (intents, dlq)
-            for p in consumer.partitions_for_topic(topic) or ()
-        ]
+        partitions = await _partitions(bootstrap, intents, dlq)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         deadline = time.monotonic() + timeout_s
@@ -94,6 +94,17 @@ async def follow(bootstrap: str, intents: str, dlq: str, expected: int, tally: T
             live.update(tally.view())
     finally:
         await consumer.stop()
+
+
+async def _partitions(bootstrap: str, *topics: str) -> list[TopicPartition]:
+    # a Metadata request naming the topics: a consumer's own metadata knows only what it reads
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        described: Any = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [TopicPartition(d["topic"], p["partition"]) for d in described for p in d.get("partitions", ())]
 
 
 def _record(tally: Tally, is_dlq: bool, value: bytes, timestamp_ms: int, texts: dict[str, str]) -> None:

@@ -1,17 +1,44 @@
-"""Which model a replica embeds with, where its files are, and its fingerprint."""
+"""Which model a replica embeds with, where its files are, and the fingerprint of its vectors.
+
+The one default model and the one fingerprint function of the project live here. The fingerprint
+names the model, its variant and a checksum of its ONNX graph: vectors are shared (shipped in
+mutation records, cached in Redis, reused from the store) only between equal fingerprints.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Protocol
 
-from worker.config import DEFAULT_MODEL, Settings
 from worker.embedding.prepare import find_prepared
+from worker.routing import EncoderError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+#: fp32 is deterministic whatever the batch; int8 (dynamic quantisation) depends on the batch
+Variant = Literal["fp32", "int8"]
 
 
 class ModelNotPreparedError(RuntimeError):
     """The default model has no verified export yet."""
+
+
+def model_fingerprint(name: str, variant: str, path: Path | None) -> str:
+    """Identity of the vectors a model makes: ``name@hub``, or ``name@variant:<sha256 prefix>``
+    of the local export's ``model.onnx`` (two exports that differ in any weight never share)."""
+    if path is None:
+        return f"{name}@hub"
+    digest = hashlib.sha256()
+    weights = path / "model.onnx"
+    try:
+        with weights.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise EncoderError(f"cannot read {weights}: {error}") from error
+    return f"{name}@{variant}:{digest.hexdigest()[:12]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,26 +46,35 @@ class ModelSpec:
     """A loadable model: fastembed name, local ONNX directory (None = fetched by fastembed), variant."""
 
     name: str
-    path: Path | None
-    variant: str
+    path: Path | None = None
+    variant: Variant = "fp32"
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the vectors this model makes: replicas reuse shipped vectors only on equality.
+        """See :func:`model_fingerprint` (reads the weights: cache it where it is used often)."""
+        return model_fingerprint(self.name, self.variant, self.path)
 
-        For a local export it includes a checksum of the ONNX graph, so two exports that differ in
-        any weight never share vectors.
-        """
-        if self.path is None:
-            return f"{self.name}@hub"
-        digest = hashlib.sha256()
-        with (self.path / "model.onnx").open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return f"{self.name}@{self.variant}:{digest.hexdigest()[:12]}"
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a text's vector depends on the other texts of its batch (a local int8 export):
+        such a model must embed each text alone to give every replica the same vectors."""
+        return self.path is not None and self.variant == "int8"
 
 
-def resolve_model(settings: Settings) -> ModelSpec:
+class ModelChoice(Protocol):
+    """The settings that choose the model (:class:`worker.config.Settings` has them)."""
+
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_variant(self) -> Variant: ...
+    @property
+    def model_path(self) -> Path | None: ...
+    @property
+    def cache_dir(self) -> Path: ...
+
+
+def resolve_model(settings: ModelChoice) -> ModelSpec:
     """The model named by settings: an explicit path, the prepared default, or a hub name."""
     if settings.model_path is not None:
         return ModelSpec(settings.model_name, settings.model_path, settings.model_variant)

@@ -14,9 +14,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from worker.config import ENV_PREFIX
-
-PORT_ENV = f"{ENV_PREFIX}HEALTH_PORT"
+# Spelled out rather than imported from worker.config: the probe runs every few seconds in the
+# container and must stay a stdlib-only import (tests/unit/test_health_server.py checks the name).
+PORT_ENV = "ROUTEWORKER_HEALTH_PORT"
 
 
 def probe(

@@ -7,6 +7,7 @@ import os
 import uuid
 from pathlib import Path
 
+from worker.local.capabilities import TANSU_CAPABILITIES
 from worker.local.process import LocalService
 
 TANSU_ENV = "ROUTEWORKER_TANSU_BIN"
@@ -33,6 +34,9 @@ class LocalBroker(LocalService):
     """One Tansu broker on a free loopback port, keeping everything in memory."""
 
     name = "tansu"
+    # memory only, no log cleaner, no idempotent or transactional producers, and librdkafka's
+    # ApiVersionRequest fails against it ("Read underflow")
+    capabilities = TANSU_CAPABILITIES
     # Tansu reads these as defaults for its flags; an operator's values must not leak into ours
     drop_env = ("STORAGE_ENGINE", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "CLUSTER_ID")
 

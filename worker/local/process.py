@@ -12,9 +12,12 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from worker.local.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -35,27 +38,49 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:port now (connections in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as a JVM or Rust server binds: with SO_REUSEADDR, so only a listener makes the port taken
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def accepts_connections(port: int) -> bool:
+    """True when something listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Block until 127.0.0.1:port accepts connections; fail early if ``proc`` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if accepts_connections(port):
+            return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
 class ManagedProcess:
-    """A server process started in its own directory and stopped (TERM, then KILL) on close."""
+    """A server process started in its own directory and stopped (TERM, then KILL) on close.
+
+    Its output goes to ``workdir/log_name``, appended: a process started again in the same
+    directory (a broker restarted on its log dirs) keeps the earlier runs' lines above its own.
+    """
 
     def __init__(self, argv: list[str], workdir: Path, env: dict[str, str], log_name: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / log_name
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")
+        self._log_start = self._log.tell()
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
             argv,
             cwd=workdir,
@@ -73,9 +98,52 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (SIGSTOP freezes, SIGCONT thaws) if the process still runs."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def freeze(self, timeout_s: float = 5.0) -> None:
+        """SIGSTOP, and return once the kernel shows the process stopped (every thread of it)."""
+        self.signal(signal.SIGSTOP)
+        self._wait_state(lambda state: state == "T", "stopped", timeout_s)
+
+    def thaw(self, timeout_s: float = 5.0) -> None:
+        """SIGCONT, and return once the process runs again."""
+        self.signal(signal.SIGCONT)
+        self._wait_state(lambda state: state != "T", "running", timeout_s)
+
+    def state(self) -> str | None:
+        """The kernel's state letter for the process (R, S, T, ...), None once it is gone."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        return stat.rsplit(")", 1)[1].split()[0]
+
+    def _wait_state(self, wanted: Callable[[str], bool], what: str, timeout_s: float) -> None:
+        # a signal is delivered asynchronously: wait for it to act, so that callers can rely on it
+        deadline = time.monotonic() + timeout_s
+        while self.proc.poll() is None:
+            state = self.state()
+            if state is None or wanted(state):
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(f"pid {self.proc.pid} not {what} {timeout_s:.0f} s after the signal")
+            time.sleep(0.005)
+
+    def kill(self) -> None:
+        """SIGKILL and reap, as a crash would end it; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Terminate, wait, then kill; idempotent."""
         if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)  # a frozen process would not act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(timeout_s)
@@ -86,8 +154,15 @@ class ManagedProcess:
         self._log.close()
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last lines this process wrote (not those of earlier runs in the same log)."""
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def output(self) -> str:
+        """Everything this process wrote so far."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_path.open("rb") as fh:
+                fh.seek(self._log_start)
+                return fh.read().decode(errors="replace")
         except OSError:
             return ""
 
@@ -120,7 +195,7 @@ class LocalService:
         except (TimeoutError, RuntimeError) as exc:
             tail = self._process.log_tail()
             self.stop()
-            raise RuntimeError(f"{self.name} did not start: {exc}\n{tail}") from None
+            raise ServiceError(f"{self.name} did not start: {exc}\n{tail}") from None
         return self
 
     @property
@@ -134,6 +209,10 @@ class LocalService:
         if self._process is not None:
             self._process.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop the service and remove its directory (the same as stop() for a memory-only service)."""
+        self.stop()
 
     def __enter__(self) -> Self:
         return self.start()

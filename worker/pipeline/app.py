@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from aiokafka.errors import KafkaError
 
@@ -23,11 +22,12 @@ from worker.pipeline.batcher import Batcher
 from worker.pipeline.clients import output_producer, query_consumer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
+from worker.pipeline.kafka import OutputProducer, QueryConsumer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery
 from worker.pipeline.rebalance import DrainOnRevoke
-from worker.pipeline.types import InputRecord, next_offsets
+from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
 from worker.routing import Router
 from worker.telemetry import Telemetry
 
@@ -37,9 +37,10 @@ logger = logging.getLogger(__name__)
 class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
-    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests may
-    pass stand-ins with the same methods. ``remember_decisions`` sizes the memo of decisions of
-    repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
+    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests pass
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`).
+    ``remember_decisions`` sizes the memo of decisions of repeated texts
+    (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
     """
 
     def __init__(
@@ -49,8 +50,8 @@ class QueryPipeline:
         encoder: AsyncEncoder,
         router: Router,
         telemetry: Telemetry,
-        consumer: Any | None = None,
-        producer: Any | None = None,
+        consumer: QueryConsumer | None = None,
+        producer: OutputProducer | None = None,
         remember_decisions: int = 0,
     ) -> None:
         self.settings = settings
@@ -61,7 +62,7 @@ class QueryPipeline:
         self.tracker = OffsetTracker()
         self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
-        self._embed_gate = EmbedGate(settings.encoder_threads + 1)
+        self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self.processor = BatchProcessor(
@@ -76,6 +77,7 @@ class QueryPipeline:
     def stop(self) -> None:
         """Ask for a graceful stop: no new batches; in-flight work finishes and is committed."""
         self._stopping.set()
+        self.telemetry.health.stopping()
         self.tracker.poke()
 
     async def run(self) -> None:
@@ -138,13 +140,12 @@ class QueryPipeline:
     # --- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, tasks: asyncio.TaskGroup) -> None:
-        self.telemetry.health.set_state("consuming", ready=True)
         while not self._stopping.is_set():
             self._raise_if_fatal()
             await self._flow.wait_for_room(self._stopping.is_set)
             if self._stopping.is_set():
                 break
-            place = await self._embed_gate.enter()
+            place = await self.embed_gate.enter()
             if self._stopping.is_set():  # asked while waiting for the encoder
                 place.leave()
                 break
@@ -159,19 +160,23 @@ class QueryPipeline:
                 continue
             self._record_lag(records)
             batch = self.tracker.start(next_offsets(records))
+            self.telemetry.health.in_flight(len(self.tracker))
             previous, sent = self._last_sent, asyncio.Event()
             self._last_sent = sent
             tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
-        self.telemetry.health.set_state("stopping", ready=False)
+        self.telemetry.health.stopping()
 
     def _record_lag(self, records: list[InputRecord]) -> None:
-        last: dict[Any, int] = {}
+        last: dict[TopicPartition, int] = {}
         for record in records:
             last[record.topic_partition] = record.offset
+        lag: dict[TopicPartition, int] = {}
         for tp, offset in last.items():
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, highwater - offset - 1)
+                lag[tp] = highwater - offset - 1
+                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, lag[tp])
+        self.telemetry.health.fetched(lag.items())
 
     async def _handle(
         self,
@@ -203,6 +208,8 @@ class QueryPipeline:
             if processed is not None:
                 processed.trace.end()
         self.tracker.finish(batch)
+        self.telemetry.health.processed()
+        self.telemetry.health.in_flight(len(self.tracker))
         self._account(processed)
 
     def _account(self, processed: ProcessedBatch) -> None:
@@ -215,11 +222,12 @@ class QueryPipeline:
 
     # --- rebalancing -------------------------------------------------------------------------
 
-    async def _on_revoked(self, revoked: set[Any]) -> None:
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # called at the start of every rebalance, with nothing revoked on joining
+        self.telemetry.health.rebalance_started()
         self._batcher.discard_pending()
         if not revoked:
             return
-        self.telemetry.health.set_state("rebalancing", ready=True)
         logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), len(self.tracker))
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
@@ -232,10 +240,9 @@ class QueryPipeline:
         await self.committer.commit("revoke")
         self.tracker.forget(revoked)
 
-    async def _on_assigned(self, assigned: set[Any]) -> None:
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
-        if not self._stopping.is_set():
-            self.telemetry.health.set_state("consuming", ready=True)
+        self.telemetry.health.partitions_assigned(assigned)
 
     def _on_listener_error(self, error: BaseException) -> None:
         logger.error("rebalance handling failed: %s", error)

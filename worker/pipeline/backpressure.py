@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from worker.pipeline.kafka import QueryConsumer
 from worker.pipeline.offsets import OffsetTracker
 from worker.telemetry import PipelineMetrics
 
@@ -22,7 +22,7 @@ class FlowControl:
     """Bounds the in-flight window of ``tracker`` at ``max_in_flight`` batches."""
 
     def __init__(
-        self, consumer: Any, tracker: OffsetTracker, max_in_flight: int, metrics: PipelineMetrics
+        self, consumer: QueryConsumer, tracker: OffsetTracker, max_in_flight: int, metrics: PipelineMetrics
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -67,10 +67,20 @@ class EmbedGate:
         if places < 1:
             raise ValueError("places must be at least 1")
         self._places = asyncio.Semaphore(places)
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a place (the consume loop, while every place is taken)."""
+        return self._waiting
 
     async def enter(self) -> EmbedPass:
         """Wait for a place; the returned pass gives it back (once) when the batch is embedded."""
-        await self._places.acquire()
+        self._waiting += 1
+        try:
+            await self._places.acquire()
+        finally:
+            self._waiting -= 1
         return EmbedPass(self._places)
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
+from worker.pipeline.kafka import QueryConsumer
 from worker.pipeline.types import InputRecord
 
 # How long one empty poll blocks: also how quickly an idle consumer notices a stop request.
@@ -18,7 +18,7 @@ DEFAULT_POLL_S = 0.2
 
 
 class Batcher:
-    """Pulls records from an aiokafka consumer (anything with ``getmany``) into batches.
+    """Pulls records from the consumer into batches.
 
     :meth:`discard_pending` (called when partitions are revoked) drops the records of the batch
     being filled that were fetched before the revocation: they were not processed, and whoever owns
@@ -27,7 +27,7 @@ class Batcher:
 
     def __init__(
         self,
-        consumer: Any,
+        consumer: QueryConsumer,
         batch_size: int,
         batch_wait_s: float,
         *,

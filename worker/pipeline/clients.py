@@ -1,16 +1,18 @@
-"""aiokafka consumer and producer of the query pipeline, configured from settings."""
+"""aiokafka consumer and producer of the query pipeline, configured from settings.
+
+Their return types make mypy check aiokafka's clients against the pipeline's protocols.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.config import Settings
 from worker.kafka_client import client_options
+from worker.pipeline.kafka import OutputProducer, QueryConsumer
 
 
-def query_consumer(settings: Settings) -> Any:
+def query_consumer(settings: Settings) -> QueryConsumer:
     """A group consumer of the queries topic (subscribed later, with the rebalance listener).
 
     Auto-commit is off: offsets are committed only after the outputs are acknowledged. A group
@@ -31,7 +33,7 @@ def query_consumer(settings: Settings) -> Any:
     )
 
 
-def output_producer(settings: Settings) -> Any:
+def output_producer(settings: Settings) -> OutputProducer:
     """The producer of routed intents and dead letters: acks from all in-sync replicas.
 
     Idempotence is off because some Kafka-protocol brokers (Tansu) reject idempotent producers;

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from worker.pipeline.kafka import QueryConsumer
 from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.types import TopicPartition
 from worker.telemetry import PipelineMetrics
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class Committer:
     """
 
     def __init__(
-        self, consumer: Any, tracker: OffsetTracker, interval_s: float, metrics: PipelineMetrics
+        self, consumer: QueryConsumer, tracker: OffsetTracker, interval_s: float, metrics: PipelineMetrics
     ) -> None:
         self._consumer = consumer
         self._tracker = tracker
@@ -35,9 +36,9 @@ class Committer:
         self._metrics = metrics
         self._lock = asyncio.Lock()  # one commit at a time keeps committed offsets monotonic
         self._stopped = asyncio.Event()
-        self.committed: dict[Any, int] = {}
+        self.committed: dict[TopicPartition, int] = {}
 
-    async def commit(self, reason: str) -> dict[Any, int]:
+    async def commit(self, reason: str) -> dict[TopicPartition, int]:
         """Commit everything releasable now; returns what was committed."""
         async with self._lock:
             ready = self._tracker.take_committable()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
+from worker.pipeline.kafka import OutputProducer
 from worker.pipeline.types import Outbound
 
 logger = logging.getLogger(__name__)
@@ -29,11 +30,11 @@ def backoff_s(attempt: int) -> float:
 
 
 class Delivery:
-    """Sends :class:`Outbound` records through an aiokafka producer (anything with ``send``)."""
+    """Sends :class:`Outbound` records through the producer."""
 
     def __init__(
         self,
-        producer: Any,
+        producer: OutputProducer,
         *,
         on_retry: Callable[[int], None] | None = None,
         backoff: Callable[[int], float] = backoff_s,
@@ -42,13 +43,13 @@ class Delivery:
         self._on_retry = on_retry
         self._backoff = backoff
 
-    async def enqueue(self, records: Sequence[Outbound]) -> list[asyncio.Future[Any]]:
+    async def enqueue(self, records: Sequence[Outbound]) -> list[asyncio.Future[RecordMetadata]]:
         """Hand records to the producer in order; one acknowledgement future per record.
 
         A record the producer refuses right away gets an already-failed future, so it is retried
         like one the broker rejected.
         """
-        futures: list[asyncio.Future[Any]] = []
+        futures: list[asyncio.Future[RecordMetadata]] = []
         for record in records:
             try:
                 future = await self._producer.send(
@@ -60,7 +61,9 @@ class Delivery:
             futures.append(future)
         return futures
 
-    async def confirm(self, records: Sequence[Outbound], futures: Sequence[asyncio.Future[Any]]) -> None:
+    async def confirm(
+        self, records: Sequence[Outbound], futures: Sequence[asyncio.Future[RecordMetadata]]
+    ) -> None:
         """Wait for every acknowledgement; re-send failed records with back-off until all are acked."""
         attempt = 0
         while True:

@@ -11,19 +11,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import faiss as _faiss
-
-from worker.routing import Decision, Router
+from worker.routing import Decision, RouteHead, Router, TableSnapshot
+from worker.routing.explain import Explanation, explain
+from worker.routing.native import use_faiss_threads
 from worker.routing.types import Vectors
-
-faiss: Any = _faiss  # untyped: its stubs vary between releases
 
 
 def _one_openmp_thread() -> None:
     # OpenMP's thread count is per calling thread: it must be set on the search thread itself.
-    faiss.omp_set_num_threads(1)
+    use_faiss_threads(1)
 
 
 class SearchThread:
@@ -38,6 +35,20 @@ class SearchThread:
         """The router's decisions for ``vectors`` (one row per query)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, router.decide, vectors, list(top_n))
+
+    async def explain(
+        self,
+        router: Router,
+        snapshot: TableSnapshot,
+        head: RouteHead | None,
+        vectors: Vectors,
+        decisions: Sequence[Decision],
+    ) -> list[Explanation]:
+        """Why each of ``decisions`` was made, derived from the snapshot and head that made them."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: explain(router, snapshot, head, vectors, decisions)
+        )
 
     def close(self) -> None:
         """Stop the thread after the running search (if any)."""

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka.structs import TopicPartition
+
+from worker.pipeline.kafka import KafkaRecord
 
 Headers = tuple[tuple[str, bytes | None], ...]
 OutHeaders = list[tuple[str, bytes]]
@@ -27,7 +28,7 @@ class InputRecord:
     headers: Headers = ()
 
     @classmethod
-    def from_kafka(cls, record: Any) -> InputRecord:
+    def from_kafka(cls, record: KafkaRecord) -> InputRecord:
         """Copy the fields the pipeline uses out of an aiokafka ``ConsumerRecord``."""
         return cls(
             topic=record.topic,

@@ -11,12 +11,12 @@ from collections.abc import Callable, Sequence
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation
+from worker.embedding import EncoderPool
 from worker.replication.log import LogState, read_routes
 from worker.replication.plan import MutationPlan, RouteChange, plan_changes
 from worker.replication.publisher import MutationPublisher, PublishReceipt
 from worker.replication.routefile import check_sizes
 from worker.replication.vectors import with_embeddings
-from worker.routing import EncoderPool
 
 
 async def plan_routes(

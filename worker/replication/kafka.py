@@ -1,4 +1,4 @@
-"""Kafka client options shared by the replica, the publisher and the topic admin."""
+"""The mutation log's consumer options, and a start/stop guard for any client."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from worker.config import Settings
-from worker.kafka_client import client_options as client_options
+from worker.kafka_client import client_options
 
 
 def mutation_consumer_options(settings: Settings) -> dict[str, Any]:

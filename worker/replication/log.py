@@ -1,29 +1,53 @@
-"""Reading the mutation log by assignment: its partitions, its end, and its folded content."""
+"""Reading the mutation log by assignment: its partitions, its end, its records up to that end.
+
+:class:`MutationLog` is the one reader: a replica replays it into its store and then tails it,
+`routes apply/list` fold it into the routes it holds (:func:`read_routes`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import Settings
 from worker.contracts import RouteDefinition
+from worker.kafka_client import client_options
 from worker.replication.errors import TopicMissing
-from worker.replication.fold import FoldedMutations, fold
+from worker.replication.fold import FoldedMutations, LogRecord, fold
 from worker.replication.kafka import mutation_consumer_options, running
 
 logger = logging.getLogger(__name__)
 
+#: longest wait of one fetch for new records (also how quickly a stop request is seen)
+POLL_MS = 200
 
-async def mutation_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Every partition of ``topic``, sorted; raises :class:`TopicMissing` if it does not exist."""
-    await consumer.topics()  # refreshes the metadata: a topic created a moment ago is seen
-    partitions = consumer.partitions_for_topic(topic)
+
+async def mutation_partitions(settings: Settings, topic: str) -> list[TopicPartition]:
+    """Every partition of ``topic``, sorted; raises :class:`TopicMissing` if it does not exist.
+
+    Asked with a Metadata request that names the topic: a consumer's own metadata covers only the
+    topics it already reads (Tansu lists every topic there anyway; Apache Kafka does not). Only
+    after the list of all topics holds it: Tansu creates a topic that a request names.
+    """
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        await admin.start()
+        described: Any = await admin.describe_topics([topic]) if topic in await admin.list_topics() else []
+    finally:
+        await admin.close()
+    partitions = sorted(
+        int(p["partition"]) for d in described if d.get("error_code") == 0 for p in d.get("partitions", ())
+    )
     if not partitions:
         raise TopicMissing(f"topic {topic!r} does not exist: create it with `routeworker topics create`")
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
+    return [TopicPartition(topic, p) for p in partitions]
 
 
 async def log_end_offsets(
@@ -53,6 +77,51 @@ async def log_end_offsets(
     return ends
 
 
+class MutationLog:
+    """The mutation topic read by an assigned consumer, with its end offsets taken when opened.
+
+    Use as ``async with MutationLog.opened(settings) as log``; :meth:`seek` where to start, then
+    read :meth:`up_to_end` (the log as it was when opened) and :meth:`next_batch` (what came after).
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[int, int]):
+        self.consumer = consumer
+        self.partitions = partitions
+        #: partition -> next offset to be written, when the log was opened
+        self.ends = ends
+
+    @classmethod
+    @asynccontextmanager
+    async def opened(cls, settings: Settings) -> AsyncIterator[MutationLog]:
+        """Open the log of ``settings.topic_mutations``; raises :class:`TopicMissing`."""
+        async with running(AIOKafkaConsumer(**mutation_consumer_options(settings))) as consumer:
+            partitions = await mutation_partitions(settings, settings.topic_mutations)
+            yield cls(consumer, partitions, await log_end_offsets(consumer, partitions))
+
+    async def seek(self, positions: Mapping[int, int]) -> None:
+        """Read each partition from ``positions`` (partition -> next offset), else from its start."""
+        fresh = []
+        for tp in self.partitions:
+            if tp.partition in positions:
+                self.consumer.seek(tp, positions[tp.partition])
+            else:
+                fresh.append(tp)
+        if fresh:
+            await self.consumer.seek_to_beginning(*fresh)
+
+    async def next_batch(self) -> list[LogRecord]:
+        """The records fetched within one poll (maybe none), in log order per partition."""
+        batch = await self.consumer.getmany(timeout_ms=POLL_MS)
+        return [record for tp in sorted(batch) for record in batch[tp]]
+
+    async def up_to_end(self, stopping: Callable[[], bool] = lambda: False) -> AsyncIterator[list[LogRecord]]:
+        """Batches of records until every partition has reached :attr:`ends` (or ``stopping()``)."""
+        while not stopping() and not await positions_reached(self.consumer, self.partitions, self.ends):
+            records = await self.next_batch()
+            if records:
+                yield records
+
+
 @dataclass(frozen=True, slots=True)
 class LogState:
     """The routes the log holds (folded by key, tombstones applied) and where it ended."""
@@ -65,19 +134,15 @@ class LogState:
 
 async def read_routes(settings: Settings, *, timeout_s: float = 120.0) -> LogState:
     """Read the whole mutation log up to its current end and fold it (what `routes apply` diffs)."""
-    async with running(AIOKafkaConsumer(**mutation_consumer_options(settings))) as consumer:
-        partitions = await mutation_partitions(consumer, settings.topic_mutations)
-        ends = await log_end_offsets(consumer, partitions)
-        await consumer.seek_to_beginning(*partitions)
-        folded = FoldedMutations()
+    folded = FoldedMutations()
+    async with MutationLog.opened(settings) as log:
+        await log.seek({})
         async with asyncio.timeout(timeout_s):
-            while not await positions_reached(consumer, partitions, ends):
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp in sorted(batch, key=lambda t: t.partition):
-                    folded.merge(await asyncio.to_thread(fold, batch[tp], settings.limits))
+            async for records in log.up_to_end():
+                folded.merge(await asyncio.to_thread(fold, records, settings.limits))
     routes = {name: d for name, d in folded.changes.items() if d is not None}
     logger.info("read %d records of %s: %d routes", folded.records, settings.topic_mutations, len(routes))
-    return LogState(routes, ends, folded.records, len(folded.skipped))
+    return LogState(routes, log.ends, folded.records, len(folded.skipped))
 
 
 async def positions_reached(

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from worker.config import Settings
 from worker.contracts import RouteMutation, encode
-from worker.replication.kafka import client_options
+from worker.kafka_client import client_options
 from worker.routing import TableVersion, make_version
 
 logger = logging.getLogger(__name__)

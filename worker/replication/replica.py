@@ -13,33 +13,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from worker.background import background_executor
 from worker.config import Settings
+from worker.embedding import EncoderPool
 from worker.replication.fold import FoldedMutations, LogRecord, fold
-from worker.replication.kafka import mutation_consumer_options, running
-from worker.replication.log import log_end_offsets, mutation_partitions, positions_reached
+from worker.replication.log import MutationLog
 from worker.replication.resolve import ResolvedChanges, resolve_changes
 from worker.replication.stats import ReplicaStats
 from worker.replication.vectors import embed_routes, shipped_vectors
-from worker.routing import (
-    EncoderPool,
-    IndexSettings,
-    RouteStore,
-    RouteTable,
-    RouteVectors,
-    TableVersion,
-    make_version,
-)
+from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
 
 logger = logging.getLogger(__name__)
 
-_POLL_MS = 200
 _ABSENT = object()
 
 
@@ -72,6 +62,9 @@ class RouteReplica:
         self._pending: dict[str, RouteVectors | None] = {}
         #: live mutations are decoded and written here, at a lower priority than the queries
         self._background = background_executor("route-apply", settings.background_nice)
+        #: called after each live batch is in the table, with each record's seconds from its
+        #: timestamp to then (the worker records them as the mutation-apply lag)
+        self.on_live: Callable[[Sequence[float]], None] | None = None
 
     @property
     def table(self) -> RouteTable:
@@ -127,19 +120,19 @@ class RouteReplica:
             self._background.shutdown(wait=False, cancel_futures=True)
 
     async def _replay_and_tail(self) -> None:
-        async with running(AIOKafkaConsumer(**mutation_consumer_options(self.settings))) as consumer:
-            partitions = await mutation_partitions(consumer, self.settings.topic_mutations)
-            ends = await log_end_offsets(consumer, partitions)
-            await self._forget_if_ahead(ends)
-            await self._seek(consumer, partitions)
-            logger.info("replaying %s from %s up to %s", self.settings.topic_mutations, self._stored, ends)
-            await self._catch_up(consumer, partitions, ends)
+        async with MutationLog.opened(self.settings) as log:
+            await self._forget_if_ahead(log.ends)
+            await log.seek(self._stored)
+            logger.info(
+                "replaying %s from %s up to %s", self.settings.topic_mutations, self._stored, log.ends
+            )
+            await self._catch_up(log)
             if not self._stopping.is_set():
                 await self._become_ready()
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=_POLL_MS)
-                if batch:
-                    await self._apply([r for tp in sorted(batch) for r in batch[tp]])
+                records = await log.next_batch()
+                if records:
+                    await self._apply(records)
 
     async def wait_for_position(self, positions: Mapping[int, int]) -> None:
         """Wait until the table has applied the log up to ``positions`` (partition -> next offset),
@@ -169,20 +162,8 @@ class RouteReplica:
         self._stored = {}
         self.stats.rebuilt_from_log += 1
 
-    async def _seek(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
-        fresh = []
-        for tp in partitions:
-            if tp.partition in self._stored:
-                consumer.seek(tp, self._stored[tp.partition])
-            else:
-                fresh.append(tp)
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-
-    async def _catch_up(
-        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition], ends: dict[int, int]
-    ) -> None:
-        """Apply the log up to ``ends`` to the store; the table gets it all at once when ready.
+    async def _catch_up(self, log: MutationLog) -> None:
+        """Apply the log up to its end offsets to the store; the table gets it all at once when ready.
 
         One batch is decoded while the previous one is written: decoding holds the GIL, SQLite
         mostly does not, so on a fresh replica the two overlap.
@@ -190,11 +171,8 @@ class RouteReplica:
         store, table = self._require()
         writing: asyncio.Future[None] | None = None
         try:
-            while not self._stopping.is_set() and not await positions_reached(consumer, partitions, ends):
-                batch = await consumer.getmany(timeout_ms=_POLL_MS)
-                if not batch:
-                    continue
-                folded, resolved = await self._resolve([r for tp in sorted(batch) for r in batch[tp]])
+            async for records in log.up_to_end(self._stopping.is_set):
+                folded, resolved = await self._resolve(records)
                 self.stats.replayed_on_start += folded.records
                 if writing is not None:
                     await writing
@@ -214,6 +192,9 @@ class RouteReplica:
         folded, resolved = await self._resolve(records, background=True)
         commit = functools.partial(self._commit, store, table, resolved, folded.offsets, False)
         await asyncio.get_running_loop().run_in_executor(self._background, commit)
+        if self.on_live is not None:
+            now_ms = time.time() * 1000
+            self.on_live([(now_ms - r.timestamp) / 1000 for r in records if r.timestamp > 0])
         await self._notify()
 
     async def _resolve(

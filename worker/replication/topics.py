@@ -11,7 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from worker.config import Settings
-from worker.replication.kafka import client_options
+from worker.kafka_client import client_options
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from worker.contracts import RouteDefinition, ShippedEmbeddings
+from worker.embedding import EncoderPool
 from worker.errors import ContractError, ErrorCode
-from worker.routing import EncoderPool, Route, RouteVectors
+from worker.routing import Route, RouteVectors
 from worker.routing.types import Vectors
 
 #: routes embedded concurrently; the pool's own ``max_pending`` bounds the threads' queue

@@ -1,9 +1,9 @@
-"""The routing engine: route store, searchable route table, router, threshold fitting, encoder pool.
+"""The routing engine: route store, searchable route table, router, learned head, threshold fitting.
 
-Pure: it knows nothing of Kafka. Everything here is synchronous except ``EncoderPool.embed``.
+Pure: it knows nothing of Kafka, of the settings or of the embedding model (it routes vectors; the
+:class:`Encoder` protocol says what it needs of whatever makes them). Everything here is synchronous.
 """
 
-from worker.routing.encoder import EncoderPool
 from worker.routing.errors import (
     DimensionMismatch,
     EncoderError,
@@ -16,11 +16,12 @@ from worker.routing.errors import (
 )
 from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight, fit_thresholds
 from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
-from worker.routing.index import IndexSettings
+from worker.routing.index_settings import IndexSettings
 from worker.routing.router import Router
 from worker.routing.scoring import ScoringConfig, Thresholds
+from worker.routing.snapshot import Hits, TableSnapshot
 from worker.routing.store import RouteStore, StoredState
-from worker.routing.table import Hits, RouteTable, TableSnapshot
+from worker.routing.table import RouteTable
 from worker.routing.types import (
     Candidate,
     Decision,
@@ -38,7 +39,6 @@ __all__ = [
     "DimensionMismatch",
     "Encoder",
     "EncoderError",
-    "EncoderPool",
     "FingerprintMismatch",
     "FitMetrics",
     "FittedThresholds",

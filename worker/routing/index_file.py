@@ -22,8 +22,12 @@ from typing import Any, cast
 
 import orjson
 
-from worker.routing.builder import JOB_PREFIX, is_sorted, map_index
-from worker.routing.index import IndexKind, IndexSettings, MainIndex, faiss, pause, searched_lists
+from worker.routing.build_job import JOB_PREFIX
+from worker.routing.build_layout import is_sorted
+from worker.routing.calibration import searched_lists
+from worker.routing.index import MainIndex, map_index
+from worker.routing.index_settings import IndexKind, IndexSettings
+from worker.routing.native import faiss, pause
 from worker.routing.types import RouteVectors
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from worker.routing.errors import InvalidRoute
-from worker.routing.index import Bools, Int64s, MainIndex, faiss
-from worker.routing.types import RouteVectors, Vectors
+from worker.routing.index import MainIndex
+from worker.routing.native import faiss
+from worker.routing.types import Bools, Int64s, RouteVectors, Vectors
 
 _Array = TypeVar("_Array", bound=np.ndarray[Any, Any])
 

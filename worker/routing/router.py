@@ -11,7 +11,8 @@ import numpy.typing as npt
 from worker.routing.errors import DimensionMismatch
 from worker.routing.head import RouteHead
 from worker.routing.scoring import RouteScores, ScoringConfig, Thresholds, combine_with_head, score_routes
-from worker.routing.table import RouteTable, TableSnapshot
+from worker.routing.snapshot import TableSnapshot
+from worker.routing.table import RouteTable
 from worker.routing.types import Candidate, Decision, Vectors
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.routing.head import RouteHead
-from worker.routing.index import Int64s
-from worker.routing.table import Hits, TableSnapshot
-from worker.routing.types import Vectors
+from worker.routing.snapshot import Hits, TableSnapshot
+from worker.routing.types import Int64s, Vectors
 
 Aggregation = Literal["max", "mean", "softmax"]
 Floats = npt.NDArray[np.float64]

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaTimeoutError
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import RecordMetadata, TopicPartition
 
+from worker.pipeline.kafka import OutputProducer, QueryConsumer
 from worker.routing import l2_normalise
 from worker.routing.types import Vectors
 
@@ -51,6 +53,12 @@ class HashingEncoder:
         return vectors
 
 
+async def _awaited(result: Awaitable[None] | None) -> None:
+    # aiokafka awaits a listener's result when it is awaitable; so does the fake
+    if result is not None:
+        await result
+
+
 @dataclass
 class ConsumerRecord:
     topic: str
@@ -70,7 +78,7 @@ class FakeConsumer:
     partitions: int = 2
     log: dict[int, list[ConsumerRecord]] = field(default_factory=dict)
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
-    listener: Any = None
+    listener: ConsumerRebalanceListener | None = None
     assigned: set[TopicPartition] = field(default_factory=set)
     paused_set: set[TopicPartition] = field(default_factory=set)
     positions: dict[TopicPartition, int] = field(default_factory=dict)
@@ -94,7 +102,7 @@ class FakeConsumer:
         return {TopicPartition(self.topic, p): len(r) for p, r in self.log.items() if r}
 
     # --- the aiokafka surface the pipeline uses ---
-    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+    def subscribe(self, topics: list[str], *, listener: ConsumerRebalanceListener | None = None) -> None:
         assert topics == [self.topic]
         self.listener = listener
 
@@ -110,12 +118,12 @@ class FakeConsumer:
         for tp in partitions:
             self.positions[tp] = self.committed.get(tp, 0)
         if self.listener is not None:
-            await self.listener.on_partitions_assigned(partitions)
+            await _awaited(self.listener.on_partitions_assigned(partitions))
 
     async def rebalance(self, partitions: set[TopicPartition]) -> None:
         """Eager rebalance: revoke everything (listener first), then assign ``partitions``."""
         if self.listener is not None:
-            await self.listener.on_partitions_revoked(set(self.assigned))
+            await _awaited(self.listener.on_partitions_revoked(set(self.assigned)))
         await self.assign(partitions)
 
     def assignment(self) -> set[TopicPartition]:
@@ -148,7 +156,9 @@ class FakeConsumer:
                 left -= len(chunk)
         return out
 
-    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
+    async def getmany(
+        self, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
         self.fetches += 1
         limit = max_records or 1_000_000
         found = self._available(limit)
@@ -191,6 +201,13 @@ class FakeProducer:
     attempts: dict[bytes, int] = field(default_factory=dict)
     started: bool = False
     _settling: set[asyncio.Task[None]] = field(default_factory=set)
+    _sent_more: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def sent_count(self, count: int) -> None:
+        """Return once ``count`` sends were made (wrap it in a timeout)."""
+        while len(self.sent) < count:
+            self._sent_more.clear()
+            await self._sent_more.wait()
 
     async def start(self) -> None:
         self.started = True
@@ -199,13 +216,18 @@ class FakeProducer:
         self.started = False
 
     async def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: Any = None
-    ) -> asyncio.Future[Any]:
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
         record = Sent(topic, value, key, headers)
         self.sent.append(record)
+        self._sent_more.set()
         attempt = self.attempts.get(value, 0)
         self.attempts[value] = attempt + 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
 
         async def settle() -> None:
             if self.hold is not None:
@@ -213,10 +235,18 @@ class FakeProducer:
             if self.fail(record, attempt):
                 future.set_exception(KafkaTimeoutError("simulated broker timeout"))
             else:
+                offset = sum(acked.topic == topic for acked in self.acked)
                 self.acked.append(record)
-                future.set_result(None)
+                future.set_result(RecordMetadata(topic, 0, TopicPartition(topic, 0), offset, None, 0, None))
 
         task = asyncio.get_running_loop().create_task(settle())
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         return future
+
+
+if TYPE_CHECKING:
+    # `make typecheck` checks the fakes against the protocols the pipeline declares (and aiokafka's
+    # clients are checked against the same protocols in worker/pipeline/clients.py).
+    _consumer: QueryConsumer = FakeConsumer()
+    _producer: OutputProducer = FakeProducer()

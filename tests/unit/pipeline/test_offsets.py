@@ -49,7 +49,7 @@ async def test_wait_until_wakes_on_change_and_on_poke() -> None:
     tracker = OffsetTracker()
     batch = tracker.start({P0: 1})
     drained = asyncio.create_task(tracker.wait_until(lambda: len(tracker) == 0))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop (not a timed wait): the waiter is now waiting
     assert not drained.done()
     tracker.finish(batch)
     await asyncio.wait_for(drained, 1)

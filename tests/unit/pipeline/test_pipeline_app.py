@@ -25,6 +25,7 @@ UPSTREAM = f"00-{UPSTREAM_TRACE}-00f067aa0ba902b7-01".encode()
 
 
 async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``condition`` (state of the fakes and the pipeline) until it holds; fail after ``within``."""
     async with asyncio.timeout(within):
         while not condition():  # noqa: ASYNC110 - state of the fakes under test
             await asyncio.sleep(0.002)
@@ -101,9 +102,9 @@ async def test_every_record_gives_one_output_and_offsets_reach_the_end(
     }
     assert keys["q4"] == b"k4"
     assert sorted(d.error_code.value for d in letters(producer)) == ["empty_text", "invalid_json"]
-    text = telemetry.metrics_text()
-    assert "routeworker_queries_routed_total 11" in text
-    assert 'error_code="invalid_json"} 1' in text
+    value = telemetry.registry.get_sample_value
+    assert value("routeworker_queries_routed_total") == 11
+    assert value("routeworker_queries_dead_lettered_total", {"error_code": "invalid_json"}) == 1
 
 
 async def test_output_follows_consumption_order_within_a_partition(
@@ -171,18 +172,23 @@ async def test_partitions_pause_while_the_in_flight_window_is_full(
 
 
 async def test_revoke_finishes_and_commits_in_flight_work_first(
-    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, telemetry: Telemetry
 ) -> None:
     producer.hold = asyncio.Event()
+    telemetry.health.routes_caught_up()  # as the application says before it starts the pipeline
     for i in range(6):
         consumer.append(i % 2, query(i))
     with running(pipeline) as task:
         await until(lambda: len(producer.sent) == 6)
+        assert telemetry.health.readiness() == (True, "ready: route table caught up, 2 partitions assigned")
         rebalance = asyncio.create_task(consumer.rebalance({P1}))
-        await asyncio.sleep(0.01)
-        assert not rebalance.done()  # waiting for the in-flight batches
+        # the revoke handler says "rebalancing", then waits for the unacknowledged batches
+        await until(lambda: telemetry.health.readiness()[1] == "rebalancing")
+        assert not rebalance.done()
+        assert consumer.commits == []
         producer.hold.set()
         await asyncio.wait_for(rebalance, 5)
+        assert telemetry.health.readiness() == (True, "ready: route table caught up, 1 partition assigned")
         assert consumer.commits[-1] == {P0: 3, P1: 3}
         consumer.append(1, query(6))
         await until(lambda: consumer.committed.get(P1) == 4)
@@ -191,7 +197,7 @@ async def test_revoke_finishes_and_commits_in_flight_work_first(
 
 
 async def test_stop_finishes_in_flight_work_then_commits_and_closes(
-    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, telemetry: Telemetry
 ) -> None:
     producer.hold = asyncio.Event()
     for i in range(8):
@@ -199,8 +205,10 @@ async def test_stop_finishes_in_flight_work_then_commits_and_closes(
     task = asyncio.create_task(pipeline.run())
     await until(lambda: len(producer.sent) == 8)
     pipeline.stop()
-    await asyncio.sleep(0.01)
+    # consuming has ended ("stopping"); the pipeline now waits for the unacknowledged batches
+    await until(lambda: telemetry.health.readiness()[1] == "stopping")
     assert not task.done()
+    assert consumer.commits == []
     producer.hold.set()
     await asyncio.wait_for(task, 5)
     assert consumer.committed == {P0: 8}
@@ -304,11 +312,12 @@ async def test_queries_arriving_while_the_encoder_is_busy_wait_to_form_one_batch
     consumer.append(0, query(0, "first query alone"))
     with running(pipeline) as task:
         await asyncio.wait_for(busy.wait(), 5)
-        for i in range(1, 5):  # arriving one by one: each would be a batch of its own (batch_wait 0)
+        consumer.append(0, query(1, "queued query 1"))  # fetched at once: a batch of one
+        # one encoder session: one batch embedding, one waiting ready, and the consume loop parked
+        # at the embed gate, not in a fetch: what arrives now stays in the consumer
+        await until(lambda: calls == [1, 1] and pipeline.embed_gate.waiting == 1)
+        for i in range(2, 5):
             consumer.append(0, query(i, f"queued query {i}"))
-            await asyncio.sleep(0.01)
-        # one encoder session: one batch embedding, one waiting ready, the rest still unfetched
-        assert calls == [1, 1]
         release.set()
         await until(lambda: consumer.committed == {P0: 5})
     await asyncio.wait_for(task, 5)

@@ -17,9 +17,10 @@ async def test_deliver_returns_once_every_record_is_acknowledged() -> None:
     hold = asyncio.Event()
     producer = FakeProducer(hold=hold)
     task = asyncio.create_task(Delivery(producer).deliver([outbound(i) for i in range(3)]))
-    await asyncio.sleep(0.01)
-    assert not task.done()
+    async with asyncio.timeout(5):
+        await producer.sent_count(3)
     assert [s.value for s in producer.sent] == [b"intent-0", b"intent-1", b"intent-2"]
+    assert not task.done()  # every record is out, none is acknowledged: deliver waits
     hold.set()
     await asyncio.wait_for(task, 1)
     assert len(producer.acked) == 3

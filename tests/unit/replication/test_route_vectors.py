@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from worker.contracts import RouteDefinition
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
 from worker.errors import ContractError
 from worker.replication import ReplicaStats, with_embeddings
-from worker.replication.encoders import hashing_pool
 from worker.replication.fold import FoldedMutations
 from worker.replication.resolve import resolve_changes
 from worker.replication.vectors import attach_embeddings, embed_routes, route_of, shipped_vectors
-from worker.routing import EncoderPool, RouteVectors, l2_normalise
+from worker.routing import RouteVectors, l2_normalise
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.routing import IndexSettings, Route, RouteTable, RouteVectors, l2_normalise
-from worker.routing import builder as builder_module
+from worker.routing import (
+    IndexSettings,
+    Route,
+    RouteTable,
+    RouteVectors,
+    build_job,
+    build_process,
+    builder,
+    l2_normalise,
+)
 from worker.routing import table as table_module
-from worker.routing.builder import JOB_PREFIX, build_main, is_sorted, take
+from worker.routing.build_job import JOB_PREFIX
+from worker.routing.build_layout import is_sorted, take
+from worker.routing.builder import build_main
+from worker.routing.calibration import calibrate_probes
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.index import calibrate_probes, faiss
 from worker.routing.index_file import MANIFEST
+from worker.routing.native import faiss
 
 DIM = 64
 FP = "hashing-bow@test:0"
@@ -66,7 +77,7 @@ def test_short_writes_of_the_vectors_still_give_the_same_index(monkeypatch: pyte
         # at most 1000 bytes per call, often ending inside a route's vectors
         return real(descriptor, [buffers[0][:1000]])
 
-    monkeypatch.setattr(builder_module.os, "writev", short)
+    monkeypatch.setattr(build_job.os, "writev", short)
     assert np.array_equal(faiss.serialize_index(build_main(routes, DIM, IVF).index), expected)
 
 
@@ -161,13 +172,14 @@ def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Number of vectors each build sends to its build process."""
     counts: list[int] = []
-    real_write = builder_module._write_vectors
+    real_write = build_job.write_vectors
 
     def counting(path: Path, part: list[RouteVectors]) -> None:
         counts.append(sum(rv.utterance_vectors.shape[0] for rv in part))
         real_write(path, part)
 
-    monkeypatch.setattr(builder_module, "_write_vectors", counting)
+    monkeypatch.setattr(build_job, "write_vectors", counting)  # a rebuild's changed routes
+    monkeypatch.setattr(builder, "write_vectors", counting)  # a first build's routes
     return counts
 
 
@@ -228,14 +240,14 @@ def test_the_build_process_starts_idle_and_gets_its_share_when_starved(
     routes = _routes(40, seed=30)
     expected = faiss.serialize_index(build_main(routes, DIM, IVF).index)
     calls: list[tuple[bool, int]] = []
-    real = builder_module._set_idle
+    real = build_process.set_idle
 
     def recording(pid: int, idle: bool) -> bool:
         done = real(pid, idle)
         calls.append((idle, os.sched_getscheduler(pid)))
         return done
 
-    monkeypatch.setattr(builder_module, "_set_idle", recording)
+    monkeypatch.setattr(build_process, "set_idle", recording)
     settings = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2, build_idle_s=idle_s)
     built = build_main(routes, DIM, settings)
     # 60 s: idle the whole build; 0 s: "starved" at once, so moved back to the normal class.

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from worker.routing import Router, RouteTable, RouteVectors, ScoringConfig, Thresholds
 from worker.routing.scoring import aggregate
-from worker.routing.table import Hits
+from worker.routing.snapshot import Hits
 
 MakeRoute = Callable[..., RouteVectors]
 DIM = 64

@@ -1,0 +1,116 @@
+"""The encoder pool: ordered, normalised, chunked output; int8 texts alone; bounded async calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.config import Settings
+from worker.embedding import EncoderPool, ModelSpec, encoder_pool, model_fingerprint, resolve_model
+
+
+class _Session:
+    """Stands in for a fastembed session: one vector per text, remembers its batches.
+
+    With a ``gate``, every batch sets ``entered`` and then waits for the gate.
+    """
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = gate
+        self.entered = threading.Event()
+
+    def embed(self, documents: Iterable[str], batch_size: int = 256) -> Iterator[np.ndarray]:
+        documents = list(documents)
+        self.batches.append(documents)
+        if self.gate is not None:
+            self.entered.set()
+            self.gate.wait(5)
+        for text in documents:
+            yield np.array([len(text), 1.0, 0.0, 2.0], dtype=np.float32)
+
+
+def _export(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"weights")
+    return folder
+
+
+def test_embed_sync_is_ordered_normalised_and_chunked() -> None:
+    session = _Session()
+    pool = EncoderPool(ModelSpec("fake"), batch_size=2, session_factory=lambda: session)
+    with pool:
+        vectors = pool.embed_sync(["a", "bbb", "cc"])
+        assert pool.dim == 4
+        assert vectors.dtype == np.float32
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1)
+        assert vectors[1, 0] > vectors[2, 0] > vectors[0, 0]
+        assert session.batches[-2:] == [["a", "bbb"], ["cc"]]
+        assert pool.embed_sync([]).shape == (0, 4)
+        assert pool.fingerprint == "fake@hub"
+
+
+def test_int8_models_embed_each_text_alone(tmp_path: Path) -> None:
+    session = _Session()
+    spec = ModelSpec("fake", _export(tmp_path / "int8"), "int8")
+    with EncoderPool(spec, batch_size=32, session_factory=lambda: session) as pool:
+        pool.embed_sync(["a", "b"])
+        assert session.batches[-2:] == [["a"], ["b"]]
+        assert pool.fingerprint.startswith("fake@int8:")
+        assert len(pool.fingerprint.rsplit(":", 1)[1]) == 12
+
+
+def test_the_configured_int8_export_embeds_alone_whatever_its_folder_is_called(tmp_path: Path) -> None:
+    # An explicit model path with variant int8: the variant comes from the settings, not from the
+    # folder's name (the pool once took "my-export" for the variant, batched the texts together and
+    # published a fingerprint that matched no other replica's).
+    settings = Settings(model_path=_export(tmp_path / "my-export"), model_variant="int8", batch_size=32)
+    session = _Session()
+    with encoder_pool(settings, session_factory=lambda: session) as pool:
+        pool.embed_sync(["a", "b"])
+        assert session.batches[-2:] == [["a"], ["b"]]
+        assert pool.fingerprint == resolve_model(settings).fingerprint
+        assert pool.fingerprint.startswith(f"{settings.model_name}@int8:")
+
+
+def test_fp32_exports_batch_and_the_fingerprint_follows_the_weights(tmp_path: Path) -> None:
+    folder = _export(tmp_path / "fp32")
+    session = _Session()
+    with EncoderPool(
+        ModelSpec("fake", folder, "fp32"), batch_size=32, session_factory=lambda: session
+    ) as pool:
+        pool.embed_sync(["a", "b"])
+        assert session.batches[-1] == ["a", "b"]
+        assert pool.fingerprint == model_fingerprint("fake", "fp32", folder)
+    (folder / "model.onnx").write_bytes(b"other weights")
+    assert model_fingerprint("fake", "fp32", folder) != pool.fingerprint
+
+
+async def test_async_embed_is_bounded_by_max_pending() -> None:
+    gate = threading.Event()
+    session = _Session()
+    pool = EncoderPool(ModelSpec("fake"), pool_size=1, max_pending=2, session_factory=lambda: session)
+    session.gate = gate  # from now on every embedding waits for the gate
+    try:
+        tasks = [asyncio.create_task(pool.embed([f"text {i}"])) for i in range(4)]
+        # The first call is inside the only session: by then every task has reached its semaphore.
+        assert await asyncio.to_thread(session.entered.wait, 5)
+        assert pool._pending is not None
+        assert pool._pending.locked()  # two in flight, the other two wait for a slot
+        assert session.batches[-1:] == [["text 0"]]
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        assert [r.shape for r in results] == [(1, 4)] * 4
+    finally:
+        gate.set()
+        pool.close()
+
+
+def test_pool_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        EncoderPool(ModelSpec("fake"), pool_size=0, session_factory=_Session)

@@ -1,0 +1,84 @@
+"""The index build process: ``python -m worker.routing.build_child JOB_FOLDER``.
+
+It reads the job folder (:mod:`worker.routing.build_job`), builds the Faiss index with one thread
+(the same index on every replica) and writes it back there. It stops when its parent is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.routing.build_job import INDEX_FILE, JOB_FILE, VECTORS_FILE, assemble_vectors
+from worker.routing.calibration import calibrate_probes
+from worker.routing.index_settings import IndexKind, IndexSettings
+from worker.routing.native import faiss, use_blas_from
+from worker.routing.types import Vectors
+
+
+def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any:
+    """A Faiss index over ``vectors`` (rows in order). Deterministic for equal inputs.
+
+    The caller sets faiss to one thread (k-means and list assignment are then reproducible).
+    """
+    rows, dim = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        lists = settings.lists_for(rows)
+        index = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = settings.train_rows_per_list
+        index.cp.min_points_per_centroid = 1  # a deliberately small sample is no cause for a warning
+        index.train(vectors)
+        index.nprobe = settings.probe_lists
+    step = 16_384
+    for start in range(0, rows, step):
+        index.add(np.ascontiguousarray(vectors[start : start + step], dtype=np.float32))
+    if kind == "ivf":
+        index.nprobe = calibrate_probes(index, vectors, settings).probe_lists
+    return index
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Child process: build the index described in a job folder and write it there."""
+    job = Path((sys.argv[1:] if argv is None else argv)[0])
+    spec = json.loads((job / JOB_FILE).read_text())
+    _exit_with(int(spec["parent"]))
+    faiss.omp_set_num_threads(1)  # one thread: the same index on every replica
+    settings = IndexSettings(**spec["settings"])
+    use_blas_from(settings.blas_min_queries)
+    rows, dim = int(spec["rows"]), int(spec["dim"])
+    if "previous" in spec:
+        vectors = assemble_vectors(job, Path(spec["previous"]), rows, dim)
+    else:
+        vectors = np.memmap(job / VECTORS_FILE, dtype=np.float32, mode="r", shape=(rows, dim))
+    index = new_index(spec["kind"], vectors, settings)
+    del vectors
+    (job / VECTORS_FILE).unlink()
+    temporary = job / (INDEX_FILE + ".tmp")
+    faiss.write_index(index, str(temporary))
+    os.replace(temporary, job / INDEX_FILE)
+    return 0
+
+
+def _exit_with(parent: int) -> None:
+    """Stop building when the process that asked for the index is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

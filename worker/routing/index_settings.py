@@ -1,0 +1,70 @@
+"""How the main index is built and searched: exact or approximate, lists, recall, threads, priority."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+IndexKind = Literal["flat", "ivf"]
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How the main index is built and searched, and when the overlay is folded into it."""
+
+    #: above this many utterance vectors the main index is IVF (approximate) instead of exact.
+    #: Exact search of 32 queries over 50k vectors took 0.35-1.6x the time of embedding them
+    #: (benchmarks/engine.py, loaded 2-vCPU machine), so larger tables go approximate.
+    approximate_above: int = 32_768
+    #: vectors per inverted list: an IVF index has ``rows / list_rows`` lists (a power of two), so a
+    #: search scans about ``probe_lists * list_rows`` vectors whatever the table size.
+    list_rows: int = 64
+    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors: recall@10 1.00
+    #: on the clustered benchmark data; decide32 5.9 ms, 0.17x the encoder's 35 ms. Real MiniLM
+    #: vectors are harder (0.96 at 16 lists), so each build raises it for its own data, see
+    #: ``recall_target``.
+    probe_lists: int = 16
+    #: each IVF build measures recall@10 against exact search on a sample of its own vectors used
+    #: as queries (each one left out of its own answer) and scans more lists until it reaches this
+    #: (at most ``max_probe_lists``). Deterministic: every replica picks the same count. Stored
+    #: utterances are easier queries than new text: on Banking77 + CLINC150 MiniLM vectors (25k,
+    #: 512 lists) this leave-one-out recall was 0.991 / 0.996 / 0.998 / 0.999 at 16 / 32 / 64 / 128
+    #: lists where their test queries got 0.964 / 0.979 / 0.989 / 0.995 (benchmarks/engine.py,
+    #: real_vectors_recall), hence 0.999 for 0.99 on real queries.
+    recall_target: float = 0.999
+    max_probe_lists: int = 256
+    #: k-means learns the lists from at most this many sampled vectors per list (faiss's seeded sample)
+    train_rows_per_list: int = 16
+    #: the overlay is folded into the main index in the background once it holds this many vectors
+    overlay_rebuild_rows: int = 2_048
+    #: OpenMP threads of each faiss search (set in every searching thread: OpenMP keeps the count per
+    #: thread); None keeps faiss's. 1 because searches already run in parallel threads and OpenMP
+    #: waits collapse when cores are busy: a 32-query search over 1k vectors took 1.0 ms (1 thread)
+    #: vs 40 ms (2 threads, median) on a loaded 2-vCPU machine, and a searching thread with 2 waited
+    #: a 4 ms scheduler tick per batch beside a busy process. Builds always use one thread.
+    faiss_threads: int | None = 1
+    #: faiss's exact searches (flat indexes, the IVF list assignment, k-means) use BLAS matrix
+    #: products for batches of at least this many queries, PROCESS-WIDE (applied when a RouteTable
+    #: is made, and in the build process); None keeps faiss's (128000 in faiss 1.15). Assigning 32
+    #: queries to 4096 lists took 1.25 ms with BLAS vs 2.61 ms without; 32 over 32k rows 11.5 vs 64.
+    blas_min_queries: int | None = 16
+    #: niceness of the background rebuild thread and of the build process it starts: searches
+    #: sharing a CPU with them keep ~90% of it, and a build still gets ~10% of a saturated CPU (at
+    #: 19 it got ~1% and a 250k rebuild did not finish beside one busy search thread). Blocking
+    #: rebuilds run at the caller's priority.
+    build_niceness: int = 10
+    #: seconds the build process first runs in the idle scheduling class (Linux): only on a CPU
+    #: nothing else wants, so searches never wait for it (beside a niced build they waited up to
+    #: 24 ms). A build not done by then (no CPU came free: 250k vectors take ~30 s of one CPU)
+    #: continues at ``build_niceness``. None: never idle.
+    build_idle_s: float | None = 90.0
+
+    def kind_for(self, rows: int) -> IndexKind:
+        """The index kind used for ``rows`` vectors."""
+        return "ivf" if rows > self.approximate_above else "flat"
+
+    def lists_for(self, rows: int) -> int:
+        """Inverted lists of an IVF index over ``rows`` vectors (a power of two, at most ``rows``)."""
+        wanted = max(rows / max(self.list_rows, 1), 1.0)
+        return max(1, min(rows, 1 << round(math.log2(wanted))))

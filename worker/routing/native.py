@@ -1,0 +1,60 @@
+"""How the engine's native work shares the CPU: faiss's OpenMP threads, its BLAS use, and the GIL.
+
+Searches run beside background work (rebuilds, persisting, mutations) on a small machine, so
+every searching thread sets its own OpenMP thread count, and background Python work runs in
+slices with a pause between them that hands the GIL to a waiting search.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+import faiss as _faiss
+
+_Item = TypeVar("_Item")
+
+# faiss ships partial type stubs that vary between releases: use it untyped.
+faiss: Any = _faiss
+
+#: Items handled between two pauses by background work that holds the GIL (see :func:`in_slices`).
+SLICE = 2_048
+
+_omp = threading.local()
+
+
+def use_faiss_threads(threads: int | None) -> None:
+    """Give faiss ``threads`` OpenMP threads in the calling thread (None: leave it alone).
+
+    ``omp_set_num_threads`` only changes the calling thread's count; threads made by Python start
+    from the process default (one per CPU), so every searching thread sets its own, once.
+    """
+    if threads is not None and getattr(_omp, "threads", None) != threads:
+        faiss.omp_set_num_threads(threads)
+        _omp.threads = threads
+
+
+def use_blas_from(queries: int | None) -> None:
+    """Let faiss use BLAS for exact searches of at least ``queries`` queries (process-wide)."""
+    if queries is not None:
+        faiss.cvar.distance_compute_blas_threshold = queries
+
+
+def pause() -> None:
+    """Let threads waiting for the GIL take it.
+
+    Background work (rebuild, persisting) runs in slices between pauses: a C call such as a sort
+    holds the GIL until it returns, and pure Python keeps it for the whole 5 ms switch interval
+    when another thread asks for it; a short sleep hands it over at once.
+    """
+    time.sleep(0.000_2)
+
+
+def in_slices(items: Sequence[_Item], size: int = SLICE) -> Iterator[Sequence[_Item]]:
+    """``items`` in consecutive slices of ``size``, pausing (:func:`pause`) between slices."""
+    for start in range(0, len(items), size):
+        if start:
+            pause()
+        yield items[start : start + size]

@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from worker.contracts.limits import MAX_TOP_N, Limits
+from worker.embedding.batching import DEFAULT_RUN_TOKENS
 from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
@@ -98,6 +99,12 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
     )
     encoder_max_pending: int = Field(8, ge=1, description="Embedding batches queued before callers wait.")
+    encoder_run_tokens: int = Field(
+        DEFAULT_RUN_TOKENS,
+        ge=1,
+        le=1 << 20,
+        description="Most tokens (padding included) per model run: a batch's texts go in length order.",
+    )
     # --- batching and flow control ---
     batch_size: int = Field(32, ge=1, le=4096, description="Most queries per batch.")
     batch_wait_ms: int = Field(5, ge=0, le=10_000, description="Longest wait to fill a batch.")

@@ -1,9 +1,12 @@
-"""Writes the int8 calibration corpus the repository ships (worker/embedding/calibration/texts.json).
+"""Writes what the static int8 export is calibrated with: the corpus and the ranges measured on it.
 
-    .venv/bin/python benchmarks/calibration_corpus.py [--datasets ../shared/datasets]
+    .venv/bin/python benchmarks/calibrate.py --corpus [--datasets ../shared/datasets]
+    .venv/bin/python benchmarks/calibrate.py --ranges
 
-Run once; the output is committed, so neither the export nor the tests need the datasets. The
-corpus is what the static int8 activation ranges are measured on: 256 Banking77 train rows and
+``--corpus`` writes worker/embedding/calibration/texts.json, ``--ranges`` measures the fp32 graph's
+activation ranges on it into calibration/ranges.npz (after a change to the model or the corpus;
+tests/integration/test_calibration.py fails when they drift apart). Both files are committed, so
+neither the export nor the tests need the datasets. The corpus: 256 Banking77 train rows and
 256 CLINC150 in-scope train rows (drawn with a fixed seed: short, real queries of two domains;
 never test rows, so the accuracy benchmark's test sets stay unseen), the hand-written edge cases
 below (one character, punctuation, numbers, other scripts, emoji, markup, code, whitespace), and
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets import banking77, clinc150
 
+from worker.config import load_settings
+from worker.embedding.calibration import CORPUS, RANGES, corpus_texts, measure_ranges
+from worker.embedding.export import MODEL_FILE, SourceModel, export_fp32, write_tokenizer
+from worker.embedding.prepare import source_wheel
+from worker.embedding.tokens import load_tokenizer
+
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "worker" / "embedding" / "calibration" / "texts.json"
 PER_DATASET = 256
 LONG_TEXTS = 16
 SEED = 0
@@ -83,15 +92,10 @@ def draw(texts: list[str], count: int, rng: np.random.Generator) -> list[str]:
     return [unique[i] for i in sorted(rng.choice(len(unique), size=count, replace=False))]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
-    args = parser.parse_args()
+def write_corpus(datasets: Path) -> None:
     rng = np.random.default_rng(SEED)
-    bank = banking77(args.datasets)
-    clinc = clinc150(args.datasets)
+    bank = banking77(datasets)
+    clinc = clinc150(datasets)
     drawn = draw(bank.routes.texts, PER_DATASET, rng) + draw(clinc.routes.texts, PER_DATASET, rng)
     order = rng.permutation(len(drawn))
     # 32 rows of ~12 words each pass the 256-token limit: the encoder truncates them
@@ -99,7 +103,7 @@ def main() -> int:
     corpus = {
         "about": (
             "Calibration corpus of the static int8 export (worker/embedding/quantize.py); written by "
-            "benchmarks/calibration_corpus.py. Banking77 rows: Casanueva et al. 2020, "
+            "benchmarks/calibrate.py. Banking77 rows: Casanueva et al. 2020, "
             "'Efficient Intent Detection with Dual Sentence Encoders', CC BY 4.0. CLINC150 rows: "
             "Larson et al. 2019, 'An Evaluation Dataset for Intent Classification and Out-of-Scope "
             "Prediction', CC BY 3.0. Edge cases and joined long texts: routeworker."
@@ -112,9 +116,37 @@ def main() -> int:
         },
         "texts": drawn + EDGE_CASES + long_texts,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(corpus, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {len(corpus['texts'])} texts to {OUT.relative_to(REPO)}")
+    CORPUS.parent.mkdir(parents=True, exist_ok=True)
+    CORPUS.write_text(json.dumps(corpus, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {len(corpus['texts'])} texts to {CORPUS.relative_to(REPO)}")
+
+
+def write_ranges() -> None:
+    # the fp32 graph as the export writes it, made here: a prepared export needs these very ranges
+    source = SourceModel.from_wheel(source_wheel(load_settings().cache_dir))
+    with tempfile.TemporaryDirectory(prefix="routeworker-calibration-") as scratch:
+        fp32 = Path(scratch)
+        export_fp32(source, fp32 / MODEL_FILE)
+        write_tokenizer(source, fp32)
+        ranges = measure_ranges(fp32 / MODEL_FILE, load_tokenizer(fp32), corpus_texts())
+    ranges.save(RANGES)
+    print(f"wrote {len(ranges.low)} activation ranges to {RANGES.relative_to(REPO)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--corpus", action="store_true", help="write calibration/texts.json")
+    parser.add_argument("--ranges", action="store_true", help="write calibration/ranges.npz")
+    args = parser.parse_args()
+    if not (args.corpus or args.ranges):
+        parser.error("say --corpus, --ranges or both")
+    if args.corpus:
+        write_corpus(args.datasets)
+    if args.ranges:
+        write_ranges()
     return 0
 
 

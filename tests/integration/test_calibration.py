@@ -20,7 +20,7 @@ def test_the_shipped_ranges_match_a_fresh_measurement(model_spec: ModelSpec) -> 
     assert len(shipped.low) == 24  # 6 layers x (query/key/value, attention output, intermediate, output)
     for name in shipped.low:
         # fp32 kernels differ between CPUs in the last bits; a changed model or corpus moves far more.
-        # On a failure: python -m worker.embedding.calibration, then commit calibration/ranges.npz
+        # On a failure: benchmarks/calibrate.py --ranges, then commit calibration/ranges.npz
         np.testing.assert_allclose(fresh.low[name], shipped.low[name], rtol=1e-4, atol=1e-5, err_msg=name)
         np.testing.assert_allclose(fresh.high[name], shipped.high[name], rtol=1e-4, atol=1e-5, err_msg=name)
 

@@ -4,9 +4,9 @@ The corpus (``calibration/texts.json``: Banking77 and CLINC150 train rows, edge 
 see its ``about``) and the ranges measured on it (``calibration/ranges.npz``) are both shipped. The
 export reads the shipped ranges, never measures them: fp32 activations differ in their last bits
 between CPUs (AVX2, AVX-512, ARM kernels), and scales measured on each machine would give each a
-different int8 graph, so a different fingerprint. ``python -m worker.embedding.calibration`` measures
-them again after a change to the model or the corpus; a test checks the shipped file against a
-fresh measurement.
+different int8 graph, so a different fingerprint. ``benchmarks/calibrate.py --ranges`` measures them
+again after a change to the model or the corpus; a test checks the shipped file against a fresh
+measurement.
 
 A quantised activation is named by the first weight that reads it (``encoder.layer.0.attention.
 self.query.weight.T`` names the input of the query, key and value projections), so the names stay
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -132,32 +132,3 @@ def measure_ranges(model_path: Path, tokenizer: Tokenizer, texts: Iterable[str])
 def _width(model: onnx.ModelProto, item: WeightInput) -> int:
     weight = next(init for init in model.graph.initializer if init.name == item.matmuls[0].input[1])
     return int(weight.dims[0])
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-    import tempfile
-
-    from worker.config import load_settings
-    from worker.embedding.export import MODEL_FILE, SourceModel, export_fp32, write_tokenizer
-    from worker.embedding.prepare import source_wheel
-    from worker.embedding.tokens import load_tokenizer
-
-    parser = argparse.ArgumentParser(description="measure the shipped int8 calibration ranges again")
-    parser.add_argument("--out", type=Path, default=RANGES)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    # the fp32 graph as the export writes it, made here: a prepared export would need these ranges
-    source = SourceModel.from_wheel(source_wheel(load_settings().cache_dir))
-    with tempfile.TemporaryDirectory(prefix="routeworker-calibration-") as scratch:
-        fp32 = Path(scratch)
-        export_fp32(source, fp32 / MODEL_FILE)
-        write_tokenizer(source, fp32)
-        ranges = measure_ranges(fp32 / MODEL_FILE, load_tokenizer(fp32), corpus_texts())
-    ranges.save(args.out)
-    logger.info("wrote %s", args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -36,9 +36,8 @@ from rich.table import Table
 from vectors import VectorCache
 
 from worker.config import load_settings
-from worker.embedding.model import resolve_model
+from worker.embedding import EncoderPool, resolve_model
 from worker.routing import (
-    EncoderPool,
     HeadConfig,
     Route,
     Router,
@@ -120,7 +119,7 @@ def compare_variants(
     fingerprints: dict[str, str] = {}
     for variant in variants:
         settings = load_settings(model_variant=variant)
-        encoder = EncoderPool(resolve_model(settings).path, settings.model_name, pool_size=1)
+        encoder = EncoderPool(resolve_model(settings), pool_size=1)
         fingerprints[variant] = encoder.fingerprint
         cache = VectorCache(encoder, settings.cache_dir / "bench-vectors")
         figures[variant] = {ds.name: dataset_accuracy(ds, cache, encoder.fingerprint, seeds) for ds in loaded}

@@ -41,14 +41,15 @@ class StaticInt8:
     #: SmoothQuant migration strength: 0 quantises activations as they are, 1 moves every
     #: channel's range into the weights
     alpha: float = 0.8
-    #: weights are symmetric within +-(2^(bits-1) - 1); 7 keeps the AVX2 int16 sums exact
+    #: weights are symmetric within +-(2^(bits-1) - 1). 7: int8, which keeps the u8s8 kernel's int16
+    #: pair sums exact; 8: stored as uint8 around 128, which runs the u8u8 kernel (exact, slower)
     weight_bits: int = 7
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError("alpha must be within [0, 1]")
-        if not 2 <= self.weight_bits <= 8:
-            raise ValueError("weight_bits must be within [2, 8]")
+        if self.weight_bits not in (7, 8):
+            raise ValueError("weight_bits must be 7 or 8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,10 +176,14 @@ def _integer_matmul(
     smoothed = weight * q.smoothing[:, None]
     scales = np.maximum(np.abs(smoothed).max(axis=0), 1e-12) / limit
     integers = np.clip(np.round(smoothed / scales), -limit, limit).astype(np.int8)
+    zero_points = np.zeros(scales.shape, np.int8)
+    if bits == 8:  # full-range int8 would saturate the u8s8 kernel on AVX2: shift into uint8
+        integers = (integers.astype(np.int16) + 128).astype(np.uint8)
+        zero_points = np.full(scales.shape, 128, np.uint8)
     tensors = [
         numpy_helper.from_array(integers, f"{name}.int8"),
         numpy_helper.from_array(scales.astype(np.float32), f"{name}.scale"),
-        numpy_helper.from_array(np.zeros(scales.shape, np.int8), f"{name}.zero_point"),
+        numpy_helper.from_array(zero_points, f"{name}.zero_point"),
     ]
     inputs = [
         f"{source}.q",

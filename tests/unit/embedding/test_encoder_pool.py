@@ -79,14 +79,14 @@ def test_token_sessions_get_a_call_tokenised_once_and_run_in_length_order() -> N
         vectors = pool.embed_sync(texts)
         assert session.tokenized[-1] == texts  # the whole call, tokenised once
         # ascending token counts; each run padded (rows x longest) within 6; the 7-token text alone
-        assert session.runs == [[1, 2], [3], [4], [7]]
+        assert session.runs == [[1], [2, 3], [4], [7]]
         # rows come back in the caller's order, normalised
         counts, sums = [3, 1, 7, 2, 4], [3, 1, 7, 3, 4]
         want = np.array([[n, t, 1.0] for n, t in zip(counts, sums, strict=True)])
         assert np.allclose(vectors, want / np.linalg.norm(want, axis=1, keepdims=True))
         assert pool.stats.texts == 1 + len(texts)  # the dimension probe, then the call
         assert pool.stats.tokens == 2 + sum(counts)
-        assert pool.stats.padded_tokens == 2 + (2 * 2 + 3 + 4 + 7)
+        assert pool.stats.padded_tokens == 2 + (1 + 2 * 3 + 4 + 7)
 
 
 def test_the_configured_variant_names_the_fingerprint_whatever_the_folder_is_called(tmp_path: Path) -> None:

@@ -81,10 +81,25 @@ def test_every_weight_matmul_becomes_an_integer_matmul(fp32: Path, int8: onnx.Mo
     assert ops["Add"] == Counter(n.op_type for n in onnx.load(str(fp32)).graph.node)["Add"] - 6 * layers
 
 
-def test_weights_are_7_bit_so_avx2_int16_pair_sums_never_saturate(int8: onnx.ModelProto) -> None:
+def test_weights_are_uint8_around_128_so_the_exact_u8u8_kernel_runs(int8: onnx.ModelProto) -> None:
+    tensors = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    weights = [name.removesuffix(".int8") for name in tensors if name.endswith(".int8")]
+    assert len(weights) == 6 * CONFIG["num_hidden_layers"]
+    for name in weights:
+        integers, zero_point = tensors[f"{name}.int8"], tensors[f"{name}.zero_point"]
+        assert integers.dtype == zero_point.dtype == np.uint8
+        assert (zero_point == 128).all()
+        assert int(integers.min()) >= 1  # +-127 around 128, symmetric: 0 (-128) never occurs
+    assert max(int(tensors[f"{n}.int8"].max()) for n in weights) == 255
+
+
+def test_7_bit_weights_are_signed_within_63_so_avx2_int16_pair_sums_never_saturate(
+    fp32: Path, ranges: ChannelRanges
+) -> None:
+    int8 = quantise_static(onnx.load(str(fp32)), ranges, StaticInt8(weight_bits=7))
     integers = [numpy_helper.to_array(i) for i in int8.graph.initializer if i.name.endswith(".int8")]
-    assert len(integers) == 6 * CONFIG["num_hidden_layers"]
     # 255 * 63 * 2 = 32,130 fits int16; 255 * 127 * 2 would not
+    assert all(w.dtype == np.int8 for w in integers)
     assert max(int(np.abs(w).max()) for w in integers) == 63
 
 

@@ -264,7 +264,8 @@ SCRAPED = {
 async def scrape(port: int) -> dict[str, float]:
     """The worker's own counters, from its /metrics endpoint."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\n\r\n")
+    # the health server keeps HTTP/1.1 connections alive: without close, read() would wait forever
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: worker\r\nConnection: close\r\n\r\n")
     await writer.drain()
     response = (await reader.read()).decode()
     writer.close()

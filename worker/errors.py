@@ -19,7 +19,10 @@ class ErrorCode(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     WRONG_MODEL = "wrong_model"
     EMBEDDING_SHAPE = "embedding_shape"
+    EMBEDDING_FAILED = "embedding_failed"
     PROCESSING = "processing"
+    # a fetched record batch the Kafka client could not decode (corrupt, or an unknown codec)
+    UNDECODABLE_BATCH = "undecodable_batch"
 
 
 class ContractError(ValueError):

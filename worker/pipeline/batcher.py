@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable
 
 from worker.pipeline.kafka import QueryConsumer
-from worker.pipeline.types import InputRecord
+from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
+from worker.pipeline.undecodable import UndecodableBatches
 
 # How long one empty poll blocks: also how quickly an idle consumer notices a stop request.
 DEFAULT_POLL_S = 0.2
@@ -23,6 +24,10 @@ class Batcher:
     :meth:`discard_pending` (called when partitions are revoked) drops the records of the batch
     being filled that were fetched before the revocation: they were not processed, and whoever owns
     their partitions next reads them again from the committed offset.
+
+    A fetch that fails on a batch the client cannot decode is handed to ``undecodable``, whose
+    records (a stand-in for the bad batch among them) take the failed fetch's place; without it,
+    or when the error is not a bad batch, the error is raised.
     """
 
     def __init__(
@@ -33,6 +38,7 @@ class Batcher:
         *,
         poll_s: float = DEFAULT_POLL_S,
         clock: Callable[[], float] = time.monotonic,
+        undecodable: UndecodableBatches | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -42,14 +48,25 @@ class Batcher:
         self._poll_ms = max(int(poll_s * 1000), 1)
         self._clock = clock
         self._generation = 0
+        self._undecodable = undecodable
+        # per partition, the offset after the last record handed out since the assignment
+        self._handed_out: dict[TopicPartition, int] = {}
 
     def discard_pending(self) -> None:
         """Drop the batch being filled (partitions were revoked under it)."""
         self._generation += 1
+        self._handed_out.clear()
 
     async def _fetch(self, timeout_ms: int, max_records: int) -> list[InputRecord]:
-        fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return [InputRecord.from_kafka(r) for records in fetched.values() for r in records]
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            records = [InputRecord.from_kafka(r) for records in fetched.values() for r in records]
+        except Exception as error:
+            if self._undecodable is None:
+                raise
+            records = await self._undecodable.recover(error, self._handed_out)  # or raises it
+        self._handed_out.update(next_offsets(records))
+        return records
 
     async def next_batch(self) -> list[InputRecord]:
         """The next batch, or an empty list when nothing arrived within one poll."""

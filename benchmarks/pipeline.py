@@ -62,6 +62,7 @@ from pipeline_kit import (
     worker_env,
 )
 
+from worker.app.serving import scoring_config, self_fit_config
 from worker.cli.console import console, table
 from worker.config import load_settings
 from worker.contracts import RouteDefinition, ShippedEmbeddings, encode
@@ -69,6 +70,9 @@ from worker.embedding import EncoderPool, ModelSpec, fastembed_session, resolve_
 from worker.local.broker import LocalBroker
 from worker.local.kafka import LocalKafka
 from worker.local.process import free_port
+from worker.replication.apply import calibrate_plan
+from worker.replication.calibrations import calibration_mutation
+from worker.routing import RouteCalibration, RouteVectors, self_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -108,6 +112,7 @@ def route_utterances(datasets: Path) -> dict[str, list[str]]:
 
 
 def shipped_routes(routes: dict[str, list[str]], pool: EncoderPool) -> list[RouteDefinition]:
+    """The routes with this variant's vectors in the record (the worker embeds none of them)."""
     made = []
     for name, utterances in routes.items():
         vectors = pool.embed_sync(utterances)
@@ -116,6 +121,19 @@ def shipped_routes(routes: dict[str, list[str]], pool: EncoderPool) -> list[Rout
         )
         made.append(RouteDefinition(name=name, utterances=utterances, embeddings=embeddings))
     return made
+
+
+def served_calibration(definitions: list[RouteDefinition], pool: EncoderPool) -> tuple[bytes, bytes]:
+    """The self-fit calibration `routeworker routes apply` would publish with these routes, as a
+    mutation-log record: workers never calibrate themselves."""
+    settings = load_settings()
+
+    def calibrate(vectors: list[RouteVectors]) -> RouteCalibration:
+        return self_fit(vectors, scoring_config(settings), self_fit_config(settings, len(vectors)))
+
+    by_name = {d.name: d for d in definitions}
+    _, record = asyncio.run(calibrate_plan(by_name, pool, calibrate))
+    return calibration_mutation(record)
 
 
 # --- the encoder alone ---------------------------------------------------------------------------
@@ -172,10 +190,10 @@ def broker(kind: str) -> Iterator[str]:
         yield running.bootstrap
 
 
-async def head_in_service(log: Path, worker: Worker, within: float = 120.0) -> None:
-    """Wait until the worker's learned head serves: its training would otherwise share the CPU."""
+async def calibration_in_service(log: Path, worker: Worker, within: float = 120.0) -> None:
+    """Wait until the worker serves the published calibration (its head), not nearest utterances."""
     deadline = time.monotonic() + within
-    while "route head 1 in service" not in await asyncio.to_thread(log.read_text, errors="replace"):
+    while "(self-fit" not in await asyncio.to_thread(log.read_text, errors="replace"):
         if worker.proc.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.proc.returncode}; see {log}")
         if time.monotonic() > deadline:
@@ -201,7 +219,7 @@ async def measure_worker(
             bootstrap, names["queries"], [(None, query(q, rows[-1 - i][0])) for i, q in enumerate(warm)]
         )
         await reader.wait_for(warm, within=300)
-        await head_in_service(log, worker)
+        await calibration_in_service(log, worker)
         jiffies = cpu_jiffies()
         texts = [text for text, _ in rows[: args.backlog]]
         sustained = await backlog(bootstrap, names["queries"], reader, texts, "b", port)
@@ -235,11 +253,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out["naive_encoder"] = await asyncio.to_thread(naive_encoder, fp32, encoder_texts)
     console.print(f"  {out['naive_encoder']['per_second']} texts/s")
     shipped: dict[str, list[RouteDefinition]] = {}
+    calibrations: dict[str, tuple[bytes, bytes]] = {}
     for variant in args.variants:
         spec = resolve_model(load_settings(model_variant=variant))
         pool = await asyncio.to_thread(EncoderPool, spec, 1)
         with pool:
             shipped[variant] = await asyncio.to_thread(shipped_routes, routes, pool)
+            calibrations[variant] = await asyncio.to_thread(served_calibration, shipped[variant], pool)
             out["encoder"][variant] = {}
             for batch in args.batch_sizes:
                 figures = await asyncio.to_thread(pool_encoder, pool, encoder_texts, batch)
@@ -249,7 +269,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for variant in args.variants:
             mutations = f"route-mutations-{variant}"
             await create_topics(bootstrap, topic_names(f"setup-{variant}", mutations), args.partitions)
-            await produce_all(bootstrap, mutations, [(d.name.encode(), encode(d)) for d in shipped[variant]])
+            records = [(d.name.encode(), encode(d)) for d in shipped[variant]] + [calibrations[variant]]
+            await produce_all(bootstrap, mutations, records)
         for batch in args.batch_sizes:  # variants alternate, so drifting load hits both alike
             for variant in args.variants:
                 tag = f"{variant}-{batch}"

@@ -7,8 +7,9 @@ Each variant embeds every text through the encoder pool (so int8 vectors are the
 serves); vectors are cached per fingerprint (benchmarks/vectors.py). Protocols, on Banking77 and
 CLINC150 (benchmarks/datasets.py): ``full`` (every train row is a route utterance) and
 ``10/route`` (10 utterances per route drawn per seed, the few-shot case most route owners have;
-the figure is the mean over seeds). Routers: nearest utterance, routeworker defaults, and what
-``routeworker run`` serves (defaults plus the learned head). Nothing is fitted on test rows.
+the figure is the mean over seeds). Routers: nearest utterance, uncalibrated, and what a worker
+serves (the self-fit calibration `routeworker routes apply` publishes). Nothing is fitted on test
+rows.
 
 The gate: int8 may be served by default only if the served router's accuracy stays within
 ``GATE_POINTS`` of fp32 on every dataset and protocol. Writes ``variants.json``.
@@ -37,20 +38,12 @@ from vectors import VectorCache
 
 from worker.config import load_settings
 from worker.embedding import EncoderPool, resolve_model
-from worker.routing import (
-    HeadConfig,
-    Route,
-    Router,
-    RouteTable,
-    RouteVectors,
-    ScoringConfig,
-    train_head,
-)
+from worker.routing import Route, Router, RouteTable, RouteVectors, ScoringConfig, SelfFitConfig, self_fit
 
 REPO = Path(__file__).resolve().parents[1]
 GATE_POINTS = 0.3
 VARIANTS = ("fp32", "int8")
-ROUTERS = ("nearest utterance", "routeworker defaults", "served (defaults + head)")
+ROUTERS = ("nearest utterance", "uncalibrated (threshold 0.5, no head)", "served (self-fit, no labels)")
 console = Console(width=150)
 
 
@@ -83,14 +76,18 @@ def route_table(split: Split, vectors: np.ndarray, fingerprint: str) -> RouteTab
 def router_accuracy(
     routes: Split, route_vectors: np.ndarray, test: Split, test_vectors: np.ndarray, fingerprint: str
 ) -> dict[str, float]:
-    """Test accuracy of each router over these routes (no match is a class, as in accuracy.py)."""
+    """Test accuracy of each router over these routes (no match is a class, as in accuracy.py).
+
+    Served: the self-fit calibration (thresholds and learned head, from the route utterances alone)
+    that `routeworker routes apply` publishes and every worker serves.
+    """
     table = route_table(routes, route_vectors, fingerprint)
     nearest = np.argmax(test_vectors @ route_vectors.T, axis=1)
-    head = train_head(table.snapshot().routes(), HeadConfig())
+    served = self_fit(list(table.snapshot().routes()), ScoringConfig(), SelfFitConfig())
     predictions = {
         ROUTERS[0]: [routes.labels[i] for i in nearest],
-        ROUTERS[1]: [d.route for d in Router(table, ScoringConfig()).decide(test_vectors, 1)],
-        ROUTERS[2]: [d.route for d in Router(table, ScoringConfig(), None, head).decide(test_vectors, 1)],
+        ROUTERS[1]: [d.route for d in Router(table, calibrated=False).decide(test_vectors, 1)],
+        ROUTERS[2]: [d.route for d in Router(table, calibration=served).decide(test_vectors, 1)],
     }
     return {name: float(report(p, test.labels)["accuracy"]) for name, p in predictions.items()}
 

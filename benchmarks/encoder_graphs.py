@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +277,7 @@ def main() -> int:
             "batch": f"{BATCH}, sorted by token count",
             "repetitions": args.repetitions,
             "intra_op_threads": 1,
+            "int8": asdict(StaticInt8()),
         },
         "graphs": figures,
         "decisions": {"keep_above": KEEP_ABOVE, "fusions": decisions(figures)},

@@ -8,7 +8,8 @@ The workload is the Banking77 and CLINC150 test texts (8,580), shuffled with a f
 route table holds both datasets' routes (227), 10 train utterances each, their vectors shipped
 in the mutation records (embedded here once per variant). Measured in one run:
 
-1. the naive encoder: fp32 through fastembed, batches of 32 in arrival order, one thread;
+1. the naive encoder: fp32 through fastembed, batches of 32 in arrival order, one thread (at the
+   start and at the end of the run; the faster of the two is the reference);
 2. per variant, the encoder pool alone on the same texts, in calls of each batch size
    (length-ordered runs, one thread);
 3. per variant and batch size, a real `routeworker run` process (one encoder session, no
@@ -250,8 +251,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"encoder": {}, "pipeline": []}
     console.print(f"naive encoder: fp32, fastembed, batches of {NAIVE_BATCH} in arrival order")
     fp32 = resolve_model(load_settings(model_variant="fp32"))
-    out["naive_encoder"] = await asyncio.to_thread(naive_encoder, fp32, encoder_texts)
-    console.print(f"  {out['naive_encoder']['per_second']} texts/s")
+    naive_runs = [await asyncio.to_thread(naive_encoder, fp32, encoder_texts)]
+    console.print(f"  {naive_runs[0]['per_second']} texts/s")
     shipped: dict[str, list[RouteDefinition]] = {}
     calibrations: dict[str, tuple[bytes, bytes]] = {}
     for variant in args.variants:
@@ -287,6 +288,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"  {figures['sustained']['per_second']} q/s; p99 at half load "
                     f"{figures['latency_at_half_load']['produce_to_intent_ms']['p99']} ms"
                 )
+    # measured again at the end, and the faster run is the reference: the machine's load drifts,
+    # and a slow naive run would flatter the ratio
+    naive_runs.append(await asyncio.to_thread(naive_encoder, fp32, encoder_texts))
+    console.print(f"naive encoder again: {naive_runs[1]['per_second']} texts/s")
+    out["naive_encoder"] = {**max(naive_runs, key=lambda r: r["per_second"]), "runs": naive_runs}
     out["worker_logs"] = str(workdir)
     return out
 

@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     )
     # --- model and encoder pool ---
     model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
-    model_variant: Variant = Field("fp32", description="fp32 is deterministic; int8 is faster.")
+    model_variant: Variant = Field(
+        "fp32",
+        description="fp32, or int8: static, as batch-independent as fp32 and faster, but it missed the "
+        "accuracy gate for the default (benchmarks/variants.py).",
+    )
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")
     encoder_threads: int = Field(

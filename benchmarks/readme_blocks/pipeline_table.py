@@ -10,6 +10,8 @@ from readme_blocks import block, load, markdown_table
 
 @block("pipeline-table")
 def pipeline(results: Path) -> str:
+    if not (results / "pipeline.json").is_file():
+        return "Not measured on this branch yet: run `python benchmarks/pipeline.py`."
     data = load(results, "pipeline.json")
     figures, verdicts = data["results"], data["verdicts"]
     naive = figures["naive_encoder"]["per_second"]

@@ -85,6 +85,23 @@ class Settings(BaseSettings):
         100, ge=0, le=10_000, description="Longest a fetch waits at the broker for new records."
     )
     commit_interval_ms: int = Field(1_000, ge=10, description="Cadence of offset commits.")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: intents, dead letters and input offsets in one transaction "
+        "(needs a broker with transactions; readers set isolation.level=read_committed).",
+    )
+    transaction_interval_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description="exactly_once: how long a transaction stays open before it is committed "
+        "(more batches per commit, later visibility); 0 = at once.",
+    )
+    kafka_transaction_timeout_ms: int = Field(
+        30_000,
+        ge=1_000,
+        description="exactly_once: the broker aborts a transaction open longer (a frozen replica's).",
+    )
     # --- Redis (optional shared embedding cache) ---
     redis_url: SecretStr | None = Field(
         None, description="e.g. redis://:password@host:6379/0; unset = in-process LRU."
@@ -192,6 +209,8 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
             raise ValueError("kafka_sasl_mechanism is required with a SASL security protocol")
+        if self.transaction_interval_ms * 2 > self.kafka_transaction_timeout_ms:
+            raise ValueError("transaction_interval_ms must be at most half of kafka_transaction_timeout_ms")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
             raise ValueError("kafka_sasl_username is required with a SASL security protocol")
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):

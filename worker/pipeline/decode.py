@@ -86,4 +86,4 @@ def dead_letter(rejected: Rejected, topic: str, worker: str, now_ms: int | None 
         worker=worker,
         failed_at_ms=int(time.time() * 1000) if now_ms is None else now_ms,
     )
-    return Outbound(topic, key, encode(letter))
+    return Outbound(topic, key, encode(letter), origin=record.topic_partition)

@@ -222,7 +222,13 @@ class BatchProcessor:
         )
         headers = out.trace.headers(accepted, decision)
         out.intents.append(
-            Outbound(self._settings.topic_intents, accepted.record.key, encode(intent), headers)
+            Outbound(
+                self._settings.topic_intents,
+                accepted.record.key,
+                encode(intent),
+                headers,
+                origin=accepted.record.topic_partition,
+            )
         )
         out.routed_timestamps_ms.append(accepted.record.timestamp_ms)
         if decision.route is None:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
-from pipeline import (
+from pipeline_kit import (
     BATCH,
     PER_ROUTE,
     IntentReader,

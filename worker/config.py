@@ -24,6 +24,7 @@ from pydantic_settings import (
 )
 
 from worker.contracts.limits import MAX_TOP_N, ContractMode, Limits
+from worker.embedding.batching import DEFAULT_RUN_TOKENS
 from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
@@ -113,13 +114,23 @@ class Settings(BaseSettings):
     )
     # --- model and encoder pool ---
     model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
-    model_variant: Variant = Field("fp32", description="fp32 is deterministic; int8 is faster.")
+    model_variant: Variant = Field(
+        "fp32",
+        description="fp32, or int8: static, as batch-independent as fp32 and faster, but it missed the "
+        "accuracy gate for the default (benchmarks/variants.py).",
+    )
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")
     encoder_threads: int = Field(
         1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
     )
     encoder_max_pending: int = Field(8, ge=1, description="Embedding batches queued before callers wait.")
+    encoder_run_tokens: int = Field(
+        DEFAULT_RUN_TOKENS,
+        ge=1,
+        le=1 << 20,
+        description="Most tokens (padding included) per model run: a batch's texts go in length order.",
+    )
     # --- batching and flow control ---
     batch_size: int = Field(32, ge=1, le=4096, description="Most queries per batch.")
     batch_wait_ms: int = Field(5, ge=0, le=10_000, description="Longest wait to fill a batch.")

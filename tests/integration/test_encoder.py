@@ -7,11 +7,13 @@ from typing import Literal
 
 import numpy as np
 import pytest
+from fastembed import TextEmbedding
 
 from worker.config import Settings
 from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec, resolve_model
 from worker.routing import Route, Router, RouteTable, RouteVectors, ScoringConfig
+from worker.routing.types import l2_normalise
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +57,39 @@ async def test_async_embed_matches_sync(fp32: EncoderPool) -> None:
     assert np.array_equal(await fp32.embed(texts), fp32.embed_sync(texts))
 
 
-def test_int8_embeds_each_text_alone_so_batches_do_not_matter() -> None:
-    with EncoderPool(_spec("int8")) as int8:
-        together = int8.embed_sync(["turn on the lights", "book a table for two"])
-        alone = int8.embed_sync(["book a table for two"])
-        assert np.array_equal(together[1], alone[0])
-        assert int8.fingerprint == _spec("int8").fingerprint
+TEXTS = [
+    "I lost my card, can you block it?",
+    "a",
+    "what is the exchange rate for euros",
+    "send 💸 to my sister 👍",
+    "why was my transfer declined " * 60,  # truncated to 256 tokens: a run of its own
+    "?!",
+    "Crème brûlée à la carte, s'il vous plaît",
+]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_length_ordered_runs_give_fastembeds_own_vectors(variant: Literal["fp32", "int8"]) -> None:
+    # the pool runs the ONNX graph on token ids in length order; fastembed embeds the same texts
+    # in arrival order: the bits must agree
+    spec = _spec(variant)
+    assert spec.path is not None
+    fastembed = TextEmbedding(model_name=spec.name, specific_model_path=str(spec.path), threads=1)
+    want = l2_normalise(np.stack(list(fastembed.embed(TEXTS, batch_size=len(TEXTS)))))
+    with EncoderPool(spec, run_tokens=64) as pool:
+        got = pool.embed_sync(TEXTS)
+        assert pool.stats.runs > 2  # the texts really went in several runs
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_a_text_gets_the_same_bits_alone_and_in_any_batch(variant: Literal["fp32", "int8"]) -> None:
+    text = TEXTS[0]
+    with EncoderPool(_spec(variant)) as pool:
+        alone = pool.embed_sync([text])[0]
+        for batch in ([text, "hi"], ["hi", TEXTS[4], text], [*TEXTS[1:4], text, *TEXTS[4:]]):
+            assert np.array_equal(pool.embed_sync(batch)[batch.index(text)], alone)
+        assert pool.fingerprint == _spec(variant).fingerprint
 
 
 def test_real_model_routes_paraphrases(fp32: EncoderPool) -> None:

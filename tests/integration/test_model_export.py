@@ -85,14 +85,32 @@ def test_fp32_gives_a_text_the_same_bits_in_any_batch(fp32: TextEmbedding) -> No
         assert np.array_equal(_embed(fp32, batch, batch_size=len(batch))[row], alone)
 
 
-def test_int8_stays_close_to_the_float64_pass(model_spec: ModelSpec, oracle: np.ndarray) -> None:
+@pytest.fixture(scope="module")
+def int8() -> TextEmbedding:
     int8_dir = resolve_model(Settings(model_variant="int8")).path
     assert int8_dir is not None
-    model = _load(int8_dir)
-    # alone, as the encoder pool embeds int8 (its activation scales depend on the batch)
-    vectors = np.stack([_embed(model, [text], batch_size=1)[0] for text in TEXTS])
+    return _load(int8_dir)
+
+
+def test_int8_gives_a_text_the_same_bits_alone_and_in_three_batches(int8: TextEmbedding) -> None:
+    # static quantisation: fixed activation scales, exact integer sums, so no dependence on the batch
+    text = TEXTS[0]
+    alone = _embed(int8, [text], batch_size=1)[0]
+    batches = [
+        [text, "hi"],
+        ["hi", TEXTS[-1], text],  # padded to 256 tokens by its neighbour
+        [*TEXTS[1:6], text, *TEXTS[6:]],
+    ]
+    for batch in batches:
+        row = batch.index(text)
+        assert np.array_equal(_embed(int8, batch, batch_size=len(batch))[row], alone)
+
+
+def test_int8_stays_close_to_the_float64_pass(int8: TextEmbedding, oracle: np.ndarray) -> None:
+    vectors = _embed(int8, TEXTS, batch_size=4)
     cosines = np.sum(vectors * oracle, axis=1) / np.linalg.norm(vectors, axis=1)
-    assert float(cosines.min()) >= 0.95
+    # measured: worst row 0.979 ("?!"), mean 0.994 (the dynamic int8 this replaced, alone: >= 0.95)
+    assert float(cosines.min()) >= 0.97
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int8"])

@@ -61,9 +61,9 @@ def test_int8_stays_close_to_the_reference_vectors(
     texts, expected = reference
     int8_dir = resolve_model(Settings(model_variant="int8")).path
     model = TextEmbedding(model_name=DEFAULT_MODEL, specific_model_path=str(int8_dir), threads=1)
-    # alone, as the encoder pool embeds int8
-    vectors = np.stack([next(iter(model.embed([text], batch_size=1))) for text in texts])
+    # in batches: static int8 gives a text the same vector in any batch
+    vectors = np.stack(list(model.embed(texts, batch_size=32)))
     cosines = _cosines(vectors, expected)
-    # measured: worst row 0.978, mean 0.992 (the torch export's dynamic int8 gave 0.978 too)
-    assert float(cosines.min()) >= 0.97
-    assert float(cosines.mean()) >= 0.99
+    # measured: worst row 0.982, mean 0.9967 (dynamic int8, embedded alone: 0.978 and 0.992)
+    assert float(cosines.min()) >= 0.975
+    assert float(cosines.mean()) >= 0.995

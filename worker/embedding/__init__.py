@@ -14,8 +14,15 @@ from worker.embedding.model import (
     model_fingerprint,
     resolve_model,
 )
-from worker.embedding.pool import EncoderPool, PoolChoice, encoder_pool
-from worker.embedding.session import EmbeddingSession, fastembed_session
+from worker.embedding.pool import EncoderPool, PoolChoice, RunStats, encoder_pool
+from worker.embedding.session import (
+    EmbeddingSession,
+    OnnxSession,
+    TextSession,
+    TokenSession,
+    fastembed_session,
+    load_session,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -26,11 +33,16 @@ __all__ = [
     "ModelChoice",
     "ModelNotPreparedError",
     "ModelSpec",
+    "OnnxSession",
     "PoolChoice",
+    "RunStats",
+    "TextSession",
+    "TokenSession",
     "Variant",
     "encoder_pool",
     "fastembed_session",
     "hashing_pool",
+    "load_session",
     "model_fingerprint",
     "resolve_model",
 ]

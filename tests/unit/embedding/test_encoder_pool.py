@@ -1,10 +1,10 @@
-"""The encoder pool: ordered, normalised, chunked output; int8 texts alone; bounded async calls."""
+"""The encoder pool: ordered, normalised output; length-aware runs of token sessions; bounded async calls."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,27 +55,52 @@ def test_embed_sync_is_ordered_normalised_and_chunked() -> None:
         assert pool.fingerprint == "fake@hub"
 
 
-def test_int8_models_embed_each_text_alone(tmp_path: Path) -> None:
-    session = _Session()
-    spec = ModelSpec("fake", _export(tmp_path / "int8"), "int8")
-    with EncoderPool(spec, batch_size=32, session_factory=lambda: session) as pool:
-        pool.embed_sync(["a", "b"])
-        assert session.batches[-2:] == [["a"], ["b"]]
-        assert pool.fingerprint.startswith("fake@int8:")
-        assert len(pool.fingerprint.rsplit(":", 1)[1]) == 12
+class _TokenSession:
+    """Stands in for the ONNX session: a text's ids are its words' lengths; remembers its runs."""
+
+    def __init__(self) -> None:
+        self.tokenized: list[list[str]] = []
+        self.runs: list[list[int]] = []  # the token count of each row of each run
+
+    def tokenize(self, texts: Sequence[str]) -> list[np.ndarray]:
+        self.tokenized.append(list(texts))
+        return [np.array([len(w) for w in text.split()], dtype=np.int64) for text in texts]
+
+    def embed_tokens(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        self.runs.append([len(r) for r in rows])
+        return np.array([[len(r), float(r.sum()), 1.0] for r in rows], dtype=np.float32)
 
 
-def test_the_configured_int8_export_embeds_alone_whatever_its_folder_is_called(tmp_path: Path) -> None:
+def test_token_sessions_get_a_call_tokenised_once_and_run_in_length_order() -> None:
+    session = _TokenSession()
+    with EncoderPool(ModelSpec("fake"), run_tokens=6, session_factory=lambda: session) as pool:
+        session.runs.clear()
+        texts = ["a b c", "a", "a b c d e f g", "a bb", "a b c d"]
+        vectors = pool.embed_sync(texts)
+        assert session.tokenized[-1] == texts  # the whole call, tokenised once
+        # ascending token counts; each run padded (rows x longest) within 6; the 7-token text alone
+        assert session.runs == [[1], [2, 3], [4], [7]]
+        # rows come back in the caller's order, normalised
+        counts, sums = [3, 1, 7, 2, 4], [3, 1, 7, 3, 4]
+        want = np.array([[n, t, 1.0] for n, t in zip(counts, sums, strict=True)])
+        assert np.allclose(vectors, want / np.linalg.norm(want, axis=1, keepdims=True))
+        assert pool.stats.texts == 1 + len(texts)  # the dimension probe, then the call
+        assert pool.stats.tokens == 2 + sum(counts)
+        assert pool.stats.padded_tokens == 2 + (1 + 2 * 3 + 4 + 7)
+
+
+def test_the_configured_variant_names_the_fingerprint_whatever_the_folder_is_called(tmp_path: Path) -> None:
     # An explicit model path with variant int8: the variant comes from the settings, not from the
-    # folder's name (the pool once took "my-export" for the variant, batched the texts together and
-    # published a fingerprint that matched no other replica's).
+    # folder's name (the pool once took "my-export" for the variant and published a fingerprint
+    # that matched no other replica's).
     settings = Settings(model_path=_export(tmp_path / "my-export"), model_variant="int8", batch_size=32)
     session = _Session()
     with encoder_pool(settings, session_factory=lambda: session) as pool:
         pool.embed_sync(["a", "b"])
-        assert session.batches[-2:] == [["a"], ["b"]]
+        assert session.batches[-1] == ["a", "b"]  # static int8 is batched like fp32
         assert pool.fingerprint == resolve_model(settings).fingerprint
         assert pool.fingerprint.startswith(f"{settings.model_name}@int8:")
+        assert len(pool.fingerprint.rsplit(":", 1)[1]) == 12
 
 
 def test_fp32_exports_batch_and_the_fingerprint_follows_the_weights(tmp_path: Path) -> None:

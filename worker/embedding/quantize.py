@@ -1,0 +1,205 @@
+"""Static int8: a graph whose every vector is independent of the other texts in its batch.
+
+Each matmul by a weight becomes ``MatMulIntegerToFloat`` (ONNX Runtime's integer GEMM with a float
+output) on an activation quantised with a scale and zero point fixed at export time, so a token's
+integers, and hence its vector, depend on that token's own values only. Dynamic quantisation picks
+the activation scale per batch instead, which is why its vectors move with the company they keep.
+
+What makes it accurate (measured in benchmarks/variants.py, figures in the README):
+
+- SmoothQuant-style smoothing: BERT's LayerNorm and GELU outputs carry a few channels about 15x
+  larger than the rest, which a per-tensor scale cannot resolve. Each input channel ``j`` is
+  divided by ``s_j = max|x_j|^alpha / max|W_j|^(1-alpha)`` (one ``Mul`` before the quantiser) and
+  the weight's row ``j`` multiplied by it: the product is unchanged, the outliers move into the
+  per-channel weight scales.
+- Only the activations of the 36 weight matmuls are quantised; outputs stay float, and the
+  attention products (activation by activation), softmax, GELU and LayerNorm run in fp32.
+- Weights are per output channel and symmetric within +-127 (8 bits), stored as uint8 around a
+  zero point of 128, so ONNX Runtime runs its uint8 x uint8 kernel, which widens to int16 and sums
+  in int32: exact on every CPU. (Signed int8 weights would run the uint8 x int8 kernel, which on x86
+  without VNNI adds pairs of products in int16 with saturation: 255 * 127 * 2 overflows it. Within
+  +-63, 7 bits, it cannot, and that graph is about 30% faster, but it loses 0.39 points on
+  CLINC150 with 10 utterances per route, past the 0.3 the default variant may lose; 8 bits lose
+  0.11; benchmarks/variants.py.) An int8 vector is the same on AVX2, AVX-512 VNNI and ARM machines
+  up to the fp32 parts of the graph.
+- Activations are asymmetric uint8 from the shipped min/max ranges of the calibration corpus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from worker.embedding.calibration import ChannelRanges, WeightInput, weight_inputs
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True, slots=True)
+class StaticInt8:
+    """How the static int8 graph is made (the defaults are the measured choice)."""
+
+    #: SmoothQuant migration strength: 0 quantises activations as they are, 1 moves every
+    #: channel's range into the weights
+    alpha: float = 0.8
+    #: weights are symmetric within +-(2^(bits-1) - 1). 8: stored as uint8 around 128, which runs
+    #: the u8u8 kernel (exact); 7: int8, which keeps the faster u8s8 kernel's int16 pair sums exact
+    weight_bits: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("alpha must be within [0, 1]")
+        if self.weight_bits not in (7, 8):
+            raise ValueError("weight_bits must be 7 or 8")
+
+
+@dataclass(frozen=True, slots=True)
+class _Quantised:
+    """One activation's quantiser: smoothing factors, scale and zero point of the smoothed values."""
+
+    smoothing: np.ndarray  # float64, one per channel
+    scale: float
+    zero_point: int
+
+
+def quantise_static(
+    model: onnx.ModelProto, ranges: ChannelRanges, config: StaticInt8 | None = None
+) -> onnx.ModelProto:
+    """The static int8 version of the fp32 ``model``, calibrated by ``ranges`` (a new model)."""
+    config = config or StaticInt8()
+    model = _copy(model)
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    replaced: dict[str, list[onnx.NodeProto]] = {}  # node name -> nodes in its place
+    dropped: set[str] = set()  # bias Adds folded into the integer matmul, float weights
+    added: list[onnx.TensorProto] = []
+    for item in weight_inputs(model):
+        if item.name not in ranges.low:
+            raise ValueError(f"the calibration ranges lack {item.name!r}: measure them again")
+        floats = [numpy_helper.to_array(weights[m.input[1]]).astype(np.float64) for m in item.matmuls]
+        quantiser = _quantiser(ranges.low[item.name], ranges.high[item.name], floats, config.alpha)
+        source, front, tensors = _quantise_input(item, quantiser)
+        added += tensors
+        for i, (matmul, weight) in enumerate(zip(item.matmuls, floats, strict=True)):
+            bias_add = _bias_add(matmul, readers, weights)
+            node, tensors = _integer_matmul(matmul, weight, quantiser, source, config.weight_bits, bias_add)
+            added += tensors
+            dropped.add(matmul.input[1])
+            if bias_add is not None:
+                dropped.add(bias_add.name)
+            replaced[matmul.name] = (front if i == 0 else []) + [node]
+    nodes = []
+    for node in graph.node:
+        if node.name in dropped:
+            continue
+        nodes.extend(replaced.get(node.name, [node]))
+    kept = [init for init in graph.initializer if init.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + added)
+    model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _quantiser(low: np.ndarray, high: np.ndarray, weights: list[np.ndarray], alpha: float) -> _Quantised:
+    low64, high64 = low.astype(np.float64), high.astype(np.float64)
+    activation_max = np.maximum(np.maximum(-low64, high64), 1e-5)
+    weight_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
+    smoothing = activation_max**alpha / weight_max ** (1.0 - alpha)
+    # dividing by a positive factor keeps each channel's extremes its extremes
+    lowest = min(float((low64 / smoothing).min()), 0.0)
+    highest = max(float((high64 / smoothing).max()), 0.0)
+    scale = (highest - lowest) / 255.0
+    if scale <= 0.0:
+        raise ValueError("an activation that is always zero cannot be quantised")
+    zero_point = int(np.clip(np.round(-lowest / scale), 0, 255))
+    return _Quantised(smoothing, float(np.float32(scale)), zero_point)
+
+
+def _quantise_input(
+    item: WeightInput, q: _Quantised
+) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Smoothing ``Mul`` and ``QuantizeLinear`` of one activation, named after its first reader."""
+    base = item.name.removesuffix(".weight.T") + ".input"  # shared by the query, key and value
+    tensors = [
+        numpy_helper.from_array((1.0 / q.smoothing).astype(np.float32), f"{base}.smoothing"),
+        numpy_helper.from_array(np.array(q.scale, np.float32), f"{base}.scale"),
+        numpy_helper.from_array(np.array(q.zero_point, np.uint8), f"{base}.zero_point"),
+    ]
+    smoothed = f"{base}.smoothed"
+    nodes = [
+        helper.make_node("Mul", [item.tensor, f"{base}.smoothing"], [smoothed], name=smoothed),
+        helper.make_node(
+            "QuantizeLinear",
+            [smoothed, f"{base}.scale", f"{base}.zero_point"],
+            [f"{base}.q"],
+            name=f"{base}.q",
+        ),
+    ]
+    return base, nodes, tensors
+
+
+def _bias_add(
+    matmul: onnx.NodeProto, readers: dict[str, list[onnx.NodeProto]], weights: dict[str, onnx.TensorProto]
+) -> onnx.NodeProto | None:
+    """The ``Add`` of a constant bias that is the matmul's only reader, if there is one."""
+    after = readers.get(matmul.output[0], [])
+    if len(after) == 1 and after[0].op_type == "Add":
+        other = [name for name in after[0].input if name != matmul.output[0]]
+        if len(other) == 1 and other[0] in weights and len(weights[other[0]].dims) == 1:
+            return after[0]
+    return None
+
+
+def _integer_matmul(
+    matmul: onnx.NodeProto,
+    weight: np.ndarray,
+    q: _Quantised,
+    source: str,
+    bits: int,
+    bias_add: onnx.NodeProto | None,
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """``matmul`` (+ its bias) as an integer matmul reading the quantised input named ``source``."""
+    name = matmul.input[1].removesuffix(".T")  # encoder.layer.0.attention.self.query.weight
+    limit = 2 ** (bits - 1) - 1
+    smoothed = weight * q.smoothing[:, None]
+    scales = np.maximum(np.abs(smoothed).max(axis=0), 1e-12) / limit
+    integers = np.clip(np.round(smoothed / scales), -limit, limit).astype(np.int8)
+    zero_points = np.zeros(scales.shape, np.int8)
+    if bits == 8:  # full-range int8 would saturate the u8s8 kernel on AVX2: shift into uint8
+        integers = (integers.astype(np.int16) + 128).astype(np.uint8)
+        zero_points = np.full(scales.shape, 128, np.uint8)
+    tensors = [
+        numpy_helper.from_array(integers, f"{name}.int8"),
+        numpy_helper.from_array(scales.astype(np.float32), f"{name}.scale"),
+        numpy_helper.from_array(zero_points, f"{name}.zero_point"),
+    ]
+    inputs = [
+        f"{source}.q",
+        f"{name}.int8",
+        f"{source}.scale",
+        f"{name}.scale",
+        f"{source}.zero_point",
+        f"{name}.zero_point",
+    ]
+    output = matmul.output[0]
+    if bias_add is not None:
+        inputs.append(next(n for n in bias_add.input if n != matmul.output[0]))
+        output = bias_add.output[0]
+    node = helper.make_node("MatMulIntegerToFloat", inputs, [output], name=matmul.name, domain=MS_DOMAIN)
+    return node, tensors

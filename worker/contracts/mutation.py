@@ -36,7 +36,8 @@ class ShippedEmbeddings(BaseModel):
         raw = base64.b64decode(getattr(self, field), validate=True)
         if len(raw) != rows * self.dim * 4:
             raise ValueError(f"embeddings.{field} holds {len(raw)} bytes, expected {rows}x{self.dim} float32")
-        return np.frombuffer(raw, dtype="<f4").reshape(rows, self.dim).astype(np.float32)
+        # read-only, no copy: a validator decodes every shipped matrix of every record it reads
+        return np.frombuffer(raw, dtype="<f4").reshape(rows, self.dim)
 
     @staticmethod
     def encode_matrix(vectors: npt.NDArray[np.float32]) -> str:

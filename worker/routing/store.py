@@ -247,10 +247,12 @@ def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, bytes, bytes, str]
 def _route_from_row(
     definition: str, fingerprint: str, dim: int, utterances: bytes, negatives: bytes, digest: str
 ) -> RouteVectors:
-    return RouteVectors(
-        route=Route.from_definition(orjson.loads(definition)),
-        utterance_vectors=np.frombuffer(utterances, dtype="<f4").reshape(-1, dim),
-        negative_vectors=np.frombuffer(negatives, dtype="<f4").reshape(-1, dim),
-        fingerprint=fingerprint,
-        digest=digest,
-    )
+    route = Route.from_definition(orjson.loads(definition))
+    utterance_vectors = np.frombuffer(utterances, dtype="<f4").reshape(-1, dim)
+    negative_vectors = np.frombuffer(negatives, dtype="<f4").reshape(-1, dim)
+    if utterance_vectors.shape[0] != len(route.utterances) or negative_vectors.shape[0] != len(
+        route.negative_utterances
+    ):
+        raise StoreError(f"route {route.name!r}: stored vectors do not match its utterances")
+    # frombuffer over bytes: already read-only float32 rows, as RouteVectors would make them
+    return RouteVectors.trusted(route, utterance_vectors, negative_vectors, fingerprint, digest)

@@ -33,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -57,7 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "million.json"
 DATASETS = ROOT.parent / "shared" / "datasets"
 REFERENCE = ROOT.parent / "shared" / "model-reference" / "minilm-l6-v2-fp32-vectors.npy"
-DEFAULT_WORKDIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "routeworker" / "bench-million"
+DEFAULT_WORKDIR = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "routeworker" / "bench-million"
+)
 QUERIES = 32
 #: routes generated and published per step (keeps the publisher's memory small)
 _CHUNK = 5_000
@@ -84,23 +87,28 @@ def route_vectors(start: int, count: int, per_route: int, dim: int, basis: np.nd
 
 def definitions(start: int, count: int, per_route: int, fingerprint: str, dim: int, basis: np.ndarray
                 ) -> Iterator[RouteDefinition]:  # fmt: skip
-    """Validated definitions, as a publisher with ``--with-embeddings`` makes them."""
+    """Definitions as a publisher with ``--with-embeddings`` makes them (the first of each chunk is
+    validated; the others are built without validation, which took longer than publishing)."""
     vectors = route_vectors(start, count, per_route, dim, basis)
     for i in range(count):
         index = start + i
-        shipped = ShippedEmbeddings(
+        shipped = ShippedEmbeddings.model_construct(
             fingerprint=fingerprint,
             dim=dim,
             utterances=ShippedEmbeddings.encode_matrix(vectors[i]),
             negative_utterances="",
         )
-        yield RouteDefinition(
+        definition = RouteDefinition.model_construct(
             name=f"route-{index:07d}",
             utterances=[f"route {index} example {j}: how do I do thing {index % 997} #{j}" for j in range(per_route)],
+            negative_utterances=[],
             threshold=None,
             metadata={"team": f"team-{index % 40}"},
             embeddings=shipped,
         )  # fmt: skip
+        if i == 0:
+            RouteDefinition.model_validate(definition.model_dump())
+        yield definition
 
 
 def settings_for(bootstrap: str, topic: str, store: Path) -> Settings:
@@ -114,7 +122,9 @@ async def log_records(settings: Settings) -> int:
         return sum(log.ends.values()) - sum(log.starts.values())
 
 
-async def publish(settings: Settings, routes: int, per_route: int, fingerprint: str, dim: int) -> dict[str, Any]:
+async def publish(
+    settings: Settings, routes: int, per_route: int, fingerprint: str, dim: int
+) -> dict[str, Any]:
     from worker.replication import MutationPublisher, TopicSpec, ensure_topics
 
     await ensure_topics(settings, [TopicSpec(settings.topic_mutations, 3, {"cleanup.policy": "compact"})])
@@ -237,8 +247,12 @@ def measure_search(replica: Any, pool: Any, texts: list[str], rounds: int) -> di
         "decide_over_encode": statistics.median(d / e for d, e in zip(decide_ms, encode_ms, strict=True)),
         "encode_ms_all": [round(v, 2) for v in encode_ms],
         "decide_ms_all": [round(v, 2) for v in decide_ms],
-        "index": {"kind": main.kind, "rows": main.rows, "probe_lists": main.probe_lists,
-                  "overlay_rows": snapshot.overlay.rows},  # fmt: skip
+        "index": {
+            "kind": main.kind,
+            "rows": main.rows,
+            "probe_lists": main.probe_lists,
+            "overlay_rows": snapshot.overlay.rows,
+        },  # fmt: skip
     }
     if main.index is not None and snapshot.overlay.rows == 0:
         exact = exact_top(snapshot, vectors, 10)
@@ -391,17 +405,27 @@ def main() -> int:
     fingerprint, dim, model = model_identity()
     queries = real_queries(QUERIES)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    topic = f"million-{args.routes}x{args.per_route}-{fingerprint.split('@')[-1][:12]}"
+    model_tag = re.sub(r"[^A-Za-z0-9._-]", "-", fingerprint.split("@")[-1])[:40]
+    topic = f"million-{args.routes}x{args.per_route}-{model_tag}"
     marker = args.workdir / f"{topic}.published.json"
     results: dict[str, Any] = {
         "machine": machine_info(),
         "load_average_start": load_average(),
-        "settings": {"routes": args.routes, "per_route": args.per_route, "vectors": args.routes * args.per_route,
-                     "dim": dim, "rounds": args.rounds, "queries": QUERIES, "topic_partitions": 3,
-                     "broker": "Apache Kafka (worker.local LocalKafka, one KRaft node, log dir kept)"},  # fmt: skip
+        "settings": {
+            "routes": args.routes,
+            "per_route": args.per_route,
+            "vectors": args.routes * args.per_route,
+            "dim": dim,
+            "rounds": args.rounds,
+            "queries": QUERIES,
+            "topic_partitions": 3,
+            "broker": "Apache Kafka (worker.local LocalKafka, one KRaft node, log dir kept)",
+        },  # fmt: skip
         "model": {**model, "fingerprint": fingerprint},
     }
-    kafka = LocalKafka(workdir=args.workdir / "kafka", port=int(os.environ.get("MILLION_KAFKA_PORT", "39092")))
+    kafka = LocalKafka(
+        workdir=args.workdir / "kafka", port=int(os.environ.get("MILLION_KAFKA_PORT", "39092"))
+    )
     with contextlib.ExitStack() as stack:
         kafka.start()
         stack.callback(kafka.stop)

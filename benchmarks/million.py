@@ -48,11 +48,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets import banking77  # noqa: E402
-from machine import machine_info  # noqa: E402
+from datasets import banking77
+from machine import machine_info
 
-from worker.config import Settings, load_settings  # noqa: E402
-from worker.contracts import RouteDefinition, RouteMutation, ShippedEmbeddings  # noqa: E402
+from worker.config import Settings, load_settings
+from worker.contracts import RouteDefinition, RouteMutation, ShippedEmbeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "million.json"
@@ -100,7 +100,7 @@ def definitions(start: int, count: int, per_route: int, fingerprint: str, dim: i
         )
         definition = RouteDefinition.model_construct(
             name=f"route-{index:07d}",
-            utterances=[f"route {index} example {j}: how do I do thing {index % 997} #{j}" for j in range(per_route)],
+            utterances=[f"route {index} example {j}: how do I do {index % 997}" for j in range(per_route)],
             negative_utterances=[],
             threshold=None,
             metadata={"team": f"team-{index % 40}"},
@@ -252,7 +252,7 @@ def measure_search(replica: Any, pool: Any, texts: list[str], rounds: int) -> di
             "rows": main.rows,
             "probe_lists": main.probe_lists,
             "overlay_rows": snapshot.overlay.rows,
-        },  # fmt: skip
+        },
     }
     if main.index is not None and snapshot.overlay.rows == 0:
         exact = exact_top(snapshot, vectors, 10)
@@ -420,7 +420,7 @@ def main() -> int:
             "queries": QUERIES,
             "topic_partitions": 3,
             "broker": "Apache Kafka (worker.local LocalKafka, one KRaft node, log dir kept)",
-        },  # fmt: skip
+        },
         "model": {**model, "fingerprint": fingerprint},
     }
     kafka = LocalKafka(

@@ -247,7 +247,7 @@ def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, bytes, bytes, str]
 def _route_from_row(
     definition: str, fingerprint: str, dim: int, utterances: bytes, negatives: bytes, digest: str
 ) -> RouteVectors:
-    route = Route.from_definition(orjson.loads(definition))
+    route = Route.stored(orjson.loads(definition))
     utterance_vectors = np.frombuffer(utterances, dtype="<f4").reshape(-1, dim)
     negative_vectors = np.frombuffer(negatives, dtype="<f4").reshape(-1, dim)
     if utterance_vectors.shape[0] != len(route.utterances) or negative_vectors.shape[0] != len(

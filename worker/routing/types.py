@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -115,6 +115,22 @@ class Route:
             threshold=None if threshold is None else float(threshold),  # type: ignore[arg-type]
             metadata=dict(metadata) if isinstance(metadata, Mapping) else {},
         )
+
+    @classmethod
+    def stored(cls, definition: Mapping[str, Any]) -> Route:
+        """:meth:`from_definition` of what :meth:`definition` wrote, read back (the store): its
+        types are known, so the conversions and checks a restart paid 200k times are skipped."""
+        made = object.__new__(cls)
+        threshold = definition["threshold"]
+        for name, value in (
+            ("name", definition["name"]),
+            ("utterances", tuple(definition["utterances"])),
+            ("negative_utterances", tuple(definition["negative_utterances"])),
+            ("threshold", None if threshold is None else float(threshold)),
+            ("metadata", definition["metadata"]),
+        ):
+            object.__setattr__(made, name, value)
+        return made
 
 
 def _is_text(value: object) -> bool:

@@ -331,6 +331,8 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
             "index_built": rss_indexed,
             "after_search": rss_end,
             "peak": rss_peak_mb(),
+            # the index build process (a child of the replica: its own memory, gone after the build)
+            "build_process_peak": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         },
     }
 

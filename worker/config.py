@@ -61,11 +61,14 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="Required with SASL_*."
     )
-    kafka_sasl_username: str | None = Field(None, description="SASL user.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user (required with SASL_*).")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
     kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
     kafka_ssl_keyfile: Path | None = Field(None, description="Client key (mutual TLS).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key (secret)."
+    )
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, description="Consumer heartbeat interval.")
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1_000, description="Longest gap between polls.")
@@ -173,6 +176,10 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
             raise ValueError("kafka_sasl_mechanism is required with a SASL security protocol")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError("kafka_sasl_username is required with a SASL security protocol")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mutual TLS)")
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(
                 "kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms"
@@ -256,4 +263,4 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{CONFIG_FILE_ENV}: {' '.join(str(exc).split())}") from None
 
 
-_SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_url"})
+_SECRET_FIELDS = frozenset({"kafka_sasl_password", "kafka_ssl_key_password", "redis_url"})

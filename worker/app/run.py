@@ -14,6 +14,7 @@ from worker.app import signals
 from worker.app.worker import EncoderFactory, ReplicaFactory, ReplicaWorker, route_replica
 from worker.config import Settings
 from worker.embedding import encoder_pool
+from worker.kafka_access import KafkaAccessError
 from worker.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ async def run_worker(
     except asyncio.CancelledError:
         if not forced:
             raise
+        return 1
+    except KafkaAccessError as error:  # TLS, SASL or a missing ACL: one line names it, no traceback
+        telemetry.health.fail(str(error))
+        logger.error("routeworker cannot start: Kafka refuses access: %s", error)
         return 1
     except Exception as error:  # the task boundary of the whole replica: log it all, exit non-zero
         telemetry.health.fail(str(error))

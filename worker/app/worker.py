@@ -23,6 +23,7 @@ from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
 from worker.embedding import EncoderPool, encoder_pool
 from worker.health.server import HealthServer
+from worker.kafka_access import check_access, worker_needs
 from worker.pipeline import PipelineError, QueryPipeline
 from worker.replication import RouteReplica
 from worker.routing import RouteTable
@@ -107,6 +108,8 @@ class ReplicaWorker:
             )
             await server.start()
         try:
+            health.set_phase("checking Kafka access")
+            await check_access(self.settings, worker_needs(self.settings))
             health.set_phase("loading the embedding model")
             encoder = await asyncio.to_thread(self._encoder_factory, self.settings)
             try:

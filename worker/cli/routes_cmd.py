@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from worker.config import Settings, load_settings
 from worker.contracts import RouteCalibrationRecord, RouteDefinition
 from worker.embedding import EncoderPool
 from worker.embedding.pool import encoder_pool
+from worker.kafka_access import Need, check_access, log_reader_needs, publisher_needs
 from worker.replication import (
     LogMoved,
     LogState,
@@ -54,10 +55,16 @@ broker); {EXIT_LOG_MOVED} the log moved since the plan was made (another admin p
 nothing was published, run it again."""
 
 
-def _run(action: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run an async command; broker and log errors become one red line and exit code 1."""
+def _run(action: Callable[[], Coroutine[Any, Any, int]], settings: Settings, needs: Sequence[Need]) -> int:
+    """Check Kafka access for ``needs``, then run an async command; broker and log errors become
+    one red line and exit code 1 (a refused access too, in :func:`worker.cli.main.main`)."""
+
+    async def checked() -> int:
+        await check_access(settings, needs)
+        return await action()
+
     try:
-        return asyncio.run(action())
+        return asyncio.run(checked())
     except LogMoved as error:
         err_console.print(f"[red]routeworker:[/red] {' '.join(str(error).split())}")
         return EXIT_LOG_MOVED
@@ -83,7 +90,7 @@ def _apply(args: argparse.Namespace) -> int:
         for problem in error.problems:
             err_console.print(f"  {problem}")
         return 1
-    return _run(lambda: _apply_async(settings, routes, args))
+    return _run(lambda: _apply_async(settings, routes, args), settings, publisher_needs(settings))
 
 
 async def _apply_async(settings: Settings, routes: list[RouteDefinition], args: argparse.Namespace) -> int:
@@ -163,7 +170,7 @@ async def _publish_with_progress(
 
 def _calibrate_command(args: argparse.Namespace) -> int:
     settings = load_settings()
-    return _run(lambda: _calibrate_async(settings))
+    return _run(lambda: _calibrate_async(settings), settings, publisher_needs(settings))
 
 
 async def _calibrate_async(settings: Settings) -> int:
@@ -185,7 +192,7 @@ async def _calibrate_async(settings: Settings) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     settings = load_settings()
-    return _run(lambda: _list_async(settings, args))
+    return _run(lambda: _list_async(settings, args), settings, log_reader_needs(settings))
 
 
 async def _list_async(settings: Settings, args: argparse.Namespace) -> int:
@@ -213,7 +220,7 @@ async def _list_async(settings: Settings, args: argparse.Namespace) -> int:
 
 def _delete(args: argparse.Namespace) -> int:
     settings = load_settings()
-    return _run(lambda: _delete_async(settings, args))
+    return _run(lambda: _delete_async(settings, args), settings, publisher_needs(settings))
 
 
 async def _delete_async(settings: Settings, args: argparse.Namespace) -> int:

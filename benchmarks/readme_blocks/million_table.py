@@ -32,13 +32,16 @@ def million_table(results: Path) -> str:
     settings, fresh, restart = data["settings"], data["fresh"], data["restart"]
     search = restart["search"]
     ratio = max(fresh["search"]["decide_over_encode"], search["decide_over_encode"])
-    peak = max(fresh["rss_mb"]["peak"], restart["rss_mb"]["peak"])
+    peak = max(fresh["rss_mb"]["peak_serving"], restart["rss_mb"]["peak_serving"])
     ready, restarted = fresh["ready_s"], restart["ready_s"]
     timings = f"{ratio:.3f} ({search['decide_ms']:.1f} ms vs {search['encode_ms']:.1f} ms)"
     index = search["index"]
     recall = f"{search.get('recall_at_10', float('nan')):.3f}"
     recall += f" ({index['kind']}, {index['probe_lists']} lists scanned)"
-    rss = f"{fresh['rss_mb']['peak'] / 1024:.2f} / {restart['rss_mb']['peak'] / 1024:.2f} GB"
+    rss = f"{fresh['rss_mb']['peak_serving'] / 1024:.2f} / {restart['rss_mb']['peak_serving'] / 1024:.2f} GB"
+    ready_rss = restart["rss_mb"]["at_ready"]
+    split = f"{ready_rss['anon'] / 1024:.2f} GB own heap + {ready_rss['file'] / 1024:.2f} GB mapped files"
+    build = f"{fresh['rss_mb']['build_process_peak'] / 1024:.2f} GB"
     rows = [
         ["fresh replica joining the log: ready (serving from its main index)",
          f"{ready:.1f} s", f"≤ {_TARGET_READY_S:.0f} s", _met(ready, _TARGET_READY_S)],
@@ -51,8 +54,10 @@ def million_table(results: Path) -> str:
          "median of alternated rounds, the worse replica)",
          timings, f"≤ {_TARGET_RATIO}", _met(ratio, _TARGET_RATIO)],
         ["recall@10 of the index on those queries (vs exact search)", recall, "", ""],
-        ["replica peak RSS (fresh join / restart; model included)",
+        ["replica peak RSS (fresh join / restart; model included, the benchmark's exact search not)",
          rss, "≤ 2.5 GB", _met(peak, _TARGET_RSS_MB)],
+        ["… restarted replica at ready", split, "", ""],
+        ["index build process (a child of the fresh replica, gone after the build): peak RSS", build, "", ""],
     ]  # fmt: skip
     table = markdown_table(["figure", "value", "target", "met"], rows, "lrrl")
     start_load, end_load = data["load_average_start"][0], data["load_average_end"][0]

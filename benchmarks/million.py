@@ -296,7 +296,12 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     await replica.open()
     opened = time.perf_counter()
     runner = asyncio.create_task(replica.run())
-    await asyncio.wait_for(replica.ready.wait(), args.timeout)
+    ready_wait = asyncio.ensure_future(replica.ready.wait())
+    await asyncio.wait({runner, ready_wait}, timeout=args.timeout, return_when=asyncio.FIRST_COMPLETED)
+    if runner.done():
+        runner.result()  # the replica failed before it was ready: its error, at once
+    if not replica.ready.is_set():
+        raise TimeoutError(f"replica not ready within {args.timeout} s")
     ready = time.perf_counter()
     rss_ready = rss_split()
     # until ready: afterwards the tailing fetches (long polls of an idle log) would add up here

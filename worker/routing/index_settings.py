@@ -17,10 +17,12 @@ class IndexSettings:
     #: Exact search of 32 queries over 50k vectors took 0.35-1.6x the time of embedding them
     #: (benchmarks/engine.py, loaded 2-vCPU machine), so larger tables go approximate.
     approximate_above: int = 32_768
-    #: vectors per inverted list: an IVF index has ``rows / list_rows`` lists (a power of two), so a
-    #: search scans about ``probe_lists * list_rows`` vectors whatever the table size.
+    #: vectors per inverted list: an IVF index has ``rows / list_rows`` lists (a power of two, at
+    #: most ``max_lists``), so a search scans about ``probe_lists * list_rows`` vectors up to
+    #: ``list_rows * max_lists`` rows, and proportionally more beyond.
     list_rows: int = 64
-    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors: recall@10 1.00
+    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors (before
+    #: ``max_lists``; 2048 lists there now): recall@10 1.00
     #: on the clustered benchmark data; decide32 5.9 ms, 0.17x the encoder's 35 ms. Real MiniLM
     #: vectors are harder (0.96 at 16 lists), so each build raises it for its own data, see
     #: ``recall_target``.

@@ -1,9 +1,11 @@
-"""The query pipeline of one replica: consume -> process -> produce -> commit, at least once.
+"""The query pipeline of one replica: consume -> process -> produce -> commit.
 
 Batches are processed concurrently (embedding of one overlaps the search and produce of another)
 within a window of ``max_in_flight_batches``; their output is handed to the producer in
-consumption order, and offsets advance only past batches whose every output is acknowledged
-(:class:`OffsetTracker`). All tasks live in one :class:`asyncio.TaskGroup`: a crash in any of
+consumption order. At least once (the default), offsets advance only past batches whose every
+output is acknowledged (:class:`OffsetTracker`). Exactly once, each batch's outputs go into the
+transactions of its input partitions, which commit them with the partitions' offsets
+(:class:`ExactlyOnceOutput`). All tasks live in one :class:`asyncio.TaskGroup`: a crash in any of
 them stops the pipeline with that error instead of vanishing.
 """
 
@@ -19,16 +21,17 @@ from worker.cache import AsyncEncoder
 from worker.config import Settings
 from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
 from worker.pipeline.batcher import Batcher
-from worker.pipeline.clients import output_producer, query_consumer, raw_fetch
+from worker.pipeline.clients import output_producer, query_consumer, raw_fetch, transactional_producer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
-from worker.pipeline.kafka import OutputProducer, QueryConsumer
+from worker.pipeline.exactly_once import ExactlyOnceOutput, ProducerFactory, Stamp
+from worker.pipeline.kafka import OutputProducer, QueryConsumer, TransactionalProducer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery
 from worker.pipeline.raw_fetch import RawFetch
 from worker.pipeline.rebalance import DrainOnRevoke
-from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
+from worker.pipeline.types import InputRecord, Outbound, TopicPartition, next_offsets
 from worker.pipeline.undecodable import UndecodableBatch, UndecodableBatches
 from worker.routing import Router
 from worker.telemetry import Telemetry
@@ -40,8 +43,9 @@ class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
     ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests pass
-    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`), and
-    ``raw`` the undecoded fetches that find a batch the consumer cannot decode.
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`),
+    ``raw`` the undecoded fetches that find a batch the consumer cannot decode, and in
+    exactly-once mode ``transactional_producers`` (a transactional id -> an unstarted producer).
     ``remember_decisions`` sizes the memo of decisions of repeated texts
     (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
     """
@@ -55,6 +59,7 @@ class QueryPipeline:
         telemetry: Telemetry,
         consumer: QueryConsumer | None = None,
         producer: OutputProducer | None = None,
+        transactional_producers: ProducerFactory | None = None,
         raw: RawFetch | None = None,
         remember_decisions: int = 0,
     ) -> None:
@@ -62,24 +67,44 @@ class QueryPipeline:
         self.telemetry = telemetry
         metrics = telemetry.metrics
         self._consumer = consumer if consumer is not None else query_consumer(settings)
-        self._producer = producer if producer is not None else output_producer(settings)
         self.tracker = OffsetTracker()
         self._undecodable = UndecodableBatches(
             self._consumer, raw if raw is not None else raw_fetch(settings), self._on_undecodable
         )
+        self.exactly_once: ExactlyOnceOutput | None = None
         self._batcher = Batcher(
             self._consumer, settings.batch_size, settings.batch_wait_ms / 1000, undecodable=self._undecodable
         )
+        if settings.processing_guarantee == "exactly_once":
+            self.exactly_once = ExactlyOnceOutput(
+                self._consumer,
+                transactional_producers or self._transactional_producer,
+                settings.group_id,
+                interval_s=settings.transaction_interval_ms / 1000,
+                on_rewind=self._batcher.discard_pending,
+                metrics=metrics,
+                start_timeout_s=settings.kafka_request_timeout_ms / 1000,
+                commit_timeout_s=settings.kafka_request_timeout_ms / 1000,
+            )
+            self._batcher.admits = self.exactly_once.admits
+        # exactly once, the partitions' transactional producers replace the output producer
+        self._producer: OutputProducer | None = None
+        self._delivery: Delivery | None = None
+        if self.exactly_once is None:
+            self._producer = producer if producer is not None else output_producer(settings)
+            self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
         self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
-        self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self.processor = BatchProcessor(
             settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions
         )
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._last_sent: asyncio.Event | None = None
+
+    def _transactional_producer(self, transactional_id: str) -> TransactionalProducer:
+        return transactional_producer(self.settings, transactional_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -96,14 +121,16 @@ class QueryPipeline:
         only when it is going to run.
         """
         try:
-            await self._producer.start()
+            if self._producer is not None:
+                await self._producer.start()
             listener = DrainOnRevoke(self._on_revoked, self._on_assigned, self._on_listener_error)
             self._consumer.subscribe([self.settings.topic_queries], listener=listener)
             await self._consumer.start()
             await self._run_tasks()
         finally:
             await self._consumer.stop()  # leaves the group; the final commit is already done
-            await self._producer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
             await self._undecodable.close()
             await asyncio.to_thread(self.processor.close)
 
@@ -111,17 +138,26 @@ class QueryPipeline:
         clean = False
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.committer.run(), name="offset-committer")
+                if self.exactly_once is not None:
+                    tasks.create_task(self.exactly_once.run(), name="transaction-committer")
+                else:
+                    tasks.create_task(self.committer.run(), name="offset-committer")
                 try:
                     await self._consume(tasks)
                     await self._drain()
                 finally:
                     self.committer.stop()
+                    if self.exactly_once is not None:
+                        self.exactly_once.stop()
             clean = True
         finally:
             await self._final_commit(clean)
 
     async def _final_commit(self, clean: bool) -> None:
+        if self.exactly_once is not None:
+            # on an error, abort: the partitions' next owners consume that input again
+            await self.exactly_once.close(commit=clean)
+            return
         # Finished work is acknowledged, so committing it is safe even when stopping on an error.
         try:
             await self.committer.commit_all("shutdown", self.settings.shutdown_timeout_s)
@@ -169,11 +205,17 @@ class QueryPipeline:
                 place.leave()
                 continue
             self._record_lag(records)
-            batch = self.tracker.start(next_offsets(records))
+            offsets = next_offsets(records)
+            # the transactions of the partitions, as they are now: a rewind or revocation later
+            # makes this batch's outputs void
+            stamp = self.exactly_once.stamp(offsets) if self.exactly_once is not None else {}
+            batch = self.tracker.start(offsets)
             self.telemetry.health.in_flight(len(self.tracker))
             previous, sent = self._last_sent, asyncio.Event()
             self._last_sent = sent
-            tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
+            tasks.create_task(
+                self._handle(batch, records, stamp, place, previous, sent), name=f"batch-{batch.seq}"
+            )
         self.telemetry.health.stopping()
 
     def _on_undecodable(self, batch: UndecodableBatch) -> None:
@@ -195,6 +237,7 @@ class QueryPipeline:
         self,
         batch: InFlightBatch,
         records: list[InputRecord],
+        stamp: Stamp,
         place: EmbedPass,
         previous: asyncio.Event | None,
         sent: asyncio.Event,
@@ -212,9 +255,7 @@ class QueryPipeline:
                 with tracer.start_as_current_span(
                     "routeworker.produce", attributes={"records": len(outbounds)}
                 ):
-                    futures = await self._delivery.enqueue(outbounds)
-                    sent.set()
-                    await self._delivery.confirm(outbounds, futures)
+                    delivered = await self._produce(records, stamp, outbounds, sent)
         finally:
             place.leave()
             sent.set()
@@ -223,7 +264,24 @@ class QueryPipeline:
         self.tracker.finish(batch)
         self.telemetry.health.processed()
         self.telemetry.health.in_flight(len(self.tracker))
-        self._account(processed)
+        if delivered:
+            self._account(processed)
+
+    async def _produce(
+        self, records: list[InputRecord], stamp: Stamp, outbounds: list[Outbound], sent: asyncio.Event
+    ) -> bool:
+        """Hand the outputs over (``sent`` once they are, in order), then wait for them; False when
+        they were dropped (exactly once: their transaction was rewound or revoked meanwhile)."""
+        if self.exactly_once is not None:
+            # done once handed over: the commit checks every acknowledgement of its transaction
+            taken = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
+            sent.set()
+            return taken
+        assert self._delivery is not None
+        futures = await self._delivery.enqueue(outbounds)
+        sent.set()
+        await self._delivery.confirm(outbounds, futures)
+        return True
 
     def _account(self, processed: ProcessedBatch) -> None:
         metrics = self.telemetry.metrics
@@ -239,22 +297,34 @@ class QueryPipeline:
         # called at the start of every rebalance, with nothing revoked on joining
         self.telemetry.health.rebalance_started()
         self._batcher.discard_pending()
+        if self.exactly_once is not None:
+            self.exactly_once.withdraw(revoked)
         if not revoked:
             return
         logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), len(self.tracker))
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
                 await self.tracker.wait_until(lambda: not len(self.tracker) or self._fatal is not None)
+            finished = self._fatal is None
         except TimeoutError:
+            finished = False
             logger.error(
                 "in-flight work did not finish before partitions were given up: their next owner "
                 "processes it again"
             )
+        if self.exactly_once is not None:
+            # every batch done: commit the partitions' transactions; else abort them
+            await self.exactly_once.revoke(revoked, finished=finished)
+            return
         await self.committer.commit("revoke")
         self.tracker.forget(revoked)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
+        if self.exactly_once is not None:
+            # fence the previous owners, then read the committed offsets: before the health
+            # says so, since the partitions are not consumed until then
+            await self.exactly_once.assign(assigned)
         self.telemetry.health.partitions_assigned(assigned)
 
     def _on_listener_error(self, error: BaseException) -> None:

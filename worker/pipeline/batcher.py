@@ -30,6 +30,10 @@ class Batcher:
     or when the error is not a bad batch, the error is raised.
     """
 
+    #: records of a partition it does not admit, when fetched, are dropped (exactly-once mode:
+    #: a partition whose transactional producer and position are not set yet)
+    admits: Callable[[TopicPartition], bool] | None = None
+
     def __init__(
         self,
         consumer: QueryConsumer,
@@ -65,6 +69,9 @@ class Batcher:
             if self._undecodable is None:
                 raise
             records = await self._undecodable.recover(error, self._handed_out)  # or raises it
+        admits = self.admits
+        if admits is not None:
+            records = [r for r in records if admits(r.topic_partition)]
         self._handed_out.update(next_offsets(records))
         return records
 

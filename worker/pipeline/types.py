@@ -57,12 +57,17 @@ class InputRecord:
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """One record to produce: a routed intent or a dead letter."""
+    """One record to produce: a routed intent or a dead letter.
+
+    ``origin`` is the input partition of the record it answers: in exactly-once mode it is
+    produced in that partition's transaction, with that partition's offsets.
+    """
 
     topic: str
     key: bytes | None
     value: bytes
     headers: OutHeaders = field(default_factory=list)
+    origin: TopicPartition | None = None
 
 
 def next_offsets(records: Iterable[InputRecord]) -> dict[TopicPartition, int]:

@@ -377,3 +377,22 @@ async def test_a_full_overlay_holds_mutations_back_until_a_failing_rebuild_succe
         live = replica.table.snapshot().route("route-1")
         assert live is not None
         assert live.route.utterances == ("edited",)
+
+
+async def test_a_fresh_replica_serves_its_replayed_routes_from_a_main_index_not_the_overlay(
+    broker: LocalBroker, pool: EncoderPool, tmp_path: Path
+) -> None:
+    settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
+    await create_mutation_topic(settings)
+    await apply_routes(settings, routes(6), encoder=pool)  # 18 vectors: more than the overlay holds
+    async with replica_running(settings, pool, tmp_path / "r.db") as replica:
+        snapshot = replica.table.snapshot()
+        assert snapshot.overlay.rows == 0
+        assert snapshot.main.rows == 18
+        assert len(replica.table) == 6
+        vectors = await pool.embed(["route 4 beta"])
+        assert Router(replica.table).decide(vectors, 1)[0].route == "route-4"
+        digest = replica.table.digest()
+    async with replica_running(settings, pool, tmp_path / "r.db") as restarted:  # the index was persisted
+        assert restarted.table.snapshot().overlay.rows == 0
+        assert restarted.table.digest() == digest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import weakref
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -33,16 +34,38 @@ class ShippedEmbeddings(BaseModel):
     negative_utterances: str = Field(default="", description="base64 float32 [len(negatives) x dim].")
 
     def matrix(self, field: str, rows: int) -> npt.NDArray[np.float32]:
-        """Decode one of the vector fields into a (rows, dim) array, checking its size."""
-        raw = base64.b64decode(getattr(self, field), validate=True)
-        if len(raw) != rows * self.dim * 4:
-            raise ValueError(f"embeddings.{field} holds {len(raw)} bytes, expected {rows}x{self.dim} float32")
-        return np.frombuffer(raw, dtype="<f4").reshape(rows, self.dim).astype(np.float32)
+        """Decode one of the vector fields into a read-only (rows, dim) array, checking its size.
+
+        Decoded once: validation decodes every matrix, and a replica that then uses the vectors
+        gets that same array (a 200k-route replay decoded each one twice).
+        """
+        decoded = _DECODED.get(self)
+        if decoded is None:
+            decoded = _DECODED.setdefault(self, {})
+        matrix = decoded.get(field)
+        if matrix is None:
+            raw = base64.b64decode(getattr(self, field), validate=True)
+            if len(raw) % (self.dim * 4):
+                raise ValueError(f"embeddings.{field} holds {len(raw)} bytes, not rows of {self.dim} float32")
+            # read-only, no copy
+            matrix = decoded[field] = np.frombuffer(raw, dtype="<f4").reshape(-1, self.dim)
+        if matrix.shape[0] != rows:
+            raise ValueError(
+                f"embeddings.{field} holds {matrix.shape[0] * self.dim * 4} bytes, "
+                f"expected {rows}x{self.dim} float32"
+            )
+        return matrix
 
     @staticmethod
     def encode_matrix(vectors: npt.NDArray[np.float32]) -> str:
         """base64 of a float32 matrix, the wire form of a vector field."""
         return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+#: matrices already decoded, by the embeddings they came from (equal embeddings, equal matrices)
+_DECODED: weakref.WeakKeyDictionary[ShippedEmbeddings, dict[str, npt.NDArray[np.float32]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class RouteDefinition(BaseModel):

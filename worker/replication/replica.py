@@ -360,7 +360,9 @@ class RouteReplica:
         # catching up (nothing else to do yet) runs at full speed in the default executor
         executor = self._background if background else None
         loop = asyncio.get_running_loop()
-        folded, resolved, install = await loop.run_in_executor(executor, self._prepare, records)
+        # before the first ``ready`` nothing searches this process's tables: no need to yield the GIL
+        prepare = functools.partial(self._prepare, records, yield_gil=self.ready.is_set())
+        folded, resolved, install = await loop.run_in_executor(executor, prepare)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
             embedded, failed = await embed_isolated(self.encoder, resolved.to_embed)
@@ -377,11 +379,16 @@ class RouteReplica:
         return folded, resolved, install
 
     def _prepare(
-        self, records: list[LogRecord]
+        self, records: list[LogRecord], *, yield_gil: bool = True
     ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # Runs in a worker thread: decoding and checking vectors (and a calibration's weights) is CPU work.
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
-        folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
+        folded = fold(
+            records,
+            self.settings.limits,
+            lambda d: shipped_vectors(d, fingerprint, dim),
+            yield_gil=yield_gil,
+        )
         self.stats.records += folded.records
         self._report_skipped(folded.skipped)
         self._report_unknown(folded.unknown_fields)
@@ -482,11 +489,16 @@ class RouteReplica:
             deletes.extend(name for name in table.route_names() if name not in pending)
         # after a full replay without a usable calibration record, none is served any more
         calibration = install.calibration if install is not None else None if replaying is not None else KEEP
-        await asyncio.to_thread(
-            functools.partial(
-                table.apply, upserts, deletes, make_version(self._stored), calibration=calibration
+        version = make_version(self._stored)
+        if _fills_empty(table, upserts, self.settings.overlay_max_rows):
+            # a fresh replica: its main index is built now, before it serves, not via the overlay
+            await asyncio.to_thread(
+                functools.partial(table.install, upserts, version, calibration=calibration)
             )
-        )
+        else:
+            await asyncio.to_thread(
+                functools.partial(table.apply, upserts, deletes, version, calibration=calibration)
+            )
         if replaying is not None:
             seconds = time.monotonic() - self._replay_started
             logger.warning(
@@ -532,6 +544,15 @@ class RouteReplica:
         if self._store is None or self._table is None:
             raise RuntimeError("RouteReplica.open() has not been called")
         return self._store, self._table
+
+
+def _fills_empty(table: RouteTable, upserts: Sequence[RouteVectors], overlay_max_rows: int) -> bool:
+    """Whether ``upserts`` are better installed as a new main index than applied to the overlay:
+    the table is empty and they are more vectors than the overlay is meant to hold."""
+    snapshot = table.snapshot()
+    if len(snapshot) or snapshot.overlay.rows:
+        return False
+    return sum(int(rv.utterance_vectors.shape[0]) for rv in upserts) > overlay_max_rows
 
 
 def _covers(version: TableVersion, positions: Mapping[int, int]) -> bool:

@@ -37,12 +37,12 @@ def resolve_changes(
         if definition is None:
             resolved.deletes.append(name)
             continue
-        route = route_of(definition)
         shipped = folded.vectors.get(name)
         if shipped is not None:
             stats.shipped += 1
             resolved.upserts.append(shipped)
             continue
+        route = route_of(definition)
         present = current(name)
         if (
             present is not None

@@ -37,6 +37,7 @@ def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any
         index = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = settings.train_rows_per_list
         index.cp.min_points_per_centroid = 1  # a deliberately small sample is no cause for a warning
+        index.cp.niter = settings.kmeans_iterations
         index.train(vectors)
         index.nprobe = settings.probe_lists
     step = 16_384

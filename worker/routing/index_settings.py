@@ -17,10 +17,12 @@ class IndexSettings:
     #: Exact search of 32 queries over 50k vectors took 0.35-1.6x the time of embedding them
     #: (benchmarks/engine.py, loaded 2-vCPU machine), so larger tables go approximate.
     approximate_above: int = 32_768
-    #: vectors per inverted list: an IVF index has ``rows / list_rows`` lists (a power of two), so a
-    #: search scans about ``probe_lists * list_rows`` vectors whatever the table size.
+    #: vectors per inverted list: an IVF index has ``rows / list_rows`` lists (a power of two, at
+    #: most ``max_lists``), so a search scans about ``probe_lists * list_rows`` vectors up to
+    #: ``list_rows * max_lists`` rows, and proportionally more beyond.
     list_rows: int = 64
-    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors: recall@10 1.00
+    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors (before
+    #: ``max_lists``; 2048 lists there now): recall@10 1.00
     #: on the clustered benchmark data; decide32 5.9 ms, 0.17x the encoder's 35 ms. Real MiniLM
     #: vectors are harder (0.96 at 16 lists), so each build raises it for its own data, see
     #: ``recall_target``.
@@ -34,8 +36,16 @@ class IndexSettings:
     #: real_vectors_recall), hence 0.999 for 0.99 on real queries.
     recall_target: float = 0.999
     max_probe_lists: int = 256
+    #: at most this many lists: k-means and the list assignment of every row cost rows x lists,
+    #: so past ``list_rows * max_lists`` rows the lists grow longer instead of more numerous. A
+    #: 1M-vector table has 2048 lists of ~490 rows; more (16384 at 64 rows) made its one-thread
+    #: build take many minutes (benchmarks/million.py).
+    max_lists: int = 2_048
     #: k-means learns the lists from at most this many sampled vectors per list (faiss's seeded sample)
     train_rows_per_list: int = 16
+    #: k-means iterations of an IVF build (faiss's default is 25): the lists only need to be
+    #: reasonable, the recall calibration below scans more of them if they are not
+    kmeans_iterations: int = 10
     #: the overlay is folded into the main index in the background once it holds this many vectors
     overlay_rebuild_rows: int = 2_048
     #: the overlay's bound: while it holds this many vectors, live mutations wait for a rebuild to
@@ -74,4 +84,4 @@ class IndexSettings:
     def lists_for(self, rows: int) -> int:
         """Inverted lists of an IVF index over ``rows`` vectors (a power of two, at most ``rows``)."""
         wanted = max(rows / max(self.list_rows, 1), 1.0)
-        return max(1, min(rows, 1 << round(math.log2(wanted))))
+        return max(1, min(rows, self.max_lists, 1 << round(math.log2(wanted))))

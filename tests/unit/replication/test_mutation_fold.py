@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -127,6 +129,39 @@ def test_a_later_record_without_vectors_drops_the_earlier_resolved_ones() -> Non
     records = [Record(0, 0, b"a", encode(_shipped("a", "m:1", good))), upsert(0, 1, "a", "plain")]
     folded: FoldedMutations = fold(records, LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
     assert "a" not in folded.vectors
+
+
+def test_folding_without_yielding_the_gil_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [upsert(0, i, f"r{i % 5}", f"text {i}") for i in range(12)]
+    with_yields = fold(records, LIMITS)
+    naps: list[float] = []
+    monkeypatch.setattr(
+        importlib.import_module("worker.replication.fold"), "time", SimpleNamespace(sleep=naps.append)
+    )
+    without = fold(records, LIMITS, yield_gil=False)
+    assert naps == []
+    assert without.changes == with_yields.changes
+    assert without.offsets == with_yields.offsets
+    fold(records, LIMITS)
+    assert naps  # the default still lets searching threads in
+
+
+def test_shipped_vectors_are_the_arrays_the_validator_decoded() -> None:
+    vectors = l2_normalise(np.random.default_rng(2).normal(size=(2, 8)))
+    definition = RouteDefinition(name="billing", utterances=["pay", "bill"])
+    shipped = attach_embeddings(
+        definition, RouteVectors(route_of(definition), vectors, np.zeros((0, 8)), "m")
+    )
+    decoded = RouteDefinition.model_validate_json(encode(shipped))
+    assert decoded.embeddings is not None
+    first = decoded.embeddings.matrix("utterances", 2)
+    resolved = shipped_vectors(decoded, "m", 8)
+    assert resolved is not None
+    assert resolved.utterance_vectors is first or np.shares_memory(resolved.utterance_vectors, first)
+    assert np.array_equal(resolved.utterance_vectors, vectors)
+    assert not first.flags.writeable
+    with pytest.raises(ValueError, match="expected 3x8"):
+        decoded.embeddings.matrix("utterances", 3)
 
 
 def test_a_route_from_a_newer_writer_is_applied_without_its_unknown_fields_in_any_mode() -> None:

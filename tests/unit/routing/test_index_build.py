@@ -331,3 +331,10 @@ def test_background_rebuilds_run_at_lower_priority(monkeypatch: pytest.MonkeyPat
     table.rebuild(block=True)
     assert seen == [max(own, 7), own]
     assert table.snapshot().overlay.rows == 0
+
+
+def test_ivf_lists_stop_growing_at_max_lists() -> None:
+    settings = IndexSettings(list_rows=64, max_lists=2048)
+    assert settings.lists_for(64 * 1024) == 1024
+    assert settings.lists_for(1_000_000) == 2048
+    assert IndexSettings(list_rows=8, max_lists=16).lists_for(360) == 16

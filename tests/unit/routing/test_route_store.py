@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.routing import OffsetRegression, RouteStore, RouteTable, RouteVectors, SchemaTooNew
+from worker.routing import OffsetRegression, RouteStore, RouteTable, RouteVectors, SchemaTooNew, StoreError
 from worker.routing.store import SCHEMA_VERSION
 
 MakeRoute = Callable[..., RouteVectors]
@@ -167,3 +167,28 @@ def test_the_caught_up_mark_only_moves_forward_and_goes_with_a_clear(
     store.clear()
     assert store.load().caught_up_at_ms is None
     assert RouteStore(tmp_path / "routes.db").caught_up_at_ms() is None
+
+
+def test_loaded_vectors_are_read_only_rows_of_their_digest(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    billing = make_route("billing", ["pay my bill", "invoice"], ["pay a friend"], 0.7)
+    store.apply([billing], [], {0: 1})
+    (loaded,) = store.load().routes
+    assert not loaded.utterance_vectors.flags.writeable
+    assert not loaded.negative_vectors.flags.writeable
+    assert loaded.utterance_vectors.dtype == np.float32
+    rebuilt = RouteVectors(
+        loaded.route, loaded.utterance_vectors, loaded.negative_vectors, loaded.fingerprint
+    )
+    assert rebuilt.digest == loaded.digest == billing.digest
+
+
+def test_stored_vectors_that_do_not_match_their_utterances_are_an_error(
+    tmp_path: Path, make_route: MakeRoute
+) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay my bill", "invoice"])], [], {0: 1})
+    with sqlite3.connect(tmp_path / "routes.db") as conn:
+        conn.execute("UPDATE routes SET utterance_vectors = substr(utterance_vectors, 1, 256)")
+    with pytest.raises(StoreError, match="billing"):
+        store.load()

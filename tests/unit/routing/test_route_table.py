@@ -234,3 +234,35 @@ def test_mutations_during_a_rebuild_stay_visible(
     assert table.route_names() == ["added", "r0", "r1", "r3", "r4", "r5"]
     hits = _names(table, during.utterance_vectors, k=1)
     assert hits == [["r1"]] * 3
+
+
+@pytest.mark.parametrize("settings", [IndexSettings(), IndexSettings(approximate_above=0, list_rows=8)])
+def test_install_fills_an_empty_table_with_a_main_index_and_no_overlay(
+    tmp_path: Path, random_route: RandomRoute, settings: IndexSettings
+) -> None:
+    rng = np.random.default_rng(12)
+    routes = [random_route(f"r{i:02d}", rng) for i in range(40)]
+    installed = RouteTable(DIM, FP, settings, index_dir=tmp_path)
+    installed.install(list(reversed(routes)), ((0, 40),))
+    snapshot = installed.snapshot()
+    assert snapshot.overlay.rows == 0
+    assert snapshot.main.rows == 120
+    assert snapshot.main.kind == settings.kind_for(120)
+    assert installed.version == ((0, 40),)
+    applied = RouteTable.from_routes(routes, ((0, 40),), DIM, FP, settings)
+    assert installed.digest() == applied.digest()
+    queries = l2_normalise(rng.normal(size=(6, DIM)))
+    assert _names(installed, queries) == _names(applied, queries)
+    # persisted like a rebuild's index: a restart maps it and overlays nothing
+    restarted = RouteTable.from_routes(routes, ((0, 40),), DIM, FP, settings, index_dir=tmp_path)
+    assert restarted.snapshot().overlay.rows == 0
+    assert _names(restarted, queries) == _names(installed, queries)
+
+
+def test_install_refuses_a_table_that_holds_routes(random_route: RandomRoute) -> None:
+    rng = np.random.default_rng(13)
+    table = RouteTable(DIM, FP)
+    table.apply([random_route("a", rng)], (), ((0, 1),))
+    with pytest.raises(ValueError, match="empty table"):
+        table.install([random_route("b", rng)], ((0, 2),))
+    assert table.route_names() == ["a"]

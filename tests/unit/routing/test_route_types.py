@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -69,3 +70,12 @@ def test_version_is_sorted_pairs(offsets: dict[int, int]) -> None:
 def test_l2_normalise_gives_unit_or_zero_rows(rows: list[list[float]]) -> None:
     norms = np.linalg.norm(l2_normalise(rows), axis=1)
     assert np.all((np.abs(norms - 1) < 1e-5) | (norms == 0))
+
+
+def test_a_stored_definition_reads_back_as_the_same_route() -> None:
+    route = Route("billing", ("pay my bill", "invoice"), ("pay a friend",), 0.5, {"team": "payments"})
+    stored = Route.stored(orjson.loads(route.canonical_json()))
+    assert stored == route
+    assert stored.canonical_json() == route.canonical_json()
+    assert type(stored.utterances) is tuple
+    assert Route.stored(orjson.loads(Route("x", ("a",)).canonical_json())).threshold is None

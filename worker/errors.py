@@ -20,6 +20,8 @@ class ErrorCode(StrEnum):
     WRONG_MODEL = "wrong_model"
     EMBEDDING_SHAPE = "embedding_shape"
     PROCESSING = "processing"
+    ROUTING_FAILED = "routing_failed"
+    INTENT_TOO_LARGE = "intent_too_large"
 
 
 class ContractError(ValueError):

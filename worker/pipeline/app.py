@@ -22,11 +22,13 @@ from worker.pipeline.batcher import Batcher
 from worker.pipeline.clients import output_producer, query_consumer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
-from worker.pipeline.kafka import OutputProducer, QueryConsumer
+from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
-from worker.pipeline.produce import Delivery
+from worker.pipeline.produce import Delivery, DeliveryReport
+from worker.pipeline.producer_session import ProducerSession
 from worker.pipeline.rebalance import DrainOnRevoke
+from worker.pipeline.topic_limits import TopicLimits, read_topic_limits
 from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
 from worker.routing import Router
 from worker.telemetry import Telemetry
@@ -37,10 +39,11 @@ logger = logging.getLogger(__name__)
 class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
-    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests pass
-    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`).
-    ``remember_decisions`` sizes the memo of decisions of repeated texts
-    (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
+    ``consumer`` and ``producers`` default to aiokafka clients built from ``settings``; tests pass
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`ProducerFactory`).
+    ``topic_limits`` (the output topics' ``max.message.bytes``) is read from the broker at start
+    unless given (stand-ins get the defaults). ``remember_decisions`` sizes the memo of decisions
+    of repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
     """
 
     def __init__(
@@ -51,26 +54,47 @@ class QueryPipeline:
         router: Router,
         telemetry: Telemetry,
         consumer: QueryConsumer | None = None,
-        producer: OutputProducer | None = None,
+        producers: ProducerFactory | None = None,
+        topic_limits: TopicLimits | None = None,
         remember_decisions: int = 0,
     ) -> None:
         self.settings = settings
         self.telemetry = telemetry
         metrics = telemetry.metrics
         self._consumer = consumer if consumer is not None else query_consumer(settings)
-        self._producer = producer if producer is not None else output_producer(settings)
+        if topic_limits is None and producers is not None:
+            topic_limits = TopicLimits()
+        self._topic_limits = topic_limits
         self.tracker = OffsetTracker()
         self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
         self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
-        self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self.processor = BatchProcessor(
             settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions
+        )
+        self._session = ProducerSession(producers or self._output_producer, settings.kafka_idempotence)
+        self.delivery = Delivery(
+            self._session,
+            metrics,
+            dead_letter=self.processor.dead_letter_of,
+            deadline_s=settings.produce_deadline_s,
+            limits=topic_limits,
         )
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._last_sent: asyncio.Event | None = None
+        self._revoke_started: float | None = None
+
+    def _output_producer(self, *, idempotent: bool) -> OutputProducer:
+        return output_producer(
+            self.settings, idempotent=idempotent, max_batch_bytes=self.delivery.limits.batch_bytes()
+        )
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the output producer is idempotent (known once :meth:`run` has started it)."""
+        return self._session.idempotent
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -86,14 +110,19 @@ class QueryPipeline:
         only when it is going to run.
         """
         try:
-            await self._producer.start()
+            if self._topic_limits is None:
+                self._topic_limits = await read_topic_limits(
+                    self.settings, [self.settings.topic_intents, self.settings.topic_dlq]
+                )
+                self.delivery.limits = self._topic_limits
+            await self._session.open()
             listener = DrainOnRevoke(self._on_revoked, self._on_assigned, self._on_listener_error)
             self._consumer.subscribe([self.settings.topic_queries], listener=listener)
             await self._consumer.start()
             await self._run_tasks()
         finally:
             await self._consumer.stop()  # leaves the group; the final commit is already done
-            await self._producer.stop()
+            await self._session.close(self.settings.shutdown_timeout_s)
             await asyncio.to_thread(self.processor.close)
 
     async def _run_tasks(self) -> None:
@@ -101,14 +130,27 @@ class QueryPipeline:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.committer.run(), name="offset-committer")
+                tasks.create_task(self._recover_deliveries(), name="produce-recovery")
                 try:
                     await self._consume(tasks)
                     await self._drain()
                 finally:
                     self.committer.stop()
+                    self.delivery.stop()
             clean = True
         finally:
             await self._final_commit(clean)
+
+    async def _recover_deliveries(self) -> None:
+        try:
+            await self.delivery.run()
+        except Exception as error:
+            self._failing(error)
+            raise
+
+    def _failing(self, error: BaseException) -> None:
+        """A fatal error: /livez fails at once, while the pipeline is still closing."""
+        self.telemetry.health.fail(f"{type(error).__name__}: {error}")
 
     async def _final_commit(self, clean: bool) -> None:
         # Finished work is acknowledged, so committing it is safe even when stopping on an error.
@@ -195,50 +237,80 @@ class QueryPipeline:
                 with tracer.start_as_current_span(
                     "routeworker.produce", attributes={"records": len(outbounds)}
                 ):
-                    futures = await self._delivery.enqueue(outbounds)
+                    sending = await self.delivery.enqueue(outbounds)
                     sent.set()
-                    await self._delivery.confirm(outbounds, futures)
+                    report = await self.delivery.confirm(sending)
+        except Exception as error:
+            self._failing(error)
+            raise
         finally:
             place.leave()
             sent.set()
             if processed is not None:
                 processed.trace.end()
         self.tracker.finish(batch)
-        self._account(processed)
+        self._account(processed, report)
 
-    def _account(self, processed: ProcessedBatch) -> None:
+    def _account(self, processed: ProcessedBatch, report: DeliveryReport) -> None:
         metrics = self.telemetry.metrics
-        metrics.decisions(processed.routed, processed.no_match)
-        for code in processed.dead_codes:
+        # intents come first in the outbounds: those positions dead-lettered at produce time
+        replaced = {i for i in report.dead_lettered if i < len(processed.intents)}
+        matched = [m for i, m in enumerate(processed.matched) if i not in replaced]
+        metrics.decisions(sum(matched), len(matched) - sum(matched))
+        for code in [*processed.dead_codes, *(code.value for code in report.dead_lettered.values())]:
             metrics.dead_lettered(code)
         now_ms = time.time() * 1000
-        metrics.end_to_end_ms(now_ms - ts for ts in processed.routed_timestamps_ms)
+        metrics.end_to_end_ms(
+            now_ms - ts for i, ts in enumerate(processed.routed_timestamps_ms) if i not in replaced
+        )
 
     # --- rebalancing -------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._batcher.discard_pending()
+        # fetching for them stops at once: no record of theirs starts a batch from here on
+        self._batcher.revoke(revoked)
         if not revoked:
             return
+        self._revoke_started = time.monotonic()
+        self._flow.forget(revoked)
+        self._consumer.pause(*revoked)
         self.telemetry.health.set_state("rebalancing", ready=True)
-        logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), len(self.tracker))
+        holding = self.tracker.holding(revoked)
+        logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), holding)
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
-                await self.tracker.wait_until(lambda: not len(self.tracker) or self._fatal is not None)
+                await self.tracker.wait_until(
+                    lambda: not self.tracker.holding(revoked) or self._fatal is not None
+                )
         except TimeoutError:
             logger.error(
                 "in-flight work did not finish before partitions were given up: their next owner "
                 "processes it again"
             )
         await self.committer.commit("revoke")
-        self.tracker.forget(revoked)
+        late = self.tracker.forget(revoked)
+        if late:
+            logger.warning(
+                "%d in-flight batches finish after the revocation: they commit no revoked partition", late
+            )
+        logger.info("revoked partitions handed over after %.3fs", time.monotonic() - self._revoke_started)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
+        self._batcher.assigned()
+        if self._revoke_started is not None:
+            took = time.monotonic() - self._revoke_started
+            self._revoke_started = None
+            self.telemetry.metrics.rebalance_ms(took * 1000)
+            logger.info(
+                "assigned %d partitions after a rebalance of %.3fs: %s", len(assigned), took, sorted(assigned)
+            )
+        else:
+            logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
         if not self._stopping.is_set():
             self.telemetry.health.set_state("consuming", ready=True)
 
     def _on_listener_error(self, error: BaseException) -> None:
         logger.error("rebalance handling failed: %s", error)
+        self._failing(error)
         self._fatal = error
         self.tracker.poke()

@@ -95,3 +95,13 @@ class OutputProducer(Protocol):
     ) -> asyncio.Future[RecordMetadata]:
         """Queue one record; the future resolves when the broker acknowledges it."""
         ...
+
+
+class ProducerFactory(Protocol):
+    """Makes an (unstarted) output producer; ``idempotent`` asks for an idempotent one.
+
+    The produce step opens one at start, and a new one when an idempotent producer's sequence
+    broke (:mod:`worker.pipeline.producer_session`).
+    """
+
+    def __call__(self, *, idempotent: bool) -> OutputProducer: ...

@@ -48,12 +48,17 @@ class InputRecord:
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """One record to produce: a routed intent or a dead letter."""
+    """One record to produce: a routed intent or a dead letter.
+
+    ``source`` is the query a routed intent answers: should the intent not fit its topic, that
+    query is dead-lettered instead. Dead letters have none.
+    """
 
     topic: str
     key: bytes | None
     value: bytes
     headers: OutHeaders = field(default_factory=list)
+    source: InputRecord | None = None
 
 
 def next_offsets(records: Iterable[InputRecord]) -> dict[TopicPartition, int]:

@@ -25,8 +25,10 @@ class MetricName(StrEnum):
     CACHE_HIT_RATIO = "routeworker.cache.hit_ratio"
     CACHE_UNAVAILABLE = "routeworker.cache.unavailable"
     PRODUCE_RETRIES = "routeworker.produce.retries"
+    PRODUCE_ERRORS = "routeworker.produce.errors"
     PARTITIONS_PAUSED = "routeworker.consumer.paused"
     COMMITS = "routeworker.offsets.committed"
+    REBALANCE_DURATION = "routeworker.rebalance.duration"
     DECISIONS_REMEMBERED = "routeworker.decisions.remembered"
     HEAD_ROUTES = "routeworker.route_head.routes"
 
@@ -94,10 +96,21 @@ METRICS: dict[MetricName, MetricSpec] = {
     MetricName.PRODUCE_RETRIES: MetricSpec(
         "counter", "{record}", "Output records sent again after a failure."
     ),
+    MetricName.PRODUCE_ERRORS: MetricSpec(
+        "counter",
+        "{error}",
+        "Failed sends of output records, by remedy (retry, dead_letter, reset, stop) and error class.",
+    ),
     MetricName.PARTITIONS_PAUSED: MetricSpec(
         "counter", "{event}", "Times consumption paused because in-flight work hit its bound."
     ),
     MetricName.COMMITS: MetricSpec("counter", "{commit}", "Offset commits, by reason."),
+    MetricName.REBALANCE_DURATION: MetricSpec(
+        "histogram",
+        "ms",
+        "From partitions revoked (in-flight work finished and committed) to the new assignment.",
+        (*LATENCY_MS_BUCKETS, 10_000.0, 30_000.0),
+    ),
     MetricName.DECISIONS_REMEMBERED: MetricSpec(
         "counter", "{text}", "Texts routed from the decision memo (same text, unchanged route table)."
     ),

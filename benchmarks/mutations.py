@@ -2,6 +2,8 @@
 
     python benchmarks/mutations.py                      # everything, default sizes
     python benchmarks/mutations.py --join-routes 5000 --samples 50   # a quick run
+    python benchmarks/mutations.py --skip-join          # publish -> live only (keeps the fresh-join figures)
+    python benchmarks/mutations.py --plot               # only redraw the figure from the saved JSON
 
 1. Publish -> live: one route edit at a time is published; the time until EVERY replica's table
    has applied it (``RouteReplica.wait_for_position``) is measured, with vectors shipped in the
@@ -15,7 +17,8 @@
 Query throughput of the real pipeline while 1,000 routes are added: benchmarks/pipeline_mutations.py.
 
 Prints a table and writes every figure, with machine, versions and settings, to
-benchmarks/results/mutations.json.
+benchmarks/results/mutations.json, and draws the publish -> live distribution (every sample) to
+benchmarks/results/mutations_publish_to_live.png.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ async def publish_to_live(
         "seed_routes": seed_routes,
         "acked": percentiles(acked),
         "live_on_all": percentiles(live),
+        # every sample, in publish order: the figure draws their distribution
+        "live_on_all_samples_ms": [round(seconds * 1000, 3) for seconds in live],
         "replica_stats": stats[0],
     }
 
@@ -233,11 +238,46 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for pool in pools:
                 pool.close()
+        if args.skip_join:
+            previous = json.loads(args.output.read_text())["fresh_join"] if args.output.exists() else None
+            if previous is not None:
+                # not re-measured: the figures of the last full run, marked as such
+                results["fresh_join"] = previous | {"kept_from_previous_run": True}
+            return results
         results["fresh_join"] = await fresh_join(
             broker.bootstrap, scratch, routes=args.join_routes, per_route=5, dim=384
         )
         print_join(results["fresh_join"])
     return results
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """The publish -> live latency of every sample, both ways, as a PNG (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 3.6), dpi=120)
+    labels = {"shipped": "vectors shipped in the record", "embedded_on_replica": "replicas embed"}
+    for key, label in labels.items():
+        figures = results["publish_to_live"][key]
+        samples = sorted(figures.get("live_on_all_samples_ms", []))
+        if not samples:
+            continue
+        share = [(i + 1) / len(samples) for i in range(len(samples))]
+        p99 = figures["live_on_all"]["p99_ms"]
+        axis.step(samples, share, where="post", label=f"{label} (p99 {p99:.0f} ms)")
+    replicas = results["publish_to_live"]["shipped"]["replicas"]
+    axis.set_xscale("log")
+    axis.set_xlabel("publish → live on every replica (ms, log scale)")
+    axis.set_ylabel("share of route edits")
+    axis.set_title(f"Route edit published → live on all {replicas} replicas")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def print_latency(label: str, figures: dict[str, Any]) -> None:
@@ -283,11 +323,19 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--join-routes", type=int, default=50_000)
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--skip-join", action="store_true", help="keep the last fresh-join figures")
+    parser.add_argument("--plot", action="store_true", help="only redraw the figure from --output")
     args = parser.parse_args()
+    figure = args.output.with_name("mutations_publish_to_live.png")
+    if args.plot:
+        plot(json.loads(args.output.read_text()), figure)
+        print(f"saved {figure}")
+        return
     results = asyncio.run(run(args))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str))
-    print(f"saved {args.output}")
+    plot(results, figure)
+    print(f"saved {args.output} and {figure}")
     sys.stdout.flush()
     # The fresh replica's background index rebuild (minutes for 250k vectors) is still running in a
     # daemon thread; leave without waiting for it (interpreter teardown would abort inside faiss).

@@ -6,7 +6,6 @@ over it. A bad value fails at start with one line naming the setting (:func:`loa
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tomllib
@@ -15,7 +14,14 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
 
 from worker.contracts.limits import MAX_TOP_N, Limits
 from worker.embedding.model import DEFAULT_MODEL, Variant
@@ -112,6 +118,9 @@ class Settings(BaseSettings):
     max_mutation_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest route-mutation record.")
     # --- routing ---
     top_n: int = Field(3, ge=1, le=MAX_TOP_N, description="Candidates per routed intent by default.")
+    explain_all: bool = Field(
+        False, description="Explain every routed intent, as if each query set `explain` (costs a little CPU)."
+    )
     routing_search_k: int = Field(32, ge=1, le=1024, description="Nearest utterances retrieved per query.")
     routing_top_k: int = Field(5, ge=1, le=1024, description="Best utterances per route in its score.")
     routing_default_threshold: float = Field(
@@ -144,6 +153,11 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = Field(None, description="OTLP/HTTP collector URL; unset = no export.")
     health_port: int | None = Field(
         None, ge=0, le=65535, description="HTTP port for /livez, /readyz, /metrics."
+    )
+    liveness_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="/livez fails when records wait or batches are in flight and none finishes this long.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging level.")
 
@@ -179,30 +193,44 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _FileSource(settings_cls))
+        return (init_settings, env_settings, *_file_source(settings_cls))
 
 
-class _FileSource(PydanticBaseSettingsSource):
-    """Values from the file named by ROUTEWORKER_CONFIG_FILE (keys are setting names)."""
+def _file_source(settings_cls: type[BaseSettings]) -> tuple[PydanticBaseSettingsSource, ...]:
+    """pydantic-settings' own source for the file named by ROUTEWORKER_CONFIG_FILE, by its suffix."""
+    name = os.environ.get(CONFIG_FILE_ENV)
+    if not name:
+        return ()
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}: no such file: {path}")
+    if path.suffix == ".toml":
+        return (_Toml(settings_cls, toml_file=path),)
+    if path.suffix in (".yaml", ".yml"):
+        return (_Yaml(settings_cls, yaml_file=path),)
+    return (_Json(settings_cls, json_file=path),)
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
-    def __call__(self) -> dict[str, Any]:
-        name = os.environ.get(CONFIG_FILE_ENV)
-        if not name:
-            return {}
-        path = Path(name)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+class _MappingOnly:
+    """Refuses a file whose document is not a mapping (a YAML list, a JSON number) in one line."""
+
+    def _read_file(self, path: Any) -> dict[str, Any]:
+        data: object = super()._read_file(path)  # type: ignore[misc]
         if not isinstance(data, dict):
             raise ConfigError(f"{CONFIG_FILE_ENV}: {path} must hold a mapping of setting names to values")
-        return {str(k).lower(): v for k, v in data.items()}
+        return data
+
+
+class _Toml(_MappingOnly, TomlConfigSettingsSource):
+    pass
+
+
+class _Yaml(_MappingOnly, YamlConfigSettingsSource):
+    pass
+
+
+class _Json(_MappingOnly, JsonConfigSettingsSource):
+    pass
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -217,7 +245,7 @@ def load_settings(**overrides: Any) -> Settings:
         shown = "" if loc in _SECRET_FIELDS or isinstance(value, dict) else f" (got {value!r})"
         raise ConfigError(f"{name}: {first['msg']}{shown}") from None
     except (OSError, ValueError, yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{CONFIG_FILE_ENV}: {exc}") from None
+        raise ConfigError(f"{CONFIG_FILE_ENV}: {' '.join(str(exc).split())}") from None
 
 
 _SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_url"})

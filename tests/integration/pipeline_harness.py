@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition, encode
+from worker.health import probe
 
 ROUTES: dict[str, list[str]] = {
     "weather": ["what is the weather like today", "will it rain tomorrow", "is it going to be sunny"],
@@ -243,3 +244,29 @@ def build_table(encoder: Any) -> Any:
         for name, utterances in ROUTES.items()
     ]
     return RouteTable.from_routes(routes, ((0, len(routes)),), encoder.dim, encoder.fingerprint)
+
+
+@dataclass
+class RunningWorker:
+    topics: Topics
+    bootstrap: str
+    health_port: int
+    process: WorkerProcess
+
+    def settings(self) -> Settings:
+        return self.topics.settings(self.bootstrap)
+
+    def env(self) -> dict[str, str]:
+        return self.topics.env(self.bootstrap, Path("unused.sqlite3"))
+
+
+async def wait_ready(port: int, process: WorkerProcess, within: float = 120) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            assert process.proc.poll() is None, process.log()
+            try:
+                if (await asyncio.to_thread(probe, port, "/readyz", timeout_s=1.0))[0] == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)

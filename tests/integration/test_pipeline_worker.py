@@ -90,10 +90,15 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
             replicas[0].ready.set()
             records = await reader.wait_for(lambda rs: len(rs) == 1)
             assert RoutedIntent.model_validate_json(records[0].value).route == "music"
-            assert telemetry.health.readiness() == (True, "consuming")
+            assert telemetry.health.readiness() == (
+                True,
+                "ready: route table caught up, 2 partitions assigned",
+            )
             # the learned head is trained on the served table in the background and put in service
             routes = len(replicas[0].table)
-            await wait_for(lambda: f"routeworker_route_head_routes {routes}" in telemetry.metrics_text())
+            await wait_for(
+                lambda: telemetry.registry.get_sample_value("routeworker_route_head_routes") == routes
+            )
     finally:
         if not worker.done():  # run_worker's own handler turns it into a graceful stop
             os.kill(os.getpid(), signal.SIGTERM)
@@ -122,4 +127,4 @@ async def test_a_failing_replica_stops_the_worker_with_a_non_zero_status(
         replicas[0].fail.set()
         assert await asyncio.wait_for(worker, 60) == 1
     assert "mutation log is corrupt" in caplog.text
-    assert telemetry.health.liveness() is False
+    assert telemetry.health.liveness()[0] is False

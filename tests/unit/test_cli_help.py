@@ -6,7 +6,7 @@ import pytest
 
 from worker.cli.main import main
 
-COMMANDS = ("demo", "config", "fit", "model", "run", "schemas", "routes", "topics")
+COMMANDS = ("demo", "dev", "config", "fit", "model", "run", "route", "schemas", "routes", "topics")
 
 
 def test_help_lists_every_command_on_one_line(

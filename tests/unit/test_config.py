@@ -85,3 +85,35 @@ def test_cli_reports_config_error(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "ROUTEWORKER_MAX_TOP_N" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("worker.yaml", "- batch_size\n- 16\n", "must hold a mapping"),
+        ("worker.json", "[1, 2]", "must hold a mapping"),
+        ("worker.yaml", "batch_size: [", "while parsing"),
+        ("worker.toml", "= broken", "Invalid statement"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str, needle: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    monkeypatch.setenv("ROUTEWORKER_CONFIG_FILE", str(path))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith("ROUTEWORKER_CONFIG_FILE: ")
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_json_file_and_a_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "worker.json"
+    path.write_text('{"BATCH_SIZE": 12}')
+    monkeypatch.setenv("ROUTEWORKER_CONFIG_FILE", str(path))
+    assert load_settings().batch_size == 12
+    monkeypatch.setenv("ROUTEWORKER_CONFIG_FILE", str(tmp_path / "absent.toml"))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings()

@@ -7,6 +7,7 @@ setting and its value validates, the services it names exist, and the side files
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -252,3 +253,24 @@ def test_telemetry_wiring(services: dict[str, dict[str, Any]]) -> None:
     assert f"otel-collector:{exporter_port}" in targets
     for target in targets:
         assert target.split(":")[0] in services, f"Prometheus target {target} is not a service"
+
+
+def test_grafana_is_provisioned_beside_prometheus(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    assert "prometheus" in grafana["depends_on"]
+    mounts = {source: target for source, target, *_ in (m.split(":") for m in grafana["volumes"])}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    sources = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text())
+    (source,) = sources["datasources"]
+    url = urlsplit(source["url"])
+    assert url.hostname == "prometheus"
+    assert url.port == 9090
+    assert any(str(p).endswith(":9090") for p in services["prometheus"]["ports"])
+    providers = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/routeworker.yaml").read_text())
+    dashboards_in = providers["providers"][0]["options"]["path"]
+    assert mounts["./deploy/grafana/dashboards"] == dashboards_in
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/routeworker.json").read_text())
+    used = {p["datasource"]["uid"] for p in dashboard["panels"]} | {
+        t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]
+    }
+    assert used == {source["uid"]}

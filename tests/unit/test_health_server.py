@@ -1,30 +1,36 @@
-"""The health server over real sockets: probe transitions, bad requests, bounds, shutdown."""
+"""The health server over real sockets: probe answers, metrics exposition, failures, a blocked loop."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
 
-from worker.health import HealthServer, probe
+from worker.health import probe
 from worker.health.probe import main as probe_main
+from worker.health.server import HealthServer
 
 
 @dataclass
 class WorkerState:
-    """What the pipeline would report; tests flip it and watch the endpoints follow."""
+    """What the replica would report; tests flip it and watch the endpoints follow."""
 
     alive: bool = True
     ready: bool = False
-    reason: str = "route table catching up: 3 of 10 mutations applied"
+    reason: str = "catching up with the route-mutation log"
     raises: set[str] = field(default_factory=set)
 
-    def liveness(self) -> bool:
+    def liveness(self) -> tuple[bool, str]:
         if "live" in self.raises:
-            raise RuntimeError("heartbeat source broke")
-        return self.alive
+            raise RuntimeError("progress source broke")
+        return self.alive, "alive" if self.alive else "stalled: 12 records waiting"
 
     def readiness(self) -> tuple[bool, str]:
         if "ready" in self.raises:
@@ -39,27 +45,28 @@ class Answer:
     body: bytes
 
 
-async def send(port: int, data: bytes, *, close_write: bool = True) -> Answer:
-    """Send raw bytes, read the whole answer (the server closes after one response)."""
+async def send(port: int, data: bytes) -> Answer:
+    """Send raw bytes on a fresh connection and read one answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(data)
         await writer.drain()
-        if close_write:
-            writer.write_eof()
-        raw = await reader.read()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("ascii").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        length = int(headers.get("content-length", "0"))
+        body = await reader.readexactly(length) if length and not data.startswith(b"HEAD") else b""
     finally:
         writer.close()
         await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("ascii").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return Answer(status, headers, body)
+    return Answer(int(lines[0].split(" ")[1]), headers, body)
 
 
-async def get(port: int, path: str, method: str = "GET") -> Answer:
-    return await send(port, f"{method} {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+async def get(port: int, path: str, method: str = "GET", accept: str | None = None) -> Answer:
+    extra = f"Accept: {accept}\r\n" if accept else ""
+    return await send(
+        port, f"{method} {path} HTTP/1.1\r\nHost: test\r\n{extra}Connection: close\r\n\r\n".encode()
+    )
 
 
 @pytest.fixture
@@ -68,20 +75,24 @@ def state() -> WorkerState:
 
 
 @pytest.fixture
-async def server(state: WorkerState) -> AsyncIterator[HealthServer]:
+def requests() -> list[tuple[str, int]]:
+    return []
+
+
+@pytest.fixture
+async def server(state: WorkerState, requests: list[tuple[str, int]]) -> AsyncIterator[HealthServer]:
+    registry = CollectorRegistry()
+    Counter("routeworker_queries_routed", "Queries answered with a route.", registry=registry).inc(7)
     health = HealthServer(
-        0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness, read_timeout_s=0.3
+        0,
+        "127.0.0.1",
+        liveness=state.liveness,
+        readiness=state.readiness,
+        registry=registry,
+        on_request=lambda path, code: requests.append((path, code)),
     )
-    await health.start()
-    try:
+    async with health:
         yield health
-    finally:
-        await health.stop()
-
-
-async def test_port_zero_binds_a_free_port(server: HealthServer) -> None:
-    assert server.port > 0
-    assert (await get(server.port, "/livez")).status == 200
 
 
 def test_port_unknown_before_start(state: WorkerState) -> None:
@@ -90,29 +101,24 @@ def test_port_unknown_before_start(state: WorkerState) -> None:
         _ = health.port
 
 
-async def test_liveness_follows_the_heartbeat(server: HealthServer, state: WorkerState) -> None:
+async def test_liveness_answers_with_its_reason(server: HealthServer, state: WorkerState) -> None:
     ok = await get(server.port, "/livez")
-    assert (ok.status, ok.body) == (200, b"ok\n")
+    assert (ok.status, ok.body) == (200, b"alive\n")
     state.alive = False
-    stale = await get(server.port, "/livez")
-    assert stale.status == 503
-    assert b"heartbeat" in stale.body
-    state.alive = True
-    assert (await get(server.port, "/livez")).status == 200
+    stalled = await get(server.port, "/livez")
+    assert (stalled.status, stalled.body) == (503, b"stalled: 12 records waiting\n")
+    assert stalled.headers["cache-control"] == "no-store"
 
 
 async def test_readiness_reports_the_reason(server: HealthServer, state: WorkerState) -> None:
     waiting = await get(server.port, "/readyz")
-    assert waiting.status == 503
-    assert waiting.body.decode().strip() == state.reason
-    state.ready, state.reason = True, "caught up; 6 partitions assigned"
+    assert (waiting.status, waiting.body.decode().strip()) == (503, state.reason)
+    state.ready, state.reason = True, "ready: route table caught up, 6 partitions assigned"
     ready = await get(server.port, "/readyz")
-    assert (ready.status, ready.body) == (200, b"caught up; 6 partitions assigned\n")
-    state.ready, state.reason = False, "partitions revoked"
-    assert (await get(server.port, "/readyz")).status == 503
+    assert (ready.status, ready.body) == (200, b"ready: route table caught up, 6 partitions assigned\n")
 
 
-async def test_callbacks_that_raise_are_unhealthy_not_fatal(server: HealthServer, state: WorkerState) -> None:
+async def test_checks_that_raise_are_unhealthy_not_fatal(server: HealthServer, state: WorkerState) -> None:
     state.ready = True
     state.raises = {"live", "ready"}
     assert (await get(server.port, "/livez")).status == 503
@@ -122,133 +128,83 @@ async def test_callbacks_that_raise_are_unhealthy_not_fatal(server: HealthServer
     assert (await get(server.port, "/readyz")).status == 200
 
 
-async def test_default_metrics_are_prometheus_text(server: HealthServer) -> None:
-    await get(server.port, "/nope")
-    answer = await get(server.port, "/metrics")
-    assert answer.status == 200
-    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
-    text = answer.body.decode()
-    assert "# TYPE routeworker_process_start_time_seconds gauge" in text
-    assert "# TYPE routeworker_health_requests_total counter" in text
-    assert 'routeworker_health_requests_total{code="404"} 1' in text
+async def test_metrics_are_prometheus_text_or_openmetrics_as_asked(server: HealthServer) -> None:
+    text = await get(server.port, "/metrics")
+    assert text.status == 200
+    assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(text.body.decode())}
+    assert families["routeworker_queries_routed"].samples[0].value == 7
+    open_metrics = await get(server.port, "/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.body.endswith(b"# EOF\n")
 
 
-async def test_custom_metrics_callback_and_its_failure(state: WorkerState) -> None:
-    calls: list[int] = []
+async def test_a_failing_collector_is_a_500_and_the_server_lives_on(state: WorkerState) -> None:
+    class Broken:
+        def collect(self) -> list[object]:
+            raise ValueError("collector broke")
 
-    def render() -> str:
-        calls.append(1)
-        if len(calls) > 1:
-            raise ValueError("renderer broke")
-        return "# TYPE routeworker_queries_total counter\nrouteworker_queries_total 7\n"
-
+    registry = CollectorRegistry()
+    registry.register(Broken())  # type: ignore[arg-type]
     async with HealthServer(
-        0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness, metrics=render
+        0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness, registry=registry
     ) as health:
-        first = await get(health.port, "/metrics")
-        assert first.body == b"# TYPE routeworker_queries_total counter\nrouteworker_queries_total 7\n"
         assert (await get(health.port, "/metrics")).status == 500
         assert (await get(health.port, "/livez")).status == 200
 
 
-async def test_unknown_path_is_404_and_query_strings_are_ignored(server: HealthServer) -> None:
-    assert (await get(server.port, "/healthz")).status == 404
-    assert (await get(server.port, "/")).status == 404
-    assert (await get(server.port, "/livez?verbose=1")).status == 200
-
-
-async def test_head_has_headers_but_no_body(server: HealthServer) -> None:
-    answer = await get(server.port, "/livez", method="HEAD")
-    assert answer.status == 200
-    assert answer.headers["content-length"] == "3"
-    assert answer.body == b""
-
-
-@pytest.mark.parametrize(
-    ("raw", "status"),
-    [
-        (b"GARBAGE\r\n\r\n", 400),
-        (b"GET /livez\r\n\r\n", 400),
-        (b"GET  /livez HTTP/1.1\r\n\r\n", 400),
-        (b"GET livez HTTP/1.1\r\n\r\n", 400),
-        (b"GET /livez HTTP/1.1\r\nno colon here\r\n\r\n", 400),
-        (b"GET /livez HTTP/1.1\r\nX-Name: caf\xc3\xa9\r\n\r\n", 400),
-        (b"G(T /livez HTTP/1.1\r\n\r\n", 400),
-        (b"GET /livez SPDY/3\r\n\r\n", 400),
-        (b"GET /livez HTTP/2.0\r\n\r\n", 505),
-        (b"POST /livez HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
-        (b"GET /livez HTTP/1.1\r\n", 400),  # head cut short by EOF
-    ],
-)
-async def test_malformed_requests_get_an_error_and_the_server_lives_on(
-    server: HealthServer, raw: bytes, status: int
+async def test_requests_are_counted_by_path_and_status(
+    server: HealthServer, requests: list[tuple[str, int]]
 ) -> None:
-    answer = await send(server.port, raw)
-    assert answer.status == status
-    if status == 405:
-        assert answer.headers["allow"] == "GET, HEAD"
+    await get(server.port, "/livez")
+    await get(server.port, "/readyz")
+    await get(server.port, "/wp-admin/setup.php")
+    await get(server.port, "/livez", method="POST")
+    assert requests == [("/livez", 200), ("/readyz", 503), ("other", 404), ("/livez", 405)]
+
+
+async def test_unknown_paths_head_and_other_methods(server: HealthServer) -> None:
+    assert (await get(server.port, "/healthz")).status == 404
+    assert (await get(server.port, "/livez?verbose=1")).status == 200
+    head = await get(server.port, "/livez", method="HEAD")
+    assert (head.status, head.headers["content-length"], head.body) == (200, "6", b"")
+    assert (await get(server.port, "/readyz", method="POST")).status == 405
+    assert (await send(server.port, b"GARBAGE\r\n\r\n")).status == 400
     assert (await get(server.port, "/livez")).status == 200
 
 
-async def test_oversized_request_head_is_rejected(server: HealthServer) -> None:
-    huge = b"GET /livez HTTP/1.1\r\nX-Padding: " + b"a" * 200 * 1024 + b"\r\n\r\n"
-    answer = await send(server.port, huge, close_write=False)
-    assert answer.status == 431
-    assert (await get(server.port, "/livez")).status == 200
-
-
-async def test_silent_client_times_out_with_408(server: HealthServer) -> None:
-    answer = await send(server.port, b"GET /livez HTTP/1.1\r\n", close_write=False)
-    assert answer.status == 408
-    assert (await get(server.port, "/livez")).status == 200
-
-
-async def test_connect_and_leave_is_not_an_error(server: HealthServer) -> None:
-    _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.close()
-    await writer.wait_closed()
-    assert (await get(server.port, "/livez")).status == 200
-
-
-async def _wait_for_connections(server: HealthServer, n: int) -> None:
-    # the accept happens in the server's own task: poll its count (bounded: 10 s)
-    for _ in range(1000):
-        if server.open_connections == n:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"server has {server.open_connections} open connections, expected {n}")
-
-
-async def test_connections_are_bounded(state: WorkerState) -> None:
-    async with HealthServer(
-        0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness, max_connections=1
-    ) as health:
-        _, idle = await asyncio.open_connection("127.0.0.1", health.port)
-        try:
-            await _wait_for_connections(health, 1)
-            with pytest.raises(ConnectionError):  # refused like a full accept queue
-                await get(health.port, "/livez")
-        finally:
-            idle.close()
-            await idle.wait_closed()
-        await _wait_for_connections(health, 0)
-        assert (await get(health.port, "/livez")).status == 200
-        assert health.builtin_metrics.value("routeworker_health_rejected_total") == 1
-
-
-async def test_stop_closes_idle_connections(state: WorkerState) -> None:
+async def test_stop_closes_the_port_and_is_idempotent(state: WorkerState) -> None:
     health = HealthServer(0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness)
     await health.start()
-    reader, writer = await asyncio.open_connection("127.0.0.1", health.port)
-    await _wait_for_connections(health, 1)
+    port = health.port
     await health.stop()
-    assert health.open_connections == 0
-    assert await reader.read() == b""  # closed by the server, without an answer
-    writer.close()
-    await writer.wait_closed()
     with pytest.raises(ConnectionRefusedError):
-        await asyncio.open_connection("127.0.0.1", health.port)
-    await health.stop()  # idempotent
+        await asyncio.open_connection("127.0.0.1", port)
+    await health.stop()
+
+
+def test_a_blocked_event_loop_fails_the_probe(state: WorkerState) -> None:
+    """The server answers on the worker's loop: while that loop is blocked, the probe times out."""
+    loop = asyncio.new_event_loop()
+    health = HealthServer(0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(health.start(), loop).result(10)
+        port = str(health.port)
+        assert probe_main(["/livez", "--port", port, "--timeout", "2"]) == 0
+        unblock = threading.Event()
+        loop.call_soon_threadsafe(unblock.wait)  # what a CPU-bound call on the loop would do
+        try:
+            assert probe_main(["/livez", "--port", port, "--timeout", "0.5"]) == 1
+        finally:
+            unblock.set()
+        assert probe_main(["/livez", "--port", port, "--timeout", "2"]) == 0
+    finally:
+        asyncio.run_coroutine_threadsafe(health.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 async def test_probe_client_and_command(server: HealthServer, state: WorkerState) -> None:
@@ -274,6 +230,17 @@ async def test_probe_command_fails_when_nothing_listens(state: WorkerState) -> N
     async with HealthServer(0, "127.0.0.1", liveness=state.liveness, readiness=state.readiness) as health:
         port = health.port
     assert await asyncio.to_thread(probe_main, ["/livez", "--port", str(port), "--timeout", "1"]) == 1
+
+
+def test_the_probe_stays_a_standard_library_import() -> None:
+    """The container health check runs every few seconds: no aiohttp, no settings, no telemetry."""
+    code = (
+        "import sys, worker.health.probe; "
+        "heavy = ('aiohttp', 'prometheus_client', 'pydantic', 'opentelemetry'); "
+        "print([m for m in heavy if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_the_probe_reads_the_variable_the_settings_define() -> None:

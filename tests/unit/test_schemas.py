@@ -28,3 +28,21 @@ def test_check_command_detects_drift(tmp_path: Path) -> None:
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 0
     (tmp_path / "queries.schema.json").write_text("{}")
     assert main(["schemas", "check", "--dir", str(tmp_path)]) == 1
+
+
+def test_the_explain_field_and_the_explanation_are_in_the_schemas() -> None:
+    import json
+
+    queries = json.loads((SCHEMAS / "queries.schema.json").read_text())
+    assert queries["properties"]["explain"]["default"] is False
+    intents = json.loads((SCHEMAS / "routed-intents.schema.json").read_text())
+    assert "explanation" in intents["properties"]
+    explanation = intents["$defs"]["Explanation"]
+    assert set(explanation["properties"]["rule"]["enum"]) == {
+        "matched",
+        "below_threshold",
+        "within_margin",
+        "no_candidates",
+    }
+    reason = intents["$defs"]["RouteReason"]["properties"]
+    assert {"knn_score", "head_probability", "head_share", "threshold", "nearest"} <= set(reason)

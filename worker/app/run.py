@@ -30,7 +30,11 @@ async def run_worker(
     encoder_factory: EncoderFactory = encoder_pool,
 ) -> int:
     """Run a replica with signal handling; returns the exit status."""
-    telemetry = telemetry or Telemetry(replica_id=settings.replica_id, otlp_endpoint=settings.otlp_endpoint)
+    telemetry = telemetry or Telemetry(
+        replica_id=settings.replica_id,
+        otlp_endpoint=settings.otlp_endpoint,
+        stall_after_s=settings.liveness_stall_s,
+    )
     worker = ReplicaWorker(
         settings,
         telemetry,

@@ -21,7 +21,7 @@ from worker.app.serving import HeadKeeper, serving_router
 from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
 from worker.embedding import EncoderPool, encoder_pool
-from worker.health import HealthServer
+from worker.health.server import HealthServer
 from worker.pipeline import PipelineError, QueryPipeline
 from worker.replication import RouteReplica
 from worker.routing import RouteTable
@@ -88,6 +88,7 @@ class ReplicaWorker:
     def stop(self) -> None:
         """Ask for a graceful stop (safe to call from a signal handler, any number of times)."""
         self._stopping.set()
+        self.telemetry.health.stopping()
         if self.pipeline is not None:
             self.pipeline.stop()
 
@@ -100,11 +101,12 @@ class ReplicaWorker:
                 self.settings.health_port,
                 liveness=health.liveness,
                 readiness=health.readiness,
-                metrics=self.telemetry.metrics_text,
+                registry=self.telemetry.registry,
+                on_request=self.telemetry.metrics.health_request,
             )
             await server.start()
         try:
-            health.set_state("loading the embedding model", ready=False)
+            health.set_phase("loading the embedding model")
             encoder = await asyncio.to_thread(self._encoder_factory, self.settings)
             try:
                 await self._run_replica(encoder)
@@ -116,7 +118,9 @@ class ReplicaWorker:
 
     async def _run_replica(self, encoder: EncoderPool) -> None:
         replica = self._replica_factory(self.settings, encoder)
-        self.telemetry.health.set_state("loading routes", ready=False)
+        if isinstance(replica, RouteReplica):
+            replica.on_live = self.telemetry.metrics.mutation_apply_lag
+        self.telemetry.health.set_phase("loading routes")
         await replica.open()
         metrics = self.telemetry.metrics
         cache = make_cache(self.settings, on_error=lambda: metrics.cache_unavailable("redis"))
@@ -138,7 +142,7 @@ class ReplicaWorker:
             raise PipelineError("the route replica stopped by itself: the route table would go stale")
 
     async def _route_when_ready(self, replica: Replica, encoder: CachedEncoder) -> None:
-        self.telemetry.health.set_state("catching up with the route-mutation log", ready=False)
+        self.telemetry.health.set_phase("catching up with the route-mutation log")
         ready = asyncio.ensure_future(replica.ready.wait())
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
@@ -148,6 +152,7 @@ class ReplicaWorker:
             stopping.cancel()
         if self._stopping.is_set():
             return
+        self.telemetry.health.routes_caught_up()
         logger.info("route table ready (%d routes): routing queries", len(replica.table))
         router = serving_router(self.settings, replica.table)
         # created only now: it owns Kafka clients, which must be closed once created

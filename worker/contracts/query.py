@@ -22,3 +22,6 @@ class Query(BaseModel):
     metadata: dict[str, Any] | None = Field(
         default=None, description="Passed through untouched to the routed intent."
     )
+    explain: bool = Field(
+        default=False, description="Ask for the routed intent's `explanation`: why it got its answer."
+    )

@@ -1,17 +1,10 @@
-"""Health and metrics endpoints of a replica: `/livez`, `/readyz`, `/metrics` (stdlib HTTP only)."""
+"""Health and metrics endpoints of a replica (`/livez`, `/readyz`, `/metrics`) and the probe client.
 
-from worker.health.metrics import CONTENT_TYPE, MetricFamily, SimpleMetrics, render
+The server (:mod:`worker.health.server`, aiohttp) is imported where it runs; this package's own
+import stays the standard library's, because the container health check (``python -m
+worker.health``) runs every few seconds.
+"""
+
 from worker.health.probe import probe
-from worker.health.server import HealthServer, Liveness, MetricsText, Readiness
 
-__all__ = [
-    "CONTENT_TYPE",
-    "HealthServer",
-    "Liveness",
-    "MetricFamily",
-    "MetricsText",
-    "Readiness",
-    "SimpleMetrics",
-    "probe",
-    "render",
-]
+__all__ = ["probe"]

@@ -1,46 +1,43 @@
-"""`/livez`, `/readyz` and `/metrics` over a tiny asyncio HTTP server (stdlib only).
+"""`/livez`, `/readyz` and `/metrics` of one replica, served by aiohttp on the worker's event loop.
 
-It runs on the worker's own event loop, which is the point of a liveness probe: a loop that is
-blocked cannot answer, so the probe times out and the orchestrator restarts the replica. Every
-connection is bounded — head size, read and write timeouts, number of open connections — so a slow
-or hostile client costs a few kilobytes and never stalls the worker. Callback failures become 503
-or 500 answers with a log line; nothing a client sends can stop the server.
+Serving on the worker's own loop is the point of a liveness probe: a loop that is blocked cannot
+answer, so the probe times out and the orchestrator restarts the replica. HTTP itself (parsing,
+limits on request lines and headers, keep-alive, HEAD, 404 and 405 answers) is aiohttp's.
+``/metrics`` is a ``prometheus_client`` registry, rendered in the Prometheus text format or in
+OpenMetrics when the scraper asks for it (``Accept: application/openmetrics-text``).
+
+A check that raises answers 503 and a renderer that raises answers 500, each with a log line:
+nothing a client sends and no failing callback stops the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Callable
-from http import HTTPStatus
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
-from worker.health.http import HttpError, Response, error_response, parse_request_head
-from worker.health.metrics import CONTENT_TYPE, SimpleMetrics
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 logger = logging.getLogger(__name__)
 
-Liveness = Callable[[], bool]
-Readiness = Callable[[], tuple[bool, str]]
-MetricsText = Callable[[], str]
+#: ``() -> (ok, reason)``: the answer of one probe
+Check = Callable[[], tuple[bool, str]]
+#: called once per answered request with its path and status code
+RequestHook = Callable[[str, int], None]
 
-MAX_REQUEST_BYTES = 8 * 1024
-READ_TIMEOUT_S = 5.0
-WRITE_TIMEOUT_S = 5.0
-MAX_CONNECTIONS = 32
-LINGER_S = 1.0
-LINGER_BYTES = 256 * 1024
+PATHS = ("/livez", "/readyz", "/metrics")
+_SHUTDOWN_S = 2.0
 
 
 class HealthServer:
-    """Serves the probes and metrics of one replica.
+    """Serves the probes and the metrics of one replica; ``port=0`` binds a free port (:attr:`port`).
 
-    ``liveness`` says the worker's heartbeat is fresh; ``readiness`` returns ``(ready, reason)``
-    (route table caught up, partitions assigned); ``metrics`` returns Prometheus text. When
-    ``metrics`` is omitted the server renders its own :attr:`builtin_metrics` (process start time
-    and the requests it answered). ``port=0`` binds a free port; read it from :attr:`port`.
+    ``liveness`` and ``readiness`` return ``(ok, reason)``: 200 with the reason when ok, else 503.
+    ``registry`` is what ``/metrics`` renders (an empty one by default). ``on_request`` counts the
+    answers (the worker records them as ``routeworker_health_requests_total``).
     """
 
     def __init__(
@@ -48,36 +45,18 @@ class HealthServer:
         port: int,
         host: str = "0.0.0.0",
         *,
-        liveness: Liveness,
-        readiness: Readiness,
-        metrics: MetricsText | None = None,
-        max_request_bytes: int = MAX_REQUEST_BYTES,
-        read_timeout_s: float = READ_TIMEOUT_S,
-        write_timeout_s: float = WRITE_TIMEOUT_S,
-        max_connections: int = MAX_CONNECTIONS,
+        liveness: Check,
+        readiness: Check,
+        registry: CollectorRegistry | None = None,
+        on_request: RequestHook | None = None,
     ) -> None:
         self._requested_port = port
         self._host = host
         self._liveness = liveness
         self._readiness = readiness
-        self.builtin_metrics = SimpleMetrics()
-        self.builtin_metrics.declare(
-            "routeworker_process_start_time_seconds", "gauge", "Start time of the process (unix seconds)."
-        )
-        self.builtin_metrics.set("routeworker_process_start_time_seconds", time.time())
-        self.builtin_metrics.declare(
-            "routeworker_health_requests_total", "counter", "Requests answered by the health server."
-        )
-        self.builtin_metrics.declare(
-            "routeworker_health_rejected_total", "counter", "Connections refused: too many open at once."
-        )
-        self._metrics = metrics if metrics is not None else self.builtin_metrics.render
-        self._max_request_bytes = max_request_bytes
-        self._read_timeout_s = read_timeout_s
-        self._write_timeout_s = write_timeout_s
-        self._max_connections = max_connections
-        self._server: asyncio.Server | None = None
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._registry = registry if registry is not None else CollectorRegistry()
+        self._on_request = on_request
+        self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
     @property
@@ -87,37 +66,36 @@ class HealthServer:
             raise RuntimeError("HealthServer.port is known only after start()")
         return self._port
 
-    @property
-    def open_connections(self) -> int:
-        """Connections being served right now (bounded by ``max_connections``)."""
-        return len(self._connections)
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._count])
+        app.router.add_get("/livez", self._probe(self._liveness, "liveness"))
+        app.router.add_get("/readyz", self._probe(self._readiness, "readiness"))
+        app.router.add_get("/metrics", self._metrics)
+        return app
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        if self._server is not None:
+        if self._runner is not None:
             raise RuntimeError("HealthServer already started")
-        self._server = await asyncio.start_server(
-            self._on_connection, self._host, self._requested_port, limit=self._max_request_bytes
-        )
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        # a probe every few seconds must not write an access-log line every few seconds
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=_SHUTDOWN_S)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._requested_port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
         logger.info("health server listening on %s:%d", self._host, self._port)
 
     async def stop(self) -> None:
-        """Stop accepting, drop open connections and wait until every handler has finished."""
-        server, self._server = self._server, None
-        if server is None:
+        """Stop accepting, close open connections and wait for the handlers; idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is None:
             return
-        server.close()
-        # closing the sockets wakes every handler (its read or write fails) so each task ends by
-        # itself; cancelling them instead would make asyncio log the cancellation as an error
-        for writer in self._connections.values():
-            writer.transport.abort()
-        if self._connections:
-            _, stuck = await asyncio.wait(list(self._connections), timeout=self._write_timeout_s)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
-        await server.wait_closed()
+        await runner.cleanup()
         logger.info("health server on port %d stopped", self._port)
 
     async def __aenter__(self) -> HealthServer:
@@ -129,107 +107,44 @@ class HealthServer:
     ) -> None:
         await self.stop()
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # start_server runs every handler in its own task
-        if len(self._connections) >= self._max_connections:
-            # refuse like a full accept queue: nothing read, nothing buffered, nothing to write
-            self.builtin_metrics.inc("routeworker_health_rejected_total")
-            writer.transport.abort()
+    @web.middleware
+    async def _count(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as answer:  # aiohttp's own 404 and 405
+            self._counted(request.path, answer.status)
+            raise
+        self._counted(request.path, response.status)
+        return response
+
+    def _counted(self, path: str, status: int) -> None:
+        if self._on_request is None:
             return
-        self._connections[task] = writer
+        # unknown paths share one label value: a scanner must not create a series per path
+        self._on_request(path if path in PATHS else "other", status)
+
+    def _probe(self, check: Check, what: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def answer(request: web.Request) -> web.Response:
+            try:
+                ok, reason = check()
+            except Exception:  # an unknown state is not healthy, and must be visible
+                logger.exception("%s check raised", what)
+                return web.Response(status=503, text=f"{what} check raised\n")
+            return web.Response(status=200 if ok else 503, text=reason + "\n", headers=_NO_STORE)
+
+        return answer
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         try:
-            await self._serve_one(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away or stopped reading; nothing to answer
-        finally:
-            self._connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(self._write_timeout_s):
-                    await writer.wait_closed()
-
-    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head_only = False
-        unread_input = True  # until a whole head was read, the client may still be sending
-        try:
-            async with asyncio.timeout(self._read_timeout_s):
-                head = await reader.readuntil(b"\r\n\r\n")
-            request = parse_request_head(head)
-        except asyncio.LimitOverrunError:
-            response = Response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large\n")
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                return  # connected and closed without a byte: a TCP probe, not an HTTP request
-            response = Response(HTTPStatus.BAD_REQUEST, "incomplete request head\n")
-        except TimeoutError:
-            response = Response(HTTPStatus.REQUEST_TIMEOUT, "request head not received in time\n")
-        except HttpError as exc:
-            response = error_response(exc)
-        else:
-            head_only = request.method == "HEAD"
-            unread_input = False
-            response = self._dispatch(request.path)
-        if writer.is_closing():
-            return  # the server is stopping: nobody to answer
-        self.builtin_metrics.inc("routeworker_health_requests_total", code=str(response.status.value))
-        await self._send(writer, response, head_only=head_only)
-        if unread_input:
-            await self._linger(reader, writer)
-
-    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Half-close, then discard what the client still sends (bounded) before closing.
-
-        Closing a socket with unread input makes the kernel send a reset, which can destroy the
-        error answer before the client reads it; a short, bounded lingering close lets it arrive.
-        """
-        if writer.can_write_eof():
-            writer.write_eof()
-        budget = LINGER_BYTES
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            async with asyncio.timeout(LINGER_S):
-                while budget > 0 and (chunk := await reader.read(min(budget, 4096))):
-                    budget -= len(chunk)
-
-    def _dispatch(self, path: str) -> Response:
-        if path == "/livez":
-            return self._live()
-        if path == "/readyz":
-            return self._ready()
-        if path == "/metrics":
-            return self._render_metrics()
-        return Response(HTTPStatus.NOT_FOUND, "not found: try /livez, /readyz or /metrics\n")
-
-    def _live(self) -> Response:
-        try:
-            alive = self._liveness()
-        except Exception:  # a failing callback is an unhealthy worker, and must be visible
-            logger.exception("liveness callback raised")
-            return Response(HTTPStatus.SERVICE_UNAVAILABLE, "liveness check raised\n")
-        if alive:
-            return Response(HTTPStatus.OK, "ok\n")
-        return Response(HTTPStatus.SERVICE_UNAVAILABLE, "worker heartbeat is stale\n")
-
-    def _ready(self) -> Response:
-        try:
-            ready, reason = self._readiness()
-        except Exception:  # an unknown state is not ready
-            logger.exception("readiness callback raised")
-            return Response(HTTPStatus.SERVICE_UNAVAILABLE, "readiness check raised\n")
-        status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-        return Response(status, (reason or ("ready" if ready else "not ready")) + "\n")
-
-    def _render_metrics(self) -> Response:
-        try:
-            text = self._metrics()
+            # collection runs the instruments' callbacks: off the loop, which the probes need
+            body = await asyncio.to_thread(encoder, self._registry)
         except Exception:  # the scrape fails loudly; the worker keeps going
-            logger.exception("metrics renderer raised")
-            return Response(HTTPStatus.INTERNAL_SERVER_ERROR, "metrics renderer raised\n")
-        return Response(HTTPStatus.OK, text, content_type=CONTENT_TYPE)
+            logger.exception("metrics collection raised")
+            return web.Response(status=500, text="metrics collection raised\n")
+        return web.Response(body=body, headers={"Content-Type": content_type, **_NO_STORE})
 
-    async def _send(
-        self, writer: asyncio.StreamWriter, response: Response, *, head_only: bool = False
-    ) -> None:
-        writer.write(response.encode(head_only=head_only))
-        async with asyncio.timeout(self._write_timeout_s):
-            await writer.drain()
+
+_NO_STORE = {"Cache-Control": "no-store"}

@@ -59,6 +59,9 @@ def tuned_for_tests(cluster_size: int) -> dict[str, str]:
         "default.replication.factor": replicas,
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
+        # tests run workers with short group sessions (a killed member is noticed in seconds);
+        # Kafka's own floor is 6 s
+        "group.min.session.timeout.ms": "1000",
         "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "1",
         "transaction.state.log.replication.factor": replicas,

@@ -84,7 +84,7 @@ class QueryPipeline:
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._last_sent: asyncio.Event | None = None
-        self._revoke_started: float | None = None
+        self._rebalance_started: float | None = None
 
     def _output_producer(self, *, idempotent: bool) -> OutputProducer:
         return output_producer(
@@ -101,6 +101,7 @@ class QueryPipeline:
     def stop(self) -> None:
         """Ask for a graceful stop: no new batches; in-flight work finishes and is committed."""
         self._stopping.set()
+        self.telemetry.health.stopping()
         self.tracker.poke()
 
     async def run(self) -> None:
@@ -181,7 +182,6 @@ class QueryPipeline:
     # --- consuming ---------------------------------------------------------------------------
 
     async def _consume(self, tasks: asyncio.TaskGroup) -> None:
-        self.telemetry.health.set_state("consuming", ready=True)
         while not self._stopping.is_set():
             self._raise_if_fatal()
             await self._flow.wait_for_room(self._stopping.is_set)
@@ -202,19 +202,23 @@ class QueryPipeline:
                 continue
             self._record_lag(records)
             batch = self.tracker.start(next_offsets(records))
+            self.telemetry.health.in_flight(len(self.tracker))
             previous, sent = self._last_sent, asyncio.Event()
             self._last_sent = sent
             tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
-        self.telemetry.health.set_state("stopping", ready=False)
+        self.telemetry.health.stopping()
 
     def _record_lag(self, records: list[InputRecord]) -> None:
         last: dict[TopicPartition, int] = {}
         for record in records:
             last[record.topic_partition] = record.offset
+        lag: dict[TopicPartition, int] = {}
         for tp, offset in last.items():
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, highwater - offset - 1)
+                lag[tp] = highwater - offset - 1
+                self.telemetry.metrics.consumer_lag(tp.topic, tp.partition, lag[tp])
+        self.telemetry.health.fetched(lag.items())
 
     async def _handle(
         self,
@@ -249,6 +253,8 @@ class QueryPipeline:
             if processed is not None:
                 processed.trace.end()
         self.tracker.finish(batch)
+        self.telemetry.health.processed()
+        self.telemetry.health.in_flight(len(self.tracker))
         self._account(processed, report)
 
     def _account(self, processed: ProcessedBatch, report: DeliveryReport) -> None:
@@ -267,14 +273,15 @@ class QueryPipeline:
     # --- rebalancing -------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # fetching for them stops at once: no record of theirs starts a batch from here on
+        # called at the start of every rebalance, with nothing revoked on joining; fetching for
+        # the revoked partitions stops at once: no record of theirs starts a batch from here on
+        self.telemetry.health.rebalance_started()
+        self._rebalance_started = time.monotonic()
         self._batcher.revoke(revoked)
         if not revoked:
             return
-        self._revoke_started = time.monotonic()
         self._flow.forget(revoked)
         self._consumer.pause(*revoked)
-        self.telemetry.health.set_state("rebalancing", ready=True)
         holding = self.tracker.holding(revoked)
         logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), holding)
         try:
@@ -293,21 +300,22 @@ class QueryPipeline:
             logger.warning(
                 "%d in-flight batches finish after the revocation: they commit no revoked partition", late
             )
-        logger.info("revoked partitions handed over after %.3fs", time.monotonic() - self._revoke_started)
+        if self._rebalance_started is not None:
+            took = time.monotonic() - self._rebalance_started
+            logger.info("revoked partitions finished and committed in %.3fs", took)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._batcher.assigned()
-        if self._revoke_started is not None:
-            took = time.monotonic() - self._revoke_started
-            self._revoke_started = None
-            self.telemetry.metrics.rebalance_ms(took * 1000)
-            logger.info(
-                "assigned %d partitions after a rebalance of %.3fs: %s", len(assigned), took, sorted(assigned)
-            )
-        else:
+        self.telemetry.health.partitions_assigned(assigned)
+        if self._rebalance_started is None:
             logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
-        if not self._stopping.is_set():
-            self.telemetry.health.set_state("consuming", ready=True)
+            return
+        took = time.monotonic() - self._rebalance_started
+        self._rebalance_started = None
+        self.telemetry.metrics.rebalance_ms(took * 1000)
+        logger.info(
+            "assigned %d partitions after a rebalance of %.3fs: %s", len(assigned), took, sorted(assigned)
+        )
 
     def _on_listener_error(self, error: BaseException) -> None:
         logger.error("rebalance handling failed: %s", error)

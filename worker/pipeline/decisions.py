@@ -10,7 +10,7 @@ router would make now.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from cachetools import LRUCache
 
 from worker.routing import Decision, Router
 
@@ -33,7 +33,7 @@ class DecisionMemo:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(capacity, 0)
-        self._entries: OrderedDict[MemoKey, Decision] = OrderedDict()
+        self._entries: LRUCache[MemoKey, Decision] = LRUCache(maxsize=max(self.capacity, 1))
         self._state: RouterState | None = None
 
     def __len__(self) -> int:
@@ -47,10 +47,7 @@ class DecisionMemo:
 
     def get(self, key: MemoKey) -> Decision | None:
         """The remembered decision, if any."""
-        decision = self._entries.get(key)
-        if decision is not None:
-            self._entries.move_to_end(key)
-        return decision
+        return self._entries.get(key)
 
     def put(self, key: MemoKey, decision: Decision, state: RouterState) -> None:
         """Remember ``decision``, made in ``state``, if that is the state the memo serves.
@@ -62,6 +59,3 @@ class DecisionMemo:
         if self.capacity == 0 or not same_state(self._state, state):
             return
         self._entries[key] = decision
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from worker.contracts import CandidateScore, RoutedIntent, Timings
+from worker.contracts import CandidateScore, Explanation, NearUtterance, RoutedIntent, RouteReason, Timings
 from worker.pipeline.decode import Accepted
 from worker.routing import Decision, TableVersion
+from worker.routing.explain import Explanation as EngineExplanation
 
 
 def render_version(version: TableVersion) -> dict[str, int]:
@@ -29,6 +30,7 @@ def build_intent(
     embed_ms: float,
     search_ms: float,
     now_ms: float | None = None,
+    explanation: EngineExplanation | None = None,
 ) -> RoutedIntent:
     """The routed intent of one query; ``top_n`` trims the (best-first) candidates."""
     produced = time.time() * 1000 if now_ms is None else now_ms
@@ -48,4 +50,29 @@ def build_intent(
             total_ms=_ms(produced - made),
         ),
         metadata=accepted.query.metadata,
+        explanation=None if explanation is None else render_explanation(explanation),
+    )
+
+
+def render_explanation(explanation: EngineExplanation) -> Explanation:
+    """The engine's explanation in the routed intent's contract."""
+    return Explanation(
+        rule=explanation.rule,
+        threshold=explanation.threshold,
+        margin=explanation.margin,
+        gap_to_runner_up=explanation.gap_to_runner_up,
+        head_weight=explanation.head_weight,
+        routes=[
+            RouteReason(
+                route=r.route,
+                score=r.score,
+                knn_score=r.knn_score,
+                threshold=r.threshold,
+                head_probability=r.head_probability,
+                head_share=r.head_share,
+                nearest=[NearUtterance(utterance=n.utterance, similarity=n.similarity) for n in r.nearest],
+            )
+            for r in explanation.routes
+        ],
+        routes_version=render_version(explanation.routes_version),
     )

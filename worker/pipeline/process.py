@@ -7,6 +7,7 @@ context of each routed intent comes from :class:`QueryTracer`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,11 @@ from worker.pipeline.query_trace import QueryTracer
 from worker.pipeline.search import SearchThread
 from worker.pipeline.types import InputRecord, Outbound
 from worker.routing import Decision, Router
+from worker.routing.explain import ROUTES as EXPLAINED_ROUTES
+from worker.routing.explain import Explanation
 from worker.telemetry import PipelineMetrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,10 +127,15 @@ class BatchProcessor:
             return out
         unique = unique_texts([a.query.text for a in accepted])
         top_n = [0] * len(unique.texts)
+        explained: set[int] = set()  # texts some query wants explained: decided afresh, never memoised
         for a, i in zip(accepted, unique.index, strict=True):
             top_n[i] = max(top_n[i], a.query.top_n or self._settings.top_n)
+            if self._wants_explanation(a):
+                explained.add(i)
+                top_n[i] = max(top_n[i], EXPLAINED_ROUTES)  # the runner-up and the routes explained
         state = router_state(self.router)
-        decisions = self._remembered(unique.texts, top_n, state)
+        snapshot, head = self.router.table.snapshot(), self.router.head  # what the explanations read
+        decisions = self._remembered(unique.texts, top_n, state, skip=explained)
         wanted = [i for i in range(len(unique.texts)) if i not in decisions]
         with self._tracer.start_as_current_span("routeworker.embed", attributes={"texts": len(wanted)}):
             clock = time.perf_counter()
@@ -136,6 +146,7 @@ class BatchProcessor:
         on_embedded()
         self._metrics.embed_ms(embed_ms)
         failed = {wanted[j]: (ErrorCode.PROCESSING, reason) for j, reason in embedded.failed.items()}
+        explanations: dict[int, Explanation] = {}
         routable = [j for j in range(len(wanted)) if j not in embedded.failed]
         with self._tracer.start_as_current_span("routeworker.search", attributes={"queries": len(routable)}):
             clock = time.perf_counter()
@@ -149,8 +160,22 @@ class BatchProcessor:
                 for row, decision in searched.decisions.items():
                     i = wanted[routable[row]]
                     decisions[i] = decision
-                    if unchanged:
+                    if unchanged and i not in explained:
                         self._memo.put((unique.texts[i], top_n[i]), decision, state)
+                why = [j for j in routable if wanted[j] in explained and wanted[j] in decisions]
+                if why:
+                    try:
+                        reasons = await self._search.explain(
+                            self.router,
+                            snapshot,
+                            head,
+                            embedded.vectors[why],
+                            [decisions[wanted[j]] for j in why],
+                        )
+                    except Exception:  # an explanation is extra: its failure must not fail the answers
+                        logger.exception("explaining %d decisions failed: their intents go without", len(why))
+                    else:
+                        explanations = {wanted[j]: r for j, r in zip(why, reasons, strict=True)}
             search_ms = _ms_since(clock)
         self._metrics.search_ms(search_ms)
         facts = _BatchFacts(self._encoder.fingerprint, started_ns / 1e6, embed_ms, search_ms)
@@ -159,23 +184,38 @@ class BatchProcessor:
                 code, reason = failed[i]
                 self._reject(out, Rejected(a.record, code, reason))
             else:
-                self._route(out, a, decisions[i], facts)
+                why_this = explanations.get(i) if self._wants_explanation(a) else None
+                self._route(out, a, decisions[i], facts, why_this)
         return out
 
-    def _remembered(self, texts: list[str], top_n: list[int], state: RouterState) -> dict[int, Decision]:
+    def _wants_explanation(self, accepted: Accepted) -> bool:
+        return accepted.query.explain or self._settings.explain_all
+
+    def _remembered(
+        self, texts: list[str], top_n: list[int], state: RouterState, skip: set[int]
+    ) -> dict[int, Decision]:
         """Decisions the memo holds for this router state: those texts need neither embedding nor
         search. New decisions are kept only if the state read after deciding is still the one the
         memo serves (see :meth:`DecisionMemo.put`)."""
         self._memo.use(state)
         found: dict[int, Decision] = {}
         for i, text in enumerate(texts):
+            if i in skip:
+                continue
             remembered = self._memo.get((text, top_n[i]))
             if remembered is not None:
                 found[i] = remembered
         self._metrics.decisions_remembered(len(found))
         return found
 
-    def _route(self, out: ProcessedBatch, accepted: Accepted, decision: Decision, batch: _BatchFacts) -> None:
+    def _route(
+        self,
+        out: ProcessedBatch,
+        accepted: Accepted,
+        decision: Decision,
+        batch: _BatchFacts,
+        explanation: Explanation | None = None,
+    ) -> None:
         try:
             intent = encode(
                 build_intent(
@@ -187,6 +227,7 @@ class BatchProcessor:
                     batch_started_ms=batch.started_ms,
                     embed_ms=batch.embed_ms,
                     search_ms=batch.search_ms,
+                    explanation=explanation,
                 )
             )
         # an intent that cannot be built (a decision the contract refuses) is that query's

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.pipeline.errors import PipelineError
-from worker.routing import Decision, Router
+from worker.routing import Decision, RouteHead, Router, TableSnapshot
+from worker.routing.explain import Explanation, explain
 from worker.routing.native import use_faiss_threads
 from worker.routing.types import Vectors
 
@@ -109,6 +110,20 @@ class SearchThread:
             await self.decide(router, probe, [1])
         except Exception as error:  # any failure here means the router is broken
             raise RouterBroken(f"the router fails on any query: {error} (batch: {seen})") from error
+
+    async def explain(
+        self,
+        router: Router,
+        snapshot: TableSnapshot,
+        head: RouteHead | None,
+        vectors: Vectors,
+        decisions: Sequence[Decision],
+    ) -> list[Explanation]:
+        """Why each of ``decisions`` was made, derived from the snapshot and head that made them."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, lambda: explain(router, snapshot, head, vectors, decisions)
+        )
 
     def close(self) -> None:
         """Stop the thread after the running search (if any)."""

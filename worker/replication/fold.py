@@ -37,6 +37,10 @@ class LogRecord(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch (the producer's or the broker's clock; -1 when unknown)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from worker.background import background_executor
@@ -61,6 +62,9 @@ class RouteReplica:
         self._pending: dict[str, RouteVectors | None] = {}
         #: live mutations are decoded and written here, at a lower priority than the queries
         self._background = background_executor("route-apply", settings.background_nice)
+        #: called after each live batch is in the table, with each record's seconds from its
+        #: timestamp to then (the worker records them as the mutation-apply lag)
+        self.on_live: Callable[[Sequence[float]], None] | None = None
 
     @property
     def table(self) -> RouteTable:
@@ -188,6 +192,9 @@ class RouteReplica:
         folded, resolved = await self._resolve(records, background=True)
         commit = functools.partial(self._commit, store, table, resolved, folded.offsets, False)
         await asyncio.get_running_loop().run_in_executor(self._background, commit)
+        if self.on_live is not None:
+            now_ms = time.time() * 1000
+            self.on_live([(now_ms - r.timestamp) / 1000 for r in records if r.timestamp > 0])
         await self._notify()
 
     async def _resolve(

@@ -35,8 +35,11 @@ def merge_versions(older: TableVersion, newer: TableVersion) -> TableVersion:
 
 def l2_normalise(vectors: npt.ArrayLike) -> Vectors:
     """Return float32, C-contiguous, row-wise L2-normalised copies (zero rows stay zero)."""
-    # float64 while dividing: tiny float32 rows would otherwise lose their norm to underflow.
+    # float64, and each row scaled by its largest component first: squaring a tiny component
+    # (3.5e-161, say) underflows to a subnormal even in float64 and the norm comes out wrong.
     wide = np.array(vectors, dtype=np.float64, ndmin=2)
+    peaks = np.max(np.abs(wide), axis=1, keepdims=True) if wide.size else np.zeros((len(wide), 1))
+    np.divide(wide, peaks, out=wide, where=peaks > 0)
     norms = np.linalg.norm(wide, axis=1, keepdims=True)
     np.divide(wide, norms, out=wide, where=norms > 0)
     return np.ascontiguousarray(wide, dtype=np.float32)

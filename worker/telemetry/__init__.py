@@ -1,9 +1,8 @@
-"""Telemetry of a replica: OpenTelemetry traces and metrics, Prometheus text, health probes."""
+"""Telemetry of a replica: OpenTelemetry traces and metrics, their Prometheus exposition, health state."""
 
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import PipelineMetrics
 from worker.telemetry.names import METRICS, MetricName, MetricSpec
-from worker.telemetry.prometheus import render_prometheus
 from worker.telemetry.setup import Telemetry
 from worker.telemetry.tracing import extract_context, trace_headers, without_trace_headers
 
@@ -15,7 +14,6 @@ __all__ = [
     "PipelineMetrics",
     "Telemetry",
     "extract_context",
-    "render_prometheus",
     "trace_headers",
     "without_trace_headers",
 ]

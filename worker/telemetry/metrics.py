@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation, _Gauge
 from opentelemetry.util.types import Attributes
 
 from worker.telemetry.names import METRICS, MetricName
 
+_OBSERVED = frozenset({MetricName.CACHE_HIT_RATIO, MetricName.READY})
+
 
 class PipelineMetrics:
-    """Typed recording methods; instruments exist only for names in the closed list."""
+    """Typed recording methods; instruments exist only for names in the closed list.
 
-    def __init__(self, meter: Meter) -> None:
+    Durations are given in milliseconds (as the pipeline measures them) and recorded in seconds.
+    ``ready`` is read on every collection for the readiness gauge.
+    """
+
+    def __init__(self, meter: Meter, ready: Callable[[], bool] = lambda: False) -> None:
         self._meter = meter
         self._counters: dict[MetricName, Counter] = {}
         self._histograms: dict[MetricName, Histogram] = {}
         self._gauges: dict[MetricName, _Gauge] = {}
         for name, spec in METRICS.items():
-            if name is MetricName.CACHE_HIT_RATIO:
-                continue  # observed from the hit and miss totals below
+            if name in _OBSERVED:
+                continue  # observed on collection, below
             if spec.kind == "counter":
                 self._counters[name] = meter.create_counter(name, spec.unit, spec.description)
             elif spec.kind == "histogram":
@@ -37,13 +43,18 @@ class PipelineMetrics:
         meter.create_observable_gauge(
             MetricName.CACHE_HIT_RATIO, [self._observe_hit_ratio], ratio.unit, ratio.description
         )
+        readiness = METRICS[MetricName.READY]
+        self._ready = ready
+        meter.create_observable_gauge(
+            MetricName.READY, [self._observe_ready], readiness.unit, readiness.description
+        )
         self._lock = threading.Lock()
         self._hits = 0
         self._lookups = 0
 
     def _add(self, name: MetricName, amount: int, attributes: Attributes = None) -> None:
-        if amount:
-            self._counters[name].add(amount, attributes)
+        # zeros are added too: a counter is exported from its first use, so rate() has a start
+        self._counters[name].add(amount, attributes)
 
     def _record(self, name: MetricName, value: float, attributes: Attributes = None) -> None:
         self._histograms[name].record(value, attributes)
@@ -60,7 +71,7 @@ class PipelineMetrics:
     def end_to_end_ms(self, values: Iterable[float]) -> None:
         """Record per-query latency from the query's timestamp."""
         for value in values:
-            self._record(MetricName.END_TO_END_LATENCY, max(value, 0.0))
+            self._record(MetricName.END_TO_END_LATENCY, max(value, 0.0) / 1000)
 
     def batch_size(self, size: int) -> None:
         """Record the size of a consumed batch."""
@@ -68,11 +79,11 @@ class PipelineMetrics:
 
     def embed_ms(self, value: float) -> None:
         """Record a batch's embedding time."""
-        self._record(MetricName.EMBED_DURATION, value)
+        self._record(MetricName.EMBED_DURATION, value / 1000)
 
     def search_ms(self, value: float) -> None:
         """Record a batch's search-and-decide time."""
-        self._record(MetricName.SEARCH_DURATION, value)
+        self._record(MetricName.SEARCH_DURATION, value / 1000)
 
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         """Set a partition's lag (high watermark minus next offset)."""
@@ -112,11 +123,23 @@ class PipelineMetrics:
 
     def rebalance_ms(self, value: float) -> None:
         """Record one rebalance of this replica, from its revocation to its new assignment."""
-        self._record(MetricName.REBALANCE_DURATION, value)
+        self._record(MetricName.REBALANCE_DURATION, value / 1000)
 
     def head_routes(self, routes: int) -> None:
         """The learned head now in service knows ``routes`` routes (0 when none is in service)."""
         self._gauges[MetricName.HEAD_ROUTES].set(routes)
+
+    def mutation_apply_lag(self, seconds: Iterable[float]) -> None:
+        """Record, per applied route mutation, the time from its record's timestamp to being live."""
+        for value in seconds:
+            self._record(MetricName.MUTATION_APPLY_LAG, max(value, 0.0))
+
+    def health_request(self, path: str, code: int) -> None:
+        """Count one request answered by the health server."""
+        self._add(MetricName.HEALTH_REQUESTS, 1, {"path": path, "code": str(code)})
+
+    def _observe_ready(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(1 if self._ready() else 0)]
 
     def _observe_hit_ratio(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:

@@ -10,7 +10,14 @@ InstrumentKind = Literal["counter", "histogram", "gauge"]
 
 
 class MetricName(StrEnum):
-    """Every metric name; dashboards and alerts key on these strings, so they are stable."""
+    """Every metric name; dashboards and alerts key on these strings, so they are stable.
+
+    Prometheus sees them through OpenTelemetry's exporter, which writes ``.`` as ``_``, appends the
+    unit (``s`` -> ``_seconds``; annotations such as ``{query}`` add nothing) and ``_total`` to
+    counters: ``routeworker.queries.routed`` is scraped as ``routeworker_queries_routed_total``,
+    ``routeworker.query.latency`` as ``routeworker_query_latency_seconds``. Durations are recorded
+    in seconds, the Prometheus base unit.
+    """
 
     ROUTED = "routeworker.queries.routed"
     NO_MATCH = "routeworker.queries.no_match"
@@ -31,6 +38,9 @@ class MetricName(StrEnum):
     REBALANCE_DURATION = "routeworker.rebalance.duration"
     DECISIONS_REMEMBERED = "routeworker.decisions.remembered"
     HEAD_ROUTES = "routeworker.route_head.routes"
+    READY = "routeworker.replica.ready"
+    MUTATION_APPLY_LAG = "routeworker.mutations.apply_lag"
+    HEALTH_REQUESTS = "routeworker.health.requests"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,22 +53,25 @@ class MetricSpec:
     buckets: tuple[float, ...] | None = None  # histogram bucket bounds
 
 
-LATENCY_MS_BUCKETS = (
+# seconds: 1 ms .. 5 s
+LATENCY_S_BUCKETS = (
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.2,
+    0.5,
     1.0,
     2.0,
     5.0,
-    10.0,
-    20.0,
-    35.0,
-    50.0,
-    75.0,
-    100.0,
-    200.0,
-    500.0,
-    1000.0,
-    2000.0,
-    5000.0,
 )
+# seconds: a mutation's publish -> applied, 10 ms .. 5 min
+APPLY_LAG_S_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 SIZE_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0)
 
 
@@ -70,19 +83,19 @@ METRICS: dict[MetricName, MetricSpec] = {
     ),
     MetricName.END_TO_END_LATENCY: MetricSpec(
         "histogram",
-        "ms",
+        "s",
         "From the query record's timestamp to its routed intent being acknowledged.",
-        LATENCY_MS_BUCKETS,
+        LATENCY_S_BUCKETS,
     ),
     MetricName.BATCH_SIZE: MetricSpec("histogram", "{record}", "Records per consumed batch.", SIZE_BUCKETS),
     MetricName.EMBED_DURATION: MetricSpec(
         "histogram",
-        "ms",
+        "s",
         "Time a batch spends in the embedding step: cache lookup, waiting for a session, embedding.",
-        LATENCY_MS_BUCKETS,
+        LATENCY_S_BUCKETS,
     ),
     MetricName.SEARCH_DURATION: MetricSpec(
-        "histogram", "ms", "Route search and decision time per batch.", LATENCY_MS_BUCKETS
+        "histogram", "s", "Route search and decision time per batch.", LATENCY_S_BUCKETS
     ),
     MetricName.CONSUMER_LAG: MetricSpec(
         "gauge", "{record}", "Records between the partition's high watermark and the next one consumed."
@@ -107,15 +120,28 @@ METRICS: dict[MetricName, MetricSpec] = {
     MetricName.COMMITS: MetricSpec("counter", "{commit}", "Offset commits, by reason."),
     MetricName.REBALANCE_DURATION: MetricSpec(
         "histogram",
-        "ms",
-        "From partitions revoked (in-flight work finished and committed) to the new assignment.",
-        (*LATENCY_MS_BUCKETS, 10_000.0, 30_000.0),
+        "s",
+        "From the start of a rebalance (in-flight work of revoked partitions finished and committed) "
+        "to the new assignment.",
+        APPLY_LAG_S_BUCKETS,
     ),
     MetricName.DECISIONS_REMEMBERED: MetricSpec(
         "counter", "{text}", "Texts routed from the decision memo (same text, unchanged route table)."
     ),
     MetricName.HEAD_ROUTES: MetricSpec(
         "gauge", "{route}", "Routes the learned head in service was trained on (0: nearest utterances only)."
+    ),
+    MetricName.READY: MetricSpec(
+        "gauge", "1", "1 while the replica is ready (route table caught up, partitions held, no rebalance)."
+    ),
+    MetricName.MUTATION_APPLY_LAG: MetricSpec(
+        "histogram",
+        "s",
+        "From a route mutation's record timestamp to its being live in this replica's route table.",
+        APPLY_LAG_S_BUCKETS,
+    ),
+    MetricName.HEALTH_REQUESTS: MetricSpec(
+        "counter", "{request}", "Requests answered by the health server, by path and status code."
     ),
 }
 

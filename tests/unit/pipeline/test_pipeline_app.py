@@ -105,9 +105,9 @@ async def test_every_record_gives_one_output_and_offsets_reach_the_end(
     }
     assert keys["q4"] == b"k4"
     assert sorted(d.error_code.value for d in letters(producer)) == ["empty_text", "invalid_json"]
-    text = telemetry.metrics_text()
-    assert "routeworker_queries_routed_total 11" in text
-    assert 'error_code="invalid_json"} 1' in text
+    value = telemetry.registry.get_sample_value
+    assert value("routeworker_queries_routed_total") == 11
+    assert value("routeworker_queries_dead_lettered_total", {"error_code": "invalid_json"}) == 1
 
 
 async def test_output_follows_consumption_order_within_a_partition(
@@ -183,10 +183,12 @@ async def test_revoke_finishes_and_commits_in_flight_work_first(
     pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, telemetry: Telemetry
 ) -> None:
     producer.hold = asyncio.Event()
+    telemetry.health.routes_caught_up()  # as the application says before it starts the pipeline
     for i in range(6):
         consumer.append(i % 2, query(i))
     with running(pipeline) as task:
         await until(lambda: len(producer.sent) == 6)
+        assert telemetry.health.readiness() == (True, "ready: route table caught up, 2 partitions assigned")
         rebalance = asyncio.create_task(consumer.rebalance({P1}))
         # the revoke handler says "rebalancing", then waits for the unacknowledged batches
         await until(lambda: telemetry.health.readiness()[1] == "rebalancing")
@@ -194,6 +196,7 @@ async def test_revoke_finishes_and_commits_in_flight_work_first(
         assert consumer.commits == []
         producer.hold.set()
         await asyncio.wait_for(rebalance, 5)
+        assert telemetry.health.readiness() == (True, "ready: route table caught up, 1 partition assigned")
         assert consumer.commits[-1] == {P0: 3, P1: 3}
         consumer.append(1, query(6))
         await until(lambda: consumer.committed.get(P1) == 4)
@@ -240,7 +243,7 @@ async def test_a_router_that_fails_on_every_query_stops_the_pipeline_loudly(
     assert consumer.commits == []
     assert producer.sent == []  # nothing dead-lettered: the whole stream would have been
     assert not producer.started
-    assert not telemetry.health.liveness()
+    assert not telemetry.health.liveness()[0]
 
 
 async def test_a_query_the_router_fails_on_is_dead_lettered_and_the_rest_of_its_batch_routed(

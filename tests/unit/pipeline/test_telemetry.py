@@ -1,10 +1,10 @@
-"""Telemetry: the closed list of metrics, Prometheus text, W3C propagation, health state."""
+"""Telemetry: the closed list of metrics, their Prometheus names, W3C propagation."""
 
 from __future__ import annotations
 
-import re
-
+import pytest
 from opentelemetry import trace
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker.telemetry import (
     METRICS,
@@ -23,7 +23,7 @@ def test_every_metric_name_has_one_spec_and_a_routeworker_prefix() -> None:
     assert all(name.startswith("routeworker.") for name in MetricName)
 
 
-def test_prometheus_text_holds_counters_histograms_and_gauges(telemetry: Telemetry) -> None:
+def test_prometheus_names_follow_the_conventions(telemetry: Telemetry) -> None:
     metrics = telemetry.metrics
     metrics.decisions(routed=3, no_match=1)
     metrics.dead_lettered("invalid_json", 2)
@@ -31,24 +31,38 @@ def test_prometheus_text_holds_counters_histograms_and_gauges(telemetry: Telemet
     metrics.end_to_end_ms([12.0, 40.0])
     metrics.consumer_lag("queries", 1, 17)
     metrics.cache_lookups(hits=3, misses=1)
+    metrics.mutation_apply_lag([0.3])
+    value = telemetry.registry.get_sample_value
+    assert value("routeworker_queries_routed_total") == 3
+    assert value("routeworker_queries_no_match_total") == 1
+    assert value("routeworker_queries_dead_lettered_total", {"error_code": "invalid_json"}) == 2
+    # durations in seconds, the Prometheus base unit
+    assert value("routeworker_query_latency_seconds_bucket", {"le": "0.02"}) == 1
+    assert value("routeworker_query_latency_seconds_bucket", {"le": "+Inf"}) == 2
+    assert value("routeworker_query_latency_seconds_sum") == pytest.approx(0.052)
+    assert value("routeworker_mutations_apply_lag_seconds_count") == 1
+    assert value("routeworker_consumer_lag", {"partition": "1", "topic": "queries"}) == 17
+    assert value("routeworker_cache_hit_ratio") == 0.75
+    assert value("routeworker_replica_ready") == 0
     text = telemetry.metrics_text()
-    assert "routeworker_queries_routed_total 3\n" in text
-    assert "routeworker_queries_no_match_total 1\n" in text
-    assert 'routeworker_queries_dead_lettered_total{error_code="invalid_json"} 2\n' in text
-    assert 'routeworker_query_latency_bucket{le="20"} 1\n' in text
-    assert 'routeworker_query_latency_bucket{le="+Inf"} 2\n' in text
-    assert "routeworker_query_latency_count 2\n" in text
-    assert 'routeworker_consumer_lag{partition="1",topic="queries"} 17\n' in text
-    assert "routeworker_cache_hit_ratio 0.75\n" in text
     assert "# TYPE routeworker_batch_size histogram\n" in text
-    # every sample line is name{labels} value
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            assert re.fullmatch(r"[a-z_]+(\{[^}]*\})? [-+0-9.eInf]+", line), line
+    assert "otel_scope_name" not in text  # one target_info series carries the resource instead
+    assert 'target_info{service_instance_id="replica-test"' in text
+    # the text parses as Prometheus exposition
+    assert {f.name for f in text_string_to_metric_families(text)} >= {"routeworker_queries_routed"}
 
 
-def test_nothing_recorded_renders_nothing_but_the_ratio_gauge_stays_silent(telemetry: Telemetry) -> None:
-    assert "hit_ratio" not in telemetry.metrics_text()
+def test_the_readiness_gauge_follows_health(telemetry: Telemetry) -> None:
+    health = telemetry.health
+    health.routes_caught_up()
+    health.partitions_assigned({("queries", 0)})
+    assert telemetry.registry.get_sample_value("routeworker_replica_ready") == 1
+    health.rebalance_started()
+    assert telemetry.registry.get_sample_value("routeworker_replica_ready") == 0
+
+
+def test_nothing_recorded_means_no_hit_ratio(telemetry: Telemetry) -> None:
+    assert telemetry.registry.get_sample_value("routeworker_cache_hit_ratio") is None
 
 
 def test_upstream_trace_context_is_extracted_from_headers_and_injected_again(telemetry: Telemetry) -> None:
@@ -70,14 +84,3 @@ def test_missing_or_garbled_traceparent_gives_no_context() -> None:
 def test_trace_headers_are_replaced_not_duplicated() -> None:
     kept = without_trace_headers([("traceparent", b"a"), ("TraceState", b"b"), ("tenant", b"c")])
     assert kept == [("tenant", b"c")]
-
-
-def test_health_readiness_and_liveness(telemetry: Telemetry) -> None:
-    health = telemetry.health
-    assert health.liveness()
-    assert health.readiness() == (False, "starting")
-    health.set_state("consuming", ready=True)
-    assert health.readiness() == (True, "consuming")
-    health.fail("broker gone")
-    assert not health.liveness()
-    assert health.readiness() == (False, "failed: broker gone")

@@ -23,6 +23,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     topic: str = "route-mutations"
+    timestamp: int = -1
 
 
 def upsert(partition: int, offset: int, name: str, *utterances: str) -> Record:

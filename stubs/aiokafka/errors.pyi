@@ -1,5 +1,7 @@
 from typing import Any
 
+def for_code(error_code: int) -> type[BrokerResponseError]: ...
+
 class KafkaError(RuntimeError):
     retriable: bool
     invalid_metadata: bool

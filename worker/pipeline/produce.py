@@ -72,6 +72,7 @@ class _Entry:
     alone: bool = False  # the latest send had nothing else in flight
     seq: int = -1  # when its latest copy was sent (a counter): copies land in this order
     suspect: bool = False  # refused as too large in a batch, not yet alone
+    last_error: BaseException | None = None  # the latest failure judged, for the stop message
     code: ErrorCode | None = None  # set once the record was replaced by its query's dead letter
 
     @property
@@ -324,6 +325,7 @@ class Delivery:
             if error is None:
                 continue  # never sent: it waited behind one refused up front
             remedy = remedy_for(error)
+            entry.last_error = error
             self._metrics.produce_error(remedy.value, type(error).__name__)
             if remedy is Remedy.STOP:
                 raise self._stop(
@@ -392,6 +394,7 @@ class Delivery:
 
     def _overdue(self, entry: _Entry, error: BaseException | None = None) -> str:
         self._metrics.produce_error(Remedy.STOP.value, "deadline")
+        error = error or entry.last_error
         last = f" (last error: {describe(error)})" if error is not None else ""
         return (
             f"an output record for topic {entry.record.topic} is still unacknowledged after "

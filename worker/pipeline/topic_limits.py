@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, for_code
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from worker.config import Settings
@@ -88,13 +88,14 @@ async def read_topic_limits(settings: Settings, topics: Iterable[str]) -> TopicL
         return TopicLimits()
     finally:
         await admin.close()
-    limits = _parse(answers)
+    limits, refusals = _parse(answers)
     for name in names:
         if name not in limits:
             logger.warning(
-                "cannot read %s of topic %s: assuming %d bytes",
+                "cannot read %s of topic %s (%s): assuming %d bytes",
                 MAX_MESSAGE_BYTES,
                 name,
+                refusals.get(name, "not answered"),
                 DEFAULT_MAX_MESSAGE_BYTES,
             )
     logger.info(
@@ -103,14 +104,17 @@ async def read_topic_limits(settings: Settings, topics: Iterable[str]) -> TopicL
     return TopicLimits(limits)
 
 
-def _parse(answers: Iterable[Any]) -> dict[str, int]:
-    """``{topic: max.message.bytes}`` from DescribeConfigs responses (resources in error are left out)."""
+def _parse(answers: Iterable[Any]) -> tuple[dict[str, int], dict[str, str]]:
+    """``{topic: max.message.bytes}`` from DescribeConfigs responses, and why a topic has none
+    (``{topic: error class}``: UnknownTopicOrPartitionError, TopicAuthorizationFailedError...)."""
     limits: dict[str, int] = {}
+    refusals: dict[str, str] = {}
     for answer in answers:
         for error_code, _message, _type, name, entries in (tuple(r)[:5] for r in answer.resources):
             if error_code != _NO_ERROR:
+                refusals[name] = for_code(error_code).__name__
                 continue
             for entry in entries:
                 if entry[0] == MAX_MESSAGE_BYTES and entry[1] is not None:
                     limits[name] = int(entry[1])
-    return limits
+    return limits, refusals

@@ -10,7 +10,11 @@ Per-key order, retries included:
 
 - With an idempotent producer the client retries in order by itself (a record never overtakes an
   earlier one of its partition), so nothing reaches this step but sends refused up front, records
-  too large, a broken sequence, and errors that stop the replica.
+  too large, a broken sequence, and errors that stop the replica. A send refused up front (the
+  client's buffer for its partition stayed full for ``request_timeout_ms``, as while a broker is
+  down) has no sequence number at all: so once any send failed, records of later batches are not
+  handed to the client either until recovery has sent the failed one again; they wait in the
+  window and recovery sends them after it.
 - Without one (a broker that refuses idempotence), a batch that expired unacknowledged may be
   followed by a later batch of its partition that went through. So recovery re-sends the failed
   record *and every later record of its key* (acknowledged ones too), in order: the failed record
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -145,6 +149,9 @@ class Delivery:
         self._fatal: ProduceError | None = None
         self._sends = 0
         self._recovering = False  # the window keeps acknowledged records until recovery ends
+        # a send failed and recovery has not yet sent it again: new records wait in the window
+        # (recovery sends them, in order), or they would land before it
+        self._held = False
 
     def __len__(self) -> int:
         """Records in the window (from the oldest unacknowledged one on)."""
@@ -156,7 +163,8 @@ class Delivery:
         """Hand ``records`` to the producer in order (returns before they are acknowledged).
 
         A record that cannot fit its topic is replaced by its query's dead letter at once. A send
-        refused up front leaves it and the records after it to recovery, so none overtakes it.
+        refused up front leaves it and the records after it to recovery, so none overtakes it; so
+        does any failed send not yet recovered (the records of later batches wait behind it too).
         """
         async with self._lock:
             self._raise_if_fatal()
@@ -167,9 +175,10 @@ class Delivery:
                 entry.released.add_done_callback(_retrieve)
             self._window.extend(entries)
             for entry in entries:
+                if self._held:
+                    break  # left due: recovery sends it after the failed ones
                 if not await self._send(entry, alone=False):
-                    self._trouble.set()
-                    break
+                    self._hold()
             return Sending(entries)
 
     async def confirm(self, sending: Sending) -> DeliveryReport:
@@ -229,10 +238,15 @@ class Delivery:
         if attempt is not entry.attempt:
             return  # an earlier send, since replaced
         if _failure(attempt) is not None:
-            self._trouble.set()
+            self._hold()
             return
         if not self._recovering:
             self._release()
+
+    def _hold(self) -> None:
+        """A send failed: hold new records back until recovery has sent it again."""
+        self._held = True
+        self._trouble.set()
 
     def _release(self) -> None:
         """Let go of the acknowledged records at the head of the window: their batches may finish."""
@@ -298,6 +312,7 @@ class Delivery:
                         continue
                     late = self._out_of_order()
                     if not late:
+                        self._held = False  # every record is sent: new ones go out at once
                         return
                     await self._resend(late)
             finally:
@@ -319,6 +334,9 @@ class Delivery:
     def _judge(self, failed: Iterable[_Entry]) -> set[Remedy]:
         """Apply the policy to each failed send; raise if the replica must stop."""
         remedies: set[Remedy] = set()
+        # one warning per remedy and kind of error for the round, not one per record
+        seen: Counter[tuple[Remedy, str]] = Counter()
+        example: dict[tuple[Remedy, str], str] = {}
         now = self._clock()
         for entry in failed:
             error = entry.error
@@ -326,6 +344,9 @@ class Delivery:
                 continue  # never sent: it waited behind one refused up front
             remedy = remedy_for(error)
             entry.last_error = error
+            kind = (remedy, type(error).__name__)
+            seen[kind] += 1
+            example.setdefault(kind, describe(error))
             self._metrics.produce_error(remedy.value, type(error).__name__)
             if remedy is Remedy.STOP:
                 raise self._stop(
@@ -340,6 +361,8 @@ class Delivery:
                 entry.suspect = True  # refused in a batch: sent alone to tell
             remedies.add(remedy)
             entry.attempt, entry.refused = None, None
+        for kind, count in seen.items():
+            logger.warning("%d output records failed (%s): %s", count, kind[0].value, example[kind])
         return remedies
 
     def _rewound(self) -> list[_Entry]:

@@ -159,6 +159,31 @@ async def test_a_send_refused_up_front_holds_back_the_records_after_it(
     assert values(producer.acked) == ["intent-0", "intent-1", "intent-2"]
 
 
+async def test_no_later_batch_overtakes_a_send_refused_up_front(
+    telemetry: Telemetry, running: Callable[[Delivery], Delivery]
+) -> None:
+    """A batch handed over right after a refusal (before recovery ran: the broker came back
+    meanwhile) waits in the window too: it would otherwise land before the refused record of its
+    key, whatever the producer's idempotence (a record refused up front has no sequence number)."""
+
+    class Refusing(FakeProducer):
+        refusals = 1
+
+        async def send(self, topic, value, key=None, headers=None):  # type: ignore[no-untyped-def]
+            if value.startswith(b"intent-1") and self.refusals:
+                self.refusals -= 1
+                raise KafkaTimeoutError("batch full while the broker was away")
+            return await super().send(topic, value, key=key, headers=headers)
+
+    producer = Refusing()
+    sender = running(delivery(await opened(producer), telemetry))
+    first = await sender.enqueue([outbound(0), outbound(1), outbound(2)])
+    second = await sender.enqueue([outbound(3), outbound(4)])  # recovery has not run yet
+    await asyncio.wait_for(asyncio.gather(sender.confirm(first), sender.confirm(second)), 5)
+    assert values(producer.sent) == [f"intent-{i}" for i in range(5)]  # in order, once each
+    assert values(producer.acked) == [f"intent-{i}" for i in range(5)]
+
+
 async def test_a_non_retriable_error_stops_at_once_and_is_counted(
     telemetry: Telemetry, running: Callable[[Delivery], Delivery]
 ) -> None:

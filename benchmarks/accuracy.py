@@ -2,177 +2,130 @@
 
     .venv/bin/python benchmarks/accuracy.py [--datasets ../shared/datasets] [--out benchmarks/results]
 
-Every text is embedded once with routeworker's encoder (all-MiniLM-L6-v2 fp32 by default) and
-both routers get the same vectors; semantic-router (PyPI, pinned) runs in its own virtualenv.
-Writes ``accuracy.json`` (checksums, model, versions, machine, settings, every figure) and
-``accuracy.md`` (the table).
+Two protocols, every router on the same vectors (all-MiniLM-L6-v2 fp32 by default; semantic-router
+1.1.1 runs in its own virtualenv):
+
+- **few-shot**: k = 5, 10, 20 utterances per intent drawn from the route pool (Banking77: train
+  without the fit slice; CLINC150: in-scope train), 5 seeds each, mean ± std over the seeds;
+- **full**: routes = every train utterance, as before.
+
+Each is run with no labelled data (routeworker's served defaults: the self-fit calibration that
+`routeworker routes apply` publishes) and with the fit split (routeworker fitted, semantic-router's
+own fit). Test = the full test split (CLINC150: with its 1,000 out-of-scope queries). Nothing is
+chosen on test data. Writes ``accuracy.json`` (checksums, model, versions, machine, every figure,
+every calibration's choices and cross-validated estimates), ``accuracy.md`` (the tables) and
+``accuracy.png`` (accuracy against k, drawn from the JSON by ``plot_accuracy.py``), and replaces
+the README's accuracy tables (between ``<!-- accuracy-table:begin -->`` and ``...:end -->``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets import Dataset, Split, banking77, clinc150
-from envs import run_semantic_router
+from accuracy_report import render_markdown, summarise
+from accuracy_runs import SR_DEFAULT, SR_FITTED, evaluate_run, sample_rows
+from datasets import Dataset, banking77, clinc150
+from envs import run_plot, run_semantic_router
 from machine import machine_info
 from metrics import report
+from readme import regenerate
 from rich.console import Console
-from rich.table import Table
 from vectors import VectorCache
 
 from worker.config import load_settings
 from worker.embedding import EncoderPool
 from worker.embedding.model import resolve_model
-from worker.routing import Route, Router, RouteTable, RouteVectors, ScoringConfig, fit_thresholds
-from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight
-from worker.routing.head import HeadConfig, train_head
 
 REPO = Path(__file__).resolve().parents[1]
 console = Console(width=150)
+SHOTS = (5, 10, 20)
+SEEDS = (0, 1, 2, 3, 4)
 
 
-def build_table(split: Split, vectors: np.ndarray, fingerprint: str) -> RouteTable:
-    rows: dict[str, list[int]] = {}
-    for i, label in enumerate(split.labels):
-        assert label is not None
-        rows.setdefault(label, []).append(i)
-    routes = [
-        RouteVectors(
-            Route(name, tuple(split.texts[i] for i in idx)),
-            vectors[idx],
-            np.zeros((0, vectors.shape[1]), np.float32),
-            fingerprint,
-        )
-        for name, idx in sorted(rows.items())
-    ]
-    return RouteTable.from_routes(routes, (), vectors.shape[1], fingerprint)
+def run_specs(ds: Dataset, shots: tuple[int, ...], seeds: tuple[int, ...]) -> list[dict[str, object]]:
+    """Every run of a dataset: few-shot (k, seed) route sets, then the full route set."""
+    held = set(ds.held_out_route_rows)
+    pool = [i for i in range(len(ds.routes)) if i not in held]
+    specs: list[dict[str, object]] = [
+        {"name": f"k{k}-seed{seed}", "k": k, "seed": seed,
+         "route_rows": sample_rows(ds.routes.labels, pool, k, seed), "fit_excluded_rows": []}
+        for k in shots for seed in seeds
+    ]  # fmt: skip
+    specs.append(
+        {"name": "full", "k": None, "seed": None, "route_rows": list(range(len(ds.routes))),
+         "fit_excluded_rows": sorted(held)}
+    )  # fmt: skip
+    return specs
 
 
-def predict(router: Router, vectors: np.ndarray) -> list[str | None]:
-    return [d.route for d in router.decide(vectors, 1)]
-
-
-def nearest_utterance(routes: Split, route_vecs: np.ndarray, test_vecs: np.ndarray) -> list[str | None]:
-    """The plain baseline: the route of the single most similar utterance, no threshold."""
-    best = np.argmax(test_vecs @ route_vecs.T, axis=1)
-    return [routes.labels[i] for i in best]
-
-
-def fit_figures(fitted: FittedThresholds) -> dict[str, object]:
-    """What the fit chose and the fit-split figures it chose by (never test)."""
-
-    def figures(m: FitMetrics | None) -> dict[str, float | int] | None:
-        return asdict(m) if m is not None else None
-
-    return {
-        "default": fitted.default,
-        "margin": fitted.margin,
-        "per_route": len(fitted.per_route),
-        "fit_split_before": figures(fitted.before),
-        "fit_split_after_in_sample": figures(fitted.after),
-        "fit_split_cross_validated": figures(fitted.cross_validated),
-    }
-
-
-def evaluate(ds: Dataset, cache: VectorCache, fingerprint: str, with_sr: bool) -> dict[str, object]:
+def evaluate(
+    ds: Dataset,
+    cache: VectorCache,
+    fingerprint: str,
+    *,
+    shots: tuple[int, ...],
+    seeds: tuple[int, ...],
+    with_sr: bool,
+    reused_sr: dict[str, Any] | None = None,
+) -> dict[str, object]:
     vec = {
         "routes": cache.embed(ds.routes.texts, f"{ds.name}-routes"),
         "fit": cache.embed(ds.fit.texts, f"{ds.name}-fit"),
         "test": cache.embed(ds.test.texts, f"{ds.name}-test"),
     }
-    results: dict[str, dict[str, float | int]] = {}
-    timings: dict[str, float] = {}
-    results["nearest utterance (no threshold)"] = report(
-        nearest_utterance(ds.routes, vec["routes"], vec["test"]), ds.test.labels
-    )
-    config = ScoringConfig()
-    table = build_table(ds.routes, vec["routes"], fingerprint)
-    results["routeworker (defaults)"] = report(predict(Router(table, config), vec["test"]), ds.test.labels)
-
-    held = set(ds.held_out_route_rows)
-    keep = [i for i in range(len(ds.routes)) if i not in held]
-    fitting_table = build_table(ds.fitting_routes(), vec["routes"][keep], fingerprint)
-    started = time.perf_counter()
-    fitted = fit_thresholds(Router(fitting_table, config), vec["fit"], ds.fit.labels)
-    timings["routeworker_fit_s"] = time.perf_counter() - started
-    results["routeworker (fitted)"] = report(
-        predict(Router(table, config, fitted), vec["test"]), ds.test.labels
-    )
-    # Head: trained on the fitting routes, weight + thresholds chosen on the fit split only; the
-    # served head is then retrained (same settings) on all routes.
-    head_config = HeadConfig()
-    started = time.perf_counter()
-    fitting_head = train_head(fitting_table.snapshot().routes(), head_config)
-    timings["head_train_fitting_routes_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    head_router, head_fitted = fit_head_weight(
-        Router(fitting_table, config, None, fitting_head), vec["fit"], ds.fit.labels
-    )
-    timings["head_fit_s"] = time.perf_counter() - started
-    chosen_cv = head_fitted.cross_validated
-    console.print(
-        f"{ds.name}: head weight {head_router.config.head_weight:.2f} chosen on the fit split"
-        + (f" (cross-validated accuracy {chosen_cv.accuracy:.4f})" if chosen_cv else "")
-    )
-    started = time.perf_counter()
-    head = train_head(table.snapshot().routes(), head_config)
-    timings["head_train_all_routes_s"] = time.perf_counter() - started
-    results["routeworker (fitted + head)"] = report(
-        predict(Router(table, head_router.config, head_fitted, head), vec["test"]), ds.test.labels
-    )
+    specs = run_specs(ds, shots, seeds)
+    runs: dict[str, dict[str, object]] = {}
+    for spec in specs:
+        started = time.perf_counter()
+        body = evaluate_run(ds, spec["route_rows"], vec, fingerprint,  # type: ignore[arg-type]
+                            fit_excluded_rows=spec["fit_excluded_rows"])  # type: ignore[arg-type]  # fmt: skip
+        body.update(k=spec["k"], seed=spec["seed"], seconds=time.perf_counter() - started)
+        body["route_rows_digest"] = _rows_digest(spec["route_rows"])  # type: ignore[arg-type]
+        runs[str(spec["name"])] = body
+        served = body["results"]["routeworker served defaults (self-fit, no labels)"]  # type: ignore[index]
+        console.print(f"{ds.name} {spec['name']}: served defaults accuracy {served['accuracy']:.4f} "
+                      f"({body['seconds']:.0f}s)")  # fmt: skip
     sr_info: dict[str, object] = {}
-    if with_sr:
+    if reused_sr is not None:
+        # semantic-router's answers from an earlier run of the same protocol on the same vectors
+        for name, body in runs.items():
+            previous = reused_sr["runs"][name]
+            # the same rows (older results did not record them: sampling is seeded and deterministic)
+            assert previous["route_rows_digest"] in (None, body["route_rows_digest"]), name
+            body["results"].update(previous["results"])  # type: ignore[union-attr]
+            body["semantic_router_fit_report"] = previous["fit_report"]
+        sr_info = {**reused_sr["info"], "reused": True}
+    elif with_sr:
+        wanted = [{k: spec[k] for k in ("name", "route_rows", "fit_excluded_rows")} for spec in specs]
         with tempfile.TemporaryDirectory() as tmp:
-            sr = run_semantic_router(ds, vec, Path(tmp))
-        results["semantic-router (defaults)"] = report(sr["default"], ds.test.labels)
-        results["semantic-router (own fit)"] = report(sr["fitted"], ds.test.labels)
-        sr_info = {"version": sr["version"], "fit_report": sr["fit_report"], "seconds": sr["seconds"]}
+            sr = run_semantic_router(ds, vec, wanted, Path(tmp))
+        for name, out in sr["runs"].items():
+            results = runs[name]["results"]
+            results[SR_DEFAULT] = report(out["default"], ds.test.labels)  # type: ignore[index]
+            results[SR_FITTED] = report(out["fitted"], ds.test.labels)  # type: ignore[index]
+            runs[name]["semantic_router_fit_report"] = out["fit_report"]
+        sr_info = {"version": sr["version"], "seconds": sr["seconds"]}
     return {
         "protocol": ds.protocol,
+        "few_shot_protocol": f"k in {list(shots)} utterances per intent from the route pool (routes minus "
+        f"rows held out for fitting), seeds {list(seeds)}; test = the full test split",
         "checksums": ds.checksums,
-        "results": results,
-        "timings": timings,
-        "fitted": fit_figures(fitted),
-        "scoring_config": asdict(config),
-        "head": {
-            "config": asdict(head_config),
-            "scoring_config": asdict(head_router.config),
-            "chosen_head_weight": head_router.config.head_weight,
-            "head_weight_selection": "highest 5-fold cross-validated accuracy on the fit split",
-            "fit_split_cross_validated_by_weight": {
-                f"{c.head_weight:.2f}": asdict(c.cross_validated) for c in head_fitted.head_weights
-            },
-            "fitted": fit_figures(head_fitted),
-        },
+        "runs": runs,
+        "summary": summarise(runs),
         "semantic_router": sr_info,
     }
-
-
-def render(all_results: dict[str, dict[str, object]]) -> tuple[Table, str]:
-    cols = ["accuracy", "in_scope_accuracy", "oos_recall", "oos_precision", "macro_f1"]
-    table = Table(title="routing accuracy (same vectors)")
-    md = ["| dataset | router | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
-    for name in ("dataset", "router", *cols):
-        table.add_column(name, justify="left" if name in ("dataset", "router") else "right")
-    for ds_name, body in all_results.items():
-        results = body["results"]
-        assert isinstance(results, dict)
-        for router, figures in results.items():
-            cells = [f"{figures[c]:.4f}" if c in figures else "" for c in cols]
-            table.add_row(ds_name, router, *cells)
-            md.append(f"| {ds_name} | {router} | " + " | ".join(cells) + " |")
-    return table, "\n".join(md) + "\n"
 
 
 def main() -> int:
@@ -183,20 +136,39 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--no-semantic-router", action="store_true", help="skip the comparison")
     parser.add_argument("--only", choices=["banking77", "clinc150"], default=None)
+    parser.add_argument(
+        "--shots", type=int, nargs="*", default=list(SHOTS), help="k values (default 5 10 20)"
+    )
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per k (default 5)")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
+    parser.add_argument(
+        "--from-json",
+        action="store_true",
+        help="only redraw accuracy.md, accuracy.png and the README from --out",
+    )
+    parser.add_argument(
+        "--reuse-semantic-router",
+        action="store_true",
+        help="take semantic-router's answers from --out/accuracy.json (same runs, same vectors)",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        publish(args.out, readme=not args.no_readme)
+        return 0
 
     settings = load_settings()
     spec = resolve_model(settings)
     encoder = EncoderPool(spec, pool_size=1)
     cache = VectorCache(encoder, settings.cache_dir / "bench-vectors")
     loaders = {"banking77": lambda: banking77(args.datasets), "clinc150": lambda: clinc150(args.datasets)}
+    shots, seeds = tuple(args.shots), tuple(range(args.seeds))
+    reused = _semantic_router_answers(args.out / "accuracy.json") if args.reuse_semantic_router else {}
     results = {
-        name: evaluate(load(), cache, encoder.fingerprint, not args.no_semantic_router)
+        name: evaluate(load(), cache, encoder.fingerprint, shots=shots, seeds=seeds,
+                       with_sr=not args.no_semantic_router, reused_sr=reused.get(name))
         for name, load in loaders.items()
         if args.only in (None, name)
-    }
-    table, markdown = render(results)
-    console.print(table)
+    }  # fmt: skip
     manifest = {
         "benchmark": "accuracy",
         "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
@@ -206,10 +178,49 @@ def main() -> int:
         "datasets": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "accuracy.json").write_text(json.dumps(manifest, indent=2, default=str))
-    (args.out / "accuracy.md").write_text(markdown)
-    console.print(f"wrote {args.out / 'accuracy.json'} and accuracy.md")
+    (args.out / "accuracy.json").write_text(json.dumps(manifest, indent=1, default=_plain))
+    publish(args.out, readme=not args.no_readme)
     return 0
+
+
+def publish(out: Path, *, readme: bool) -> None:
+    """accuracy.md, accuracy.png and the README's accuracy block, all from accuracy.json."""
+    json_path = out / "accuracy.json"
+    markdown = render_markdown(json.loads(json_path.read_text()))
+    (out / "accuracy.md").write_text(markdown)
+    run_plot(json_path, out / "accuracy.png")
+    if readme:
+        readme_file = REPO / "README.md"
+        readme_file.write_text(regenerate(readme_file.read_text()))
+    console.print(markdown)
+    console.print(f"wrote {out / 'accuracy.md'} and {out / 'accuracy.png'} from {json_path}")
+
+
+def _rows_digest(rows: list[int]) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _semantic_router_answers(path: Path) -> dict[str, dict[str, Any]]:
+    """Per dataset: semantic-router's figures of every run in an earlier accuracy.json."""
+    manifest = json.loads(path.read_text())
+    out: dict[str, dict[str, Any]] = {}
+    for dataset, body in manifest["datasets"].items():
+        runs = {
+            name: {
+                "route_rows_digest": run.get("route_rows_digest"),
+                "results": {k: v for k, v in run["results"].items() if k in (SR_DEFAULT, SR_FITTED)},
+                "fit_report": run.get("semantic_router_fit_report"),
+            }
+            for name, run in body["runs"].items()
+        }
+        out[dataset] = {"runs": runs, "info": body["semantic_router"]}
+    return out
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.floating | np.integer):
+        return value.item()
+    return str(value)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,14 @@ def ensure_env(name: str, requirements: list[str]) -> Path:
     return python
 
 
-def run_semantic_router(ds: Dataset, vec: dict[str, np.ndarray], tmp: Path) -> dict[str, Any]:
-    """Run benchmarks/sr_runner.py in semantic-router's env on routeworker's vectors."""
+def run_semantic_router(
+    ds: Dataset, vec: dict[str, np.ndarray], runs: list[dict[str, Any]], tmp: Path
+) -> dict[str, Any]:
+    """Run benchmarks/sr_runner.py in semantic-router's env on routeworker's vectors.
+
+    ``runs``: ``{"name", "route_rows", "fit_excluded_rows"}`` each, rows into ``ds.routes``.
+    Returns ``{"version", "runs": {name: {"default", "fitted", "fit_report"}}, "seconds"}``.
+    """
     python = ensure_env("semantic-router-1.1.1", [SEMANTIC_ROUTER])
     meta = {
         "routes_texts": ds.routes.texts,
@@ -42,7 +48,7 @@ def run_semantic_router(ds: Dataset, vec: dict[str, np.ndarray], tmp: Path) -> d
         "fit_texts": ds.fit.texts,
         "fit_labels": ds.fit.labels,
         "test_texts": ds.test.texts,
-        "fit_route_rows_excluded": list(ds.held_out_route_rows),
+        "runs": runs,
     }
     np.savez(
         tmp / "input.npz",
@@ -57,3 +63,12 @@ def run_semantic_router(ds: Dataset, vec: dict[str, np.ndarray], tmp: Path) -> d
     out: dict[str, Any] = json.loads((tmp / "out.json").read_text())
     out["seconds"] = time.perf_counter() - started
     return out
+
+
+PLOTTING = "matplotlib==3.10.3"
+
+
+def run_plot(results: Path, out: Path) -> None:
+    """Draw benchmarks/plot_accuracy.py's figure from ``results`` (accuracy.json) into ``out``."""
+    python = ensure_env("plot-matplotlib-3.10.3", [PLOTTING])
+    subprocess.run([str(python), str(HERE / "plot_accuracy.py"), str(results), str(out)], check=True)

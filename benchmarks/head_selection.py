@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from accuracy import build_table
+from accuracy_runs import build_table
 from datasets import Split, banking77, clinc150, stratified_slice
 from machine import machine_info
 from rich.console import Console

@@ -2,8 +2,10 @@
 
 ``python sr_runner.py IN.npz OUT.json``: the input holds the route utterances, the fit and test
 examples and their vectors, all made by routeworker's encoder, so semantic-router routes with
-exactly the same embeddings. Its public API only: ``IndexedRouter`` with default settings, then
-its own ``fit`` (Platt calibration) and the confidence threshold its README recommends (0.5).
+exactly the same embeddings, and a list of runs: which route rows each run's routes are, and which
+of them to leave out while fitting. Its public API only: ``IndexedRouter`` with default settings,
+then its own ``fit`` (Platt calibration) on the fit examples and the confidence threshold its
+README recommends (0.5). One process serves every run of a dataset (the import is the slow part).
 """
 
 from __future__ import annotations
@@ -47,19 +49,14 @@ async def predict(router: IndexedRouter, texts: list[str]) -> list[str | None]:
     return out
 
 
-def main() -> int:
-    data = np.load(sys.argv[1], allow_pickle=False)
-    meta = json.loads(str(data["meta"]))
-    encoder = PrecomputedEncoder()
-    for key in ("routes", "fit", "test"):
-        for text, vec in zip(meta[f"{key}_texts"], data[f"{key}_vectors"], strict=True):
-            encoder.table[text] = vec.tolist()
-    routes = build(encoder, meta["routes_texts"], meta["routes_labels"])
-    result = {"version": semantic_router.__version__}
-    result["default"] = asyncio.run(predict(routes, meta["test_texts"]))
-    # fit on held-out examples (the fit rows are left out of the routes while fitting)
-    held = set(meta["fit_route_rows_excluded"])
-    keep = [i for i in range(len(meta["routes_texts"])) if i not in held]
+def run(encoder: PrecomputedEncoder, meta: dict, spec: dict) -> dict:
+    texts = [meta["routes_texts"][i] for i in spec["route_rows"]]
+    labels = [meta["routes_labels"][i] for i in spec["route_rows"]]
+    routes = build(encoder, texts, labels)
+    result: dict[str, object] = {"default": asyncio.run(predict(routes, meta["test_texts"]))}
+    # fit with the rows that are fit examples too left out of the routes (never match themselves)
+    held = set(spec["fit_excluded_rows"])
+    keep = [i for i in spec["route_rows"] if i not in held]
     fitting = build(
         encoder, [meta["routes_texts"][i] for i in keep], [meta["routes_labels"][i] for i in keep]
     )
@@ -73,8 +70,19 @@ def main() -> int:
         "accuracy": report.accuracy,
         "ece": report.ece,
     }
+    return result
+
+
+def main() -> int:
+    data = np.load(sys.argv[1], allow_pickle=False)
+    meta = json.loads(str(data["meta"]))
+    encoder = PrecomputedEncoder()
+    for key in ("routes", "fit", "test"):
+        for text, vec in zip(meta[f"{key}_texts"], data[f"{key}_vectors"], strict=True):
+            encoder.table[text] = vec.tolist()
+    results = {spec["name"]: run(encoder, meta, spec) for spec in meta["runs"]}
     with open(sys.argv[2], "w") as fh:
-        json.dump(result, fh)
+        json.dump({"version": semantic_router.__version__, "runs": results}, fh)
     return 0
 
 

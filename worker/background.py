@@ -1,6 +1,6 @@
 """Background work yields the CPU to queries: a lower scheduling priority for its threads.
 
-Applying route mutations, rebuilding the index and training the head are background work; on a
+Applying route mutations (and decoding calibrations) and rebuilding the index are background work; on a
 small machine they share cores with the encoder and the event loop. Linux schedules threads
 individually, so a thread can lower its own priority (raise its niceness) without touching the
 rest of the process. Elsewhere this is a no-op.

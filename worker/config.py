@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(
         2, ge=0, description="Producer linger: batches acks of one batch of intents."
     )
-    kafka_compression: Literal["none", "gzip"] = Field("none", description="Producer compression.")
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="Compression of the records this replica produces."
+    )
     kafka_idempotence: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Idempotent producer (per-key order through retries): auto = where the broker allows it.",
@@ -124,29 +126,44 @@ class Settings(BaseSettings):
     routing_search_k: int = Field(32, ge=1, le=1024, description="Nearest utterances retrieved per query.")
     routing_top_k: int = Field(5, ge=1, le=1024, description="Best utterances per route in its score.")
     routing_default_threshold: float = Field(
-        0.5, ge=-1.0, le=1.0, description="Threshold of routes without their own (`fit` prints one)."
+        0.5,
+        ge=-1.0,
+        le=1.0,
+        description="Threshold of routes without their own while no calibration is in service.",
     )
     routing_margin: float = Field(
-        0.0, ge=0.0, le=2.0, description="How much the winner must beat the runner-up by (fitted by `fit`)."
+        0.0, ge=0.0, le=2.0, description="How much the winner must beat the runner-up by, uncalibrated."
     )
     routing_head: bool = Field(
-        True, description="Train a softmax head on the route utterances in the background and blend it in."
+        True, description="Serve the learned head of the calibration in service; calibrations train one."
     )
     routing_head_weight: float | None = Field(
-        None, ge=0.0, le=1.0, description="Weight of the head's probability; unset = the engine's default."
+        None, ge=0.0, le=1.0, description="Overrides the calibrated weight of the head; unset = calibrated."
     )
     routing_head_max_routes: int = Field(
-        2_000, ge=1, description="Largest route table the head is trained for (training cost grows with it)."
+        2_000, ge=1, description="Largest route table a calibration trains a head for (cost grows with it)."
     )
-    routing_head_retrain_s: float = Field(
-        15.0, gt=0, description="How often a changed route table is checked for retraining the head."
+    routing_no_match_rate: float = Field(
+        0.02, ge=0.0, lt=1.0, description="Share of in-scope queries a self-fit threshold may refuse."
     )
     # --- state and process ---
     background_nice: int = Field(
-        10, ge=0, le=19, description="Niceness added to background threads (route apply, rebuild, head)."
+        10, ge=0, le=19, description="Niceness added to background threads (route apply, index rebuild)."
     )
     store_path: Path = Field(
         Path("var/routeworker.sqlite3"), description="SQLite route store of this replica."
+    )
+    overlay_max_rows: int = Field(
+        16_384,
+        ge=1,
+        description="Vectors the route table's write-ahead overlay may hold; beyond, live mutations "
+        "wait for the index rebuild (queries never wait).",
+    )
+    resume_margin_s: float = Field(
+        300.0,
+        ge=0,
+        description="A replica away from the mutation log longer than its delete.retention.ms less "
+        "this replays the whole log instead of resuming (covers clock skew and replication delay).",
     )
     replica_id: str = Field(default_factory=_default_replica_id, description="Names this replica in intents.")
     shutdown_timeout_s: float = Field(30.0, gt=0, description="Grace period to finish in-flight work.")

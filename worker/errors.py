@@ -19,9 +19,12 @@ class ErrorCode(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     WRONG_MODEL = "wrong_model"
     EMBEDDING_SHAPE = "embedding_shape"
+    EMBEDDING_FAILED = "embedding_failed"
     PROCESSING = "processing"
     ROUTING_FAILED = "routing_failed"
     INTENT_TOO_LARGE = "intent_too_large"
+    # a fetched record batch the Kafka client could not decode (corrupt, or an unknown codec)
+    UNDECODABLE_BATCH = "undecodable_batch"
 
 
 class ContractError(ValueError):

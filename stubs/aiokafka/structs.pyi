@@ -22,6 +22,10 @@ class OffsetAndMetadata(NamedTuple):
     offset: int
     metadata: str
 
+class OffsetAndTimestamp(NamedTuple):
+    offset: int
+    timestamp: int | None
+
 @dataclass
 class ConsumerRecord(Generic[KT, VT]):
     topic: str

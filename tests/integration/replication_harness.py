@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -11,10 +13,18 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from worker.config import Settings, load_settings
-from worker.contracts import RouteDefinition
+from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
-from worker.replication import RouteReplica, TopicSpec, ensure_topics
+from worker.replication import (
+    MutationPublisher,
+    ReplayReason,
+    ReplicaEvents,
+    RouteReplica,
+    TopicSpec,
+    ensure_topics,
+)
 from worker.replication.kafka import running
+from worker.replication.topics import mutation_topic_configs
 from worker.replication.vectors import shipped_vectors
 from worker.routing import RouteVectors
 from worker.routing.index import table_digest
@@ -27,10 +37,11 @@ def mutation_settings(bootstrap: str, **overrides: object) -> Settings:
     )
 
 
-async def create_mutation_topic(settings: Settings, partitions: int = 3) -> None:
-    await ensure_topics(
-        settings, [TopicSpec(settings.topic_mutations, partitions, {"cleanup.policy": "compact"})]
-    )
+async def create_mutation_topic(
+    settings: Settings, partitions: int = 3, configs: Mapping[str, str] | None = None
+) -> None:
+    topic_configs = {**mutation_topic_configs(settings), **(configs or {})}
+    await ensure_topics(settings, [TopicSpec(settings.topic_mutations, partitions, topic_configs)])
 
 
 async def produce_raw(settings: Settings, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
@@ -51,12 +62,38 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float = 20.0, what:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+def routes(count: int, prefix: str = "route", extra: str = "") -> list[RouteDefinition]:
+    """``count`` route definitions of every shape: negatives, thresholds, metadata."""
+    return [
+        RouteDefinition(
+            name=f"{prefix}-{i}",
+            utterances=[f"{prefix} {i} alpha {extra}", f"{prefix} {i} beta", f"question number {i}"],
+            negative_utterances=[f"not {prefix} {i}"] if i % 3 == 0 else [],
+            threshold=0.4 if i % 2 else None,
+            metadata={"index": i},
+        )
+        for i in range(count)
+    ]
+
+
+async def publish(settings: Settings, mutations: list[RouteMutation]) -> dict[int, int]:
+    """Publish mutations (acknowledged); returns the log positions after them."""
+    async with MutationPublisher(settings) as publisher:
+        return (await publisher.publish(mutations)).positions
+
+
 @asynccontextmanager
 async def replica_running(
-    settings: Settings, encoder: EncoderPool, store: Path, *, timeout_s: float = 30.0
+    settings: Settings,
+    encoder: EncoderPool,
+    store: Path,
+    *,
+    timeout_s: float = 30.0,
+    events: ReplicaEvents | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[RouteReplica]:
     """A replica replaying and tailing in the background, ready when the block starts."""
-    replica = RouteReplica(settings, encoder, store_path=store)
+    replica = RouteReplica(settings, encoder, store_path=store, events=events, clock=clock)
     task = asyncio.create_task(replica.run())
     try:
         ready = asyncio.create_task(replica.ready.wait())
@@ -79,3 +116,40 @@ def folded_digest(routes: Mapping[str, RouteDefinition], fingerprint: str, dim: 
         assert rv is not None, f"route {definition.name} carries no vectors of {fingerprint}"
         vectors.append(rv)
     return table_digest((rv.name, rv.digest) for rv in vectors)
+
+
+class RecordedEvents(ReplicaEvents):
+    """Replica events collected for assertions (thread-safe: some come from worker threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.replays: list[tuple[ReplayReason, str]] = []
+        self.replays_done: list[tuple[ReplayReason, int]] = []
+        self.skipped: list[tuple[str, int, int]] = []
+        self.unknown: int = 0
+        self.rebuilds: list[BaseException | None] = []
+        self.waits: list[float] = []
+
+    def full_replay(self, reason: ReplayReason, detail: str) -> None:
+        with self._lock:
+            self.replays.append((reason, detail))
+
+    def full_replay_done(self, reason: ReplayReason, routes: int, seconds: float) -> None:
+        with self._lock:
+            self.replays_done.append((reason, routes))
+
+    def mutation_skipped(self, code: str, partition: int, offset: int) -> None:
+        with self._lock:
+            self.skipped.append((code, partition, offset))
+
+    def unknown_fields(self, fields: int) -> None:
+        with self._lock:
+            self.unknown += fields
+
+    def index_rebuild(self, error: BaseException | None) -> None:
+        with self._lock:
+            self.rebuilds.append(error)
+
+    def apply_waited(self, seconds: float) -> None:
+        with self._lock:
+            self.waits.append(seconds)

@@ -51,6 +51,18 @@ def test_fit_prints_a_table_and_writes_thresholds(
     assert f"routing_margin {served.routing_margin:.4f}" in printed
 
 
+def test_fit_without_examples_self_fits_and_prints_its_estimate(
+    model_spec: ModelSpec, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["fit", "--routes", str(ROUTES)]) == 0
+    printed = capsys.readouterr().out
+    for shown in ("self-fit", "head weight", "threshold", "fallback threshold", "cross-validated on",
+                  "nearest utterance (baseline)", "in-scope refused"):  # fmt: skip
+        assert shown in printed
+    assert main(["fit", "--routes", str(ROUTES), "--write", str(tmp_path / "out.yaml")]) == 2
+    assert "--write needs --examples" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("csv_text", "message"),
     [("words,label\nhi,order_status\n", "text,label"), ("text,label\nhi,no_such_route\n", "no_such_route")],

@@ -5,28 +5,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from aiokafka.errors import OffsetOutOfRangeError
 from replication_harness import (
+    RecordedEvents,
     create_mutation_topic,
     folded_digest,
     mutation_settings,
     produce_raw,
+    publish,
     replica_running,
+    routes,
     wait_for,
 )
 
+import worker.routing.table as table_module
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation, encode
 from worker.embedding import EncoderPool, ModelSpec
 from worker.embedding.hashing import HashingSession, hashing_pool
 from worker.local.broker import LocalBroker
 from worker.replication import (
-    MutationPublisher,
+    ReplayReason,
     RouteReplica,
     TopicMissing,
     apply_routes,
@@ -35,8 +42,10 @@ from worker.replication import (
     route_of,
     with_embeddings,
 )
+from worker.replication.fold import LogRecord
+from worker.replication.log import MutationLog
 from worker.replication.vectors import embed_routes
-from worker.routing import RouteVectors, l2_normalise
+from worker.routing import EncoderError, Router, RouteVectors, l2_normalise
 
 pytestmark = pytest.mark.integration
 
@@ -52,79 +61,6 @@ async def settings(broker: LocalBroker) -> Settings:
     made = mutation_settings(broker.bootstrap)
     await create_mutation_topic(made)
     return made
-
-
-def routes(count: int, prefix: str = "route", extra: str = "") -> list[RouteDefinition]:
-    return [
-        RouteDefinition(
-            name=f"{prefix}-{i}",
-            utterances=[f"{prefix} {i} alpha {extra}", f"{prefix} {i} beta", f"question number {i}"],
-            negative_utterances=[f"not {prefix} {i}"] if i % 3 == 0 else [],
-            threshold=0.4 if i % 2 else None,
-            metadata={"index": i},
-        )
-        for i in range(count)
-    ]
-
-
-async def publish(settings: Settings, mutations: list[RouteMutation]) -> dict[int, int]:
-    async with MutationPublisher(settings) as publisher:
-        return (await publisher.publish(mutations)).positions
-
-
-async def test_replays_the_log_then_applies_live_mutations(
-    settings: Settings, pool: EncoderPool, tmp_path: Path
-) -> None:
-    _, receipt = await apply_routes(settings, routes(30), encoder=pool)
-    async with replica_running(settings, pool, tmp_path / "a.db") as replica:
-        assert replica.table.route_names() == sorted(f"route-{i}" for i in range(30))
-        assert dict(replica.table.version) == receipt.positions
-        assert (replica.stats.replayed_on_start, replica.stats.shipped, replica.stats.embedded) == (30, 30, 0)
-        edited = routes(1, extra="edited")[0]
-        (shipped,) = await with_embeddings(pool, [edited])
-        added = RouteDefinition(name="added", utterances=["brand new route"])
-        positions = await publish(
-            settings,
-            [
-                RouteMutation("route-0", shipped),
-                RouteMutation("route-1", None),
-                RouteMutation("added", added),
-            ],
-        )
-        await asyncio.wait_for(replica.wait_for_position(positions), 20)
-        snapshot = replica.table.snapshot()
-        live = snapshot.route("route-0")
-        assert live is not None
-        assert live.route.utterances[0].endswith("edited")
-        assert snapshot.route("route-1") is None
-        added_live = snapshot.route("added")
-        assert added_live is not None
-        assert replica.stats.embedded == 1  # "added" shipped no vectors: embedded by the replica
-        assert replica.stats.replayed_on_start == 30  # live records are not replays
-        assert len(replica.table) == 30
-
-
-async def test_a_restart_resumes_from_stored_offsets(
-    settings: Settings, pool: EncoderPool, tmp_path: Path
-) -> None:
-    await apply_routes(settings, routes(20), encoder=pool)
-    store = tmp_path / "replica.db"
-    async with replica_running(settings, pool, store) as first:
-        assert first.stats.replayed_on_start == 20
-    more = await with_embeddings(pool, routes(5, prefix="later"))
-    await publish(settings, [RouteMutation(r.name, r) for r in more] + [RouteMutation("route-3", None)])
-    async with replica_running(settings, pool, store) as restarted:
-        # only what was published while it was down is replayed
-        assert restarted.stats.replayed_on_start == 6
-        assert restarted.stats.records == 6
-        digest = restarted.table.digest()
-        assert len(restarted.table) == 24
-    async with replica_running(settings, pool, tmp_path / "fresh.db") as fresh:
-        assert fresh.stats.replayed_on_start == 26
-        assert fresh.table.digest() == digest
-    async with replica_running(settings, pool, store) as again:
-        assert again.stats.replayed_on_start == 0
-        assert again.table.digest() == digest
 
 
 async def test_vectors_of_another_model_are_re_embedded_not_trusted(
@@ -148,7 +84,7 @@ async def test_vectors_of_another_model_are_re_embedded_not_trusted(
         assert (replica.stats.re_embedded, replica.stats.shipped) == (1, 1)
 
 
-async def test_malformed_records_are_skipped_counted_and_the_route_keeps_its_definition(
+async def test_malformed_records_are_skipped_counted_and_their_route_is_absent(
     settings: Settings, pool: EncoderPool, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     valid = RouteDefinition(name="billing", utterances=["pay my bill"])
@@ -156,31 +92,91 @@ async def test_malformed_records_are_skipped_counted_and_the_route_keeps_its_def
         (b"billing", b"{not json"),
         (b"billing", b'{"name": "billing", "utterances": []}'),
         (b"billing", encode(RouteDefinition(name="other", utterances=["x"]))),  # key mismatch
-        (None, encode(valid)),  # no key
+        (None, encode(valid)),  # no key: names no route
         (b"billing", b"\xff\xfe\x00"),
     ]
     await produce_raw(settings, [(b"billing", encode(valid)), *garbage])
     later = RouteDefinition(name="weather", utterances=["will it rain"])
     await produce_raw(settings, [(b"weather", encode(later))])
+    events = RecordedEvents()
     with caplog.at_level(logging.WARNING, logger="worker.replication.fold"):
-        async with replica_running(settings, pool, tmp_path / "r.db") as replica:
+        async with replica_running(settings, pool, tmp_path / "r.db", events=events) as replica:
             assert replica.stats.skipped_malformed == 5
-            billing = replica.table.snapshot().route("billing")
-            assert billing is not None
-            assert billing.route.utterances == ("pay my bill",)
-            assert replica.table.route_names() == ["billing", "weather"]
-            # live: a bad record does not stop the tail, and the route keeps its definition
+            # billing's last record is unusable: absent, as on a replica that only ever saw that one
+            assert replica.table.route_names() == ["weather"]
+            # live: a bad record does not stop the tail; a usable one brings the route back
+            await produce_raw(settings, [(b"billing", encode(valid))])
+            await wait_for(lambda: replica.table.route_names() == ["billing", "weather"], what="billing back")
             await produce_raw(settings, [(b"billing", b"[]"), (b"weather", None)])
-            await wait_for(
-                lambda: replica.table.route_names() == ["billing"], what="tombstone after bad record"
-            )
+            await wait_for(lambda: replica.table.route_names() == [], what="bad record, then tombstone")
             assert replica.stats.skipped_malformed == 6
-            billing = replica.table.snapshot().route("billing")
-            assert billing is not None
-            assert billing.route.utterances == ("pay my bill",)
-    positions = [r.getMessage() for r in caplog.records if "skipped malformed mutation" in r.getMessage()]
-    assert len(positions) == 6
+            digest = replica.table.digest()
+        async with replica_running(settings, pool, tmp_path / "fresh.db") as fresh:
+            assert fresh.table.digest() == digest
+    positions = [r.getMessage() for r in caplog.records if "skipped mutation" in r.getMessage()]
+    assert len(positions) == 12  # six records, each skipped by both replicas
     assert all(f"{settings.topic_mutations}[" in p and "offset" in p for p in positions)
+    assert sorted({code for code, _, _ in events.skipped}) == [
+        "invalid_json", "invalid_utf8", "key_mismatch", "missing_key", "not_object", "schema"
+    ]  # fmt: skip
+
+
+class PoisonSession(HashingSession):
+    """A hashing session that fails on any text with "poison" in it, and on everything once broken."""
+
+    broken = False
+
+    def embed(self, documents: Iterable[str], batch_size: int = 32) -> Iterator[npt.NDArray[np.float32]]:
+        texts = list(documents)
+        if PoisonSession.broken and texts != ["dimension probe"]:
+            raise RuntimeError("the model session is gone")
+        if any("poison" in text for text in texts):
+            raise ValueError("the tokenizer chokes on this text")
+        return super().embed(texts, batch_size)
+
+
+async def test_a_route_the_model_cannot_embed_is_skipped_the_same_way_on_every_replica(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    poisoned = await asyncio.to_thread(
+        EncoderPool, ModelSpec("hashing-bow-64"), 1, 8, session_factory=lambda: PoisonSession(64)
+    )
+    try:
+        await apply_routes(settings, routes(3))  # no vectors shipped: each replica embeds
+        events = RecordedEvents()
+        async with replica_running(settings, poisoned, tmp_path / "live.db", events=events) as live:
+            assert len(live.table) == 3
+            edited = RouteDefinition(name="route-1", utterances=["a poison pill", "fine words"])
+            positions = await publish(settings, [RouteMutation("route-1", edited)])
+            await publish(
+                settings, [RouteMutation("after", RouteDefinition(name="after", utterances=["ok"]))]
+            )
+            await wait_for(lambda: "after" in live.table.route_names(), what="the mutation after the poison")
+            assert live.table.route_names() == ["after", "route-0", "route-2"]  # route-1 skipped, absent
+            assert live.stats.skipped_malformed == 1
+            ((code, partition, offset),) = events.skipped
+            assert code == "embedding_failed"
+            assert positions == {partition: offset + 1}
+            digest = live.table.digest()
+        async with replica_running(settings, poisoned, tmp_path / "replayed.db") as replayed:
+            assert replayed.table.digest() == digest
+        # restarted on its store: no crash loop, the same table
+        async with replica_running(settings, poisoned, tmp_path / "live.db") as restarted:
+            assert restarted.table.digest() == digest
+        assert any(
+            "skipped mutation" in r.getMessage() and f"offset {offset}" in r.getMessage()
+            for r in caplog.records
+        )
+        # an encoder that fails on everything is the replica's fault: it stops, loudly, skipping nothing
+        PoisonSession.broken = True
+        await publish(settings, [RouteMutation("late", RouteDefinition(name="late", utterances=["late"]))])
+        replica = RouteReplica(settings, poisoned, store_path=tmp_path / "broken.db")
+        with pytest.raises(EncoderError, match="probe text too"):
+            await asyncio.wait_for(replica.run(), 30)
+        assert not replica.ready.is_set()
+    finally:
+        PoisonSession.broken = False
+        poisoned.close()
 
 
 async def test_a_store_ahead_of_its_topic_is_rebuilt_from_the_log(
@@ -204,7 +200,7 @@ async def test_a_store_ahead_of_its_topic_is_rebuilt_from_the_log(
             assert rebuilt.table.route_names() == ["new-0", "new-1"]
             state = await read_routes(recreated)
             assert rebuilt.table.digest() == folded_digest(state.routes, pool.fingerprint, pool.dim)
-    assert any("ahead of topic" in r.getMessage() for r in caplog.records)
+    assert any("ahead_of_log" in r.getMessage() for r in caplog.records)
     async with replica_running(recreated, pool, store) as restarted:
         assert restarted.stats.rebuilt_from_log == 0
         assert restarted.table.route_names() == ["new-0", "new-1"]
@@ -278,3 +274,106 @@ async def test_applying_the_same_routes_twice_publishes_nothing(
     state = await read_routes(settings)
     assert sorted(state.routes) == sorted(f"route-{i}" for i in range(6))
     assert state.records == 10
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_replica_away_past_the_tombstone_horizon_replays_all_while_its_table_serves(
+    settings: Settings, pool: EncoderPool, tmp_path: Path
+) -> None:
+    gate, entered = threading.Event(), threading.Event()
+    gate.set()
+    gated = await asyncio.to_thread(
+        EncoderPool, ModelSpec("hashing-bow-64"), 1, 8, session_factory=lambda: GatedSession(gate, entered)
+    )
+    clock, events = FakeClock(), RecordedEvents()
+    try:
+        await apply_routes(settings, routes(4), encoder=pool)
+        async with replica_running(settings, gated, tmp_path / "r.db", events=events, clock=clock) as replica:
+            serving = replica.table.snapshot()
+            gate.clear()
+            clock.now += 8 * 86_400  # frozen for 8 days: past the topic's delete.retention.ms (7 days)
+            slow = RouteDefinition(name="slow", utterances=["this one needs embedding"])
+            await produce_raw(settings, [(b"slow", encode(slow))])
+            await asyncio.to_thread(entered.wait, 10)  # the replay reached the route it must embed
+            assert [reason for reason, _ in events.replays] == [ReplayReason.TOMBSTONE_HORIZON]
+            assert replica.table.snapshot() is serving  # queries still see the table as it was
+            gate.set()
+            await wait_for(lambda: bool(events.replays_done), what="the full replay to finish")
+            assert replica.table.route_names() == sorted([*(f"route-{i}" for i in range(4)), "slow"])
+            digest = replica.table.digest()
+        async with replica_running(settings, pool, tmp_path / "fresh.db") as fresh:
+            assert fresh.table.digest() == digest
+    finally:
+        gate.set()
+        gated.close()
+
+
+async def test_a_position_below_the_log_start_while_tailing_replays_all(
+    settings: Settings, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await apply_routes(settings, routes(6), encoder=pool)
+    tailing = threading.Event()
+    original = MutationLog.next_batch
+
+    async def out_of_range_once(log: MutationLog) -> list[LogRecord]:
+        if tailing.is_set():
+            tailing.clear()
+            raise OffsetOutOfRangeError({log.partitions[0]: 0})
+        return await original(log)
+
+    monkeypatch.setattr(MutationLog, "next_batch", out_of_range_once)
+    events = RecordedEvents()
+    async with replica_running(settings, pool, tmp_path / "r.db", events=events) as replica:
+        tailing.set()
+        await wait_for(lambda: bool(events.replays_done), what="the full replay to finish")
+        assert [reason for reason, _ in events.replays] == [ReplayReason.BELOW_LOG_START]
+        assert replica.stats.rebuilt_from_log == 1
+        assert len(replica.table) == 6
+        await apply_routes(settings, routes(7), encoder=pool)  # and it goes on tailing
+        await wait_for(lambda: len(replica.table) == 7, what="a live mutation after the replay")
+
+
+async def test_a_full_overlay_holds_mutations_back_until_a_failing_rebuild_succeeds(
+    broker: LocalBroker, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = threading.Event()
+    failing.set()
+    real_build = table_module.build_laid_out
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        if failing.is_set():
+            raise OSError(28, "No space left on device")
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(table_module, "build_laid_out", build)
+    settings = mutation_settings(broker.bootstrap, overlay_max_rows=9)
+    await create_mutation_topic(settings)
+    await apply_routes(settings, routes(3), encoder=pool)  # 9 utterances: the overlay is full
+    events = RecordedEvents()
+    async with replica_running(settings, pool, tmp_path / "r.db", events=events) as replica:
+        before = replica.table.version
+        (edited,) = await with_embeddings(pool, [RouteDefinition(name="route-1", utterances=["edited"])])
+        positions = await publish(settings, [RouteMutation("route-1", edited)])
+        await wait_for(lambda: any(e is not None for e in events.rebuilds), what="a failed rebuild")
+        assert isinstance(events.rebuilds[0], OSError)
+        assert replica.table.version == before  # the mutation waits ...
+        vectors = await pool.embed(["route 1 beta"])
+        decision = Router(replica.table).decide(vectors, 1)[0]  # ... queries are answered meanwhile
+        assert decision.route == "route-1"
+        failing.clear()  # the retry succeeds: room in the overlay, the mutation goes in
+        await asyncio.wait_for(replica.wait_for_position(positions), 20)
+        assert events.rebuilds[-1] is None
+        assert replica.stats.apply_waits == 1
+        assert len(events.waits) == 1
+        live = replica.table.snapshot().route("route-1")
+        assert live is not None
+        assert live.route.utterances == ("edited",)

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.config import load_settings
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
+from worker.local.kafka import LocalKafka
 from worker.replication import read_routes
+from worker.replication.topic_config import topic_configs
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +92,11 @@ async def test_apply_plans_publishes_differences_prunes_and_deletes(cli: Cli, tm
     assert await cli.log_routes() == {}
 
     applied = cli("routes", "apply", str(EXAMPLE))
-    assert "published 24 mutations" in applied
-    assert "0 to add, 0 to change, 0 to remove, 24 unchanged" in cli("routes", "apply", str(EXAMPLE))
+    assert "published 24 mutations and a calibration" in applied
+    assert "cross-validated on" in applied  # what the self-fit chose, and its estimate
+    again = cli("routes", "apply", str(EXAMPLE))
+    assert "0 to add, 0 to change, 0 to remove, 24 unchanged" in again
+    assert "the calibration in the log is current" in again
 
     routes = yaml.safe_load(EXAMPLE.read_text())
     edited = [r for r in routes if r["name"] not in ("complaint", "gift_card")]
@@ -100,9 +106,11 @@ async def test_apply_plans_publishes_differences_prunes_and_deletes(cli: Cli, tm
     changed_file.write_text(yaml.safe_dump(edited))
     kept = cli("routes", "apply", str(changed_file))
     assert "1 to add, 1 to change, 0 to remove, 21 unchanged, 2 not in the file and kept" in kept
-    pruned = cli("routes", "apply", str(changed_file), "--prune")
+    pruned = cli("routes", "apply", str(changed_file), "--prune", "--no-calibrate")
     assert "0 to add, 0 to change, 2 to remove, 23 unchanged" in pruned
-    assert "published 2 mutations" in pruned
+    assert "published 2 mutations;" in pruned
+    recalibrated = cli("routes", "calibrate")
+    assert "published the calibration" in recalibrated
 
     assert "not in the log: no_such_route" in cli("routes", "delete", "no_such_route", expect=1)
     cli("routes", "delete", "loyalty_points")
@@ -148,6 +156,9 @@ async def test_apply_with_embeddings_ships_vectors_of_the_real_model(
     assert "0 to add, 0 to change, 0 to remove, 3 unchanged" in cli(
         "routes", "apply", str(small), "--with-embeddings"
     )
+    # a calibration published by `fit` covers the same routes: `routes apply` leaves it in place
+    assert "published calibration" in cli("fit", "--routes", str(small), "--publish")
+    assert "the calibration in the log is current" in cli("routes", "apply", str(small))
 
 
 def test_commands_fail_cleanly_without_a_broker(tmp_path: Path) -> None:
@@ -155,3 +166,29 @@ def test_commands_fail_cleanly_without_a_broker(tmp_path: Path) -> None:
     out = cli("routes", "list", expect=1)
     assert "routeworker:" in out
     assert "Traceback" not in out
+
+
+async def test_topics_create_sets_the_mutation_log_retention_on_apache_kafka(
+    kafka_broker: LocalKafka,
+) -> None:
+    cli = Cli(kafka_broker.bootstrap)
+    created = cli("topics", "create", "--partitions", "2", "--tombstone-retention-hours", "1")
+    assert created.count("created") >= 4
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    await admin.start()
+    try:
+        configs = await topic_configs(admin, cli.topics["ROUTEWORKER_TOPIC_MUTATIONS"])
+        described = await admin.describe_topics([cli.topics["ROUTEWORKER_TOPIC_QUERIES"]])
+    finally:
+        await admin.close()
+    assert {k: configs[k] for k in ("cleanup.policy", "delete.retention.ms", "retention.ms")} == {
+        "cleanup.policy": "compact",
+        "delete.retention.ms": "3600000",
+        "retention.ms": "-1",
+    }
+    assert [len(p["replicas"]) for p in described[0]["partitions"]] == [1, 1]  # one broker: one copy
+    # more copies than brokers: one line, nothing half-made
+    failed = Cli(kafka_broker.bootstrap).run("topics", "create", "--replication-factor", "3", expect=1)
+    assert "routeworker:" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

@@ -8,12 +8,18 @@ process's signals are handled. The command line (:mod:`worker.cli`) is the only 
 
 from worker.app.route_replica import StatusWriter, serve_replica
 from worker.app.run import run_worker
-from worker.app.serving import HeadKeeper, head_serves, scoring_config, serving_router
+from worker.app.serving import (
+    CalibrationWatch,
+    head_serves,
+    scoring_config,
+    self_fit_config,
+    serving_router,
+)
 from worker.app.worker import EncoderFactory, Replica, ReplicaFactory, ReplicaWorker, route_replica
 
 __all__ = [
+    "CalibrationWatch",
     "EncoderFactory",
-    "HeadKeeper",
     "Replica",
     "ReplicaFactory",
     "ReplicaWorker",
@@ -22,6 +28,7 @@ __all__ = [
     "route_replica",
     "run_worker",
     "scoring_config",
+    "self_fit_config",
     "serve_replica",
     "serving_router",
 ]

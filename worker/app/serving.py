@@ -1,10 +1,9 @@
-"""The router a worker serves with: scoring from the settings, and a learned head kept up to date.
+"""The router a worker serves with, and how the routing settings shape a calibration.
 
-The head is trained in a background thread on the live table's snapshot whenever the table has
-changed since the last training (checked every ``routing_head_retrain_s``) and swapped into the
-router by reference. Routes added or edited after a training are answered through the
-nearest-utterance path until the next head knows them, so a mutation is never hidden by a stale
-head. Training is deterministic: replicas with equal tables train equal heads.
+A worker never trains a head or fits thresholds itself: the calibration in service arrives through
+the mutation log (made once by `routeworker routes apply` or `routeworker fit --publish`) and is
+swapped into the route table with the routes, so replicas on different CPUs serve byte-identical
+heads and thresholds. :class:`CalibrationWatch` only reports which one is in service.
 """
 
 from __future__ import annotations
@@ -15,82 +14,89 @@ import logging
 from dataclasses import replace
 
 from worker.config import Settings
-from worker.routing import HeadTrainer, RouteHead, Router, RouteTable, ScoringConfig
+from worker.routing import RouteCalibration, Router, RouteTable, ScoringConfig, SelfFitConfig
+from worker.routing.head import HeadConfig
 from worker.telemetry import PipelineMetrics
 
 logger = logging.getLogger(__name__)
 
+#: how often the calibration in service is looked at (logging and the head gauge only)
+WATCH_INTERVAL_S = 5.0
+
 
 def scoring_config(settings: Settings) -> ScoringConfig:
     """The engine's scoring configuration with the operator's routing settings applied."""
-    config = replace(
+    return replace(
         ScoringConfig(),
         search_k=settings.routing_search_k,
         top_k=settings.routing_top_k,
         default_threshold=settings.routing_default_threshold,
         margin=settings.routing_margin,
     )
-    if not settings.routing_head:
-        return replace(config, head_weight=0.0)
-    if settings.routing_head_weight is not None:
-        return replace(config, head_weight=settings.routing_head_weight)
-    return config
 
 
 def head_serves(settings: Settings, routes: int) -> bool:
-    """Whether a learned head serves a table of ``routes`` routes under ``settings``."""
+    """Whether a calibration of ``routes`` routes trains a learned head under ``settings``."""
     return settings.routing_head and routes <= settings.routing_head_max_routes
 
 
+def self_fit_config(settings: Settings, routes: int) -> SelfFitConfig:
+    """How `routes apply` and `fit` without examples calibrate a table of ``routes`` routes."""
+    head = HeadConfig() if head_serves(settings, routes) else None
+    return SelfFitConfig(no_match_rate=settings.routing_no_match_rate, head=head)
+
+
 def serving_router(settings: Settings, table: RouteTable) -> Router:
-    """A router over ``table`` configured by ``settings`` (its head arrives later, if enabled)."""
-    return Router(table, scoring_config(settings))
+    """A router over ``table`` serving the calibration installed in it, shaped by ``settings``."""
+    return Router(
+        table,
+        scoring_config(settings),
+        serve_head=settings.routing_head,
+        head_weight=settings.routing_head_weight,
+    )
 
 
-class HeadKeeper:
-    """Retrains the router's head when its table changes; at most one training at a time."""
+def describe(calibration: RouteCalibration | None, routes: int) -> str:
+    """One line saying what serves a table of ``routes`` routes."""
+    if calibration is None:
+        return f"no calibration: {routes} routes on nearest utterances and the default threshold"
+    head = f"head of {len(calibration.head.names)} routes" if calibration.head is not None else "no head"
+    return (
+        f"calibration {calibration.digest[:12]} ({calibration.method}): {head}, "
+        f"weight {calibration.head_weight:.2f}, threshold {calibration.default_threshold:.4f}, "
+        f"fallback {calibration.fallback_threshold:.4f}"
+    )
 
-    def __init__(self, router: Router, settings: Settings, metrics: PipelineMetrics | None = None) -> None:
+
+class CalibrationWatch:
+    """Logs each calibration that goes into service and keeps the head gauge current."""
+
+    def __init__(self, router: Router, metrics: PipelineMetrics | None = None) -> None:
         self.router = router
         self._metrics = metrics
-        self.settings = settings
-        self.interval_s = settings.routing_head_retrain_s
-        self.trained = 0
-        self._too_large_logged = False
-        self.trainer = HeadTrainer(self._swap_in, niceness=settings.background_nice)
-
-    def _swap_in(self, head: RouteHead) -> None:
-        self.router.head = head  # one reference assignment: searches see the old or the new head
-        self.trained += 1
-        if self._metrics is not None:
-            self._metrics.head_routes(len(head.names))
-        logger.info(
-            "route head %d in service: %d routes (%.2fs)", self.trained, len(head.names), head.train_seconds
-        )
+        self._seen: RouteCalibration | None = None
+        self._first = True
 
     def check(self) -> bool:
-        """Start training if the table changed since the last head; whether training started."""
-        table = self.router.table
-        if not head_serves(self.settings, len(table)):
-            if self.router.head is not None:
-                self.router.head = None  # a head of an old, smaller table would mislead
-                if self._metrics is not None:
-                    self._metrics.head_routes(0)
-            if not self._too_large_logged:
-                logger.info(
-                    "route head off: %d routes exceed routing_head_max_routes=%d (nearest-utterance only)",
-                    len(table),
-                    self.settings.routing_head_max_routes,
-                )
-                self._too_large_logged = True
+        """Report the calibration in service if it changed since the last look; whether it did."""
+        snapshot = self.router.table.snapshot()
+        calibration = self.router.calibration_for(snapshot)
+        if calibration is self._seen and not self._first:
             return False
-        self._too_large_logged = False
-        return self.trainer.maybe_train(table)
+        self._first = False
+        self._seen = calibration
+        covered = sum(1 for rv in snapshot.routes() if calibration is not None and calibration.covers(rv))
+        logger.info(
+            "%s; covers %d of %d routes", describe(calibration, len(snapshot)), covered, len(snapshot)
+        )
+        if self._metrics is not None:
+            head = calibration.head if calibration is not None and self.router.serve_head else None
+            self._metrics.head_routes(len(head.names) if head is not None else 0)
+        return True
 
-    async def run(self, stopping: asyncio.Event) -> None:
-        """Check now and every ``interval_s`` until ``stopping`` is set."""
+    async def run(self, stopping: asyncio.Event, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """Look now and every ``interval_s`` until ``stopping`` is set."""
         while not stopping.is_set():
             self.check()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.interval_s)
-        # a training still running finishes in its daemon thread; its head is simply not used
+                await asyncio.wait_for(stopping.wait(), interval_s)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from worker.app.serving import HeadKeeper, serving_router
+from worker.app.replica_telemetry import ReplicaTelemetry
+from worker.app.serving import CalibrationWatch, serving_router
 from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
 from worker.embedding import EncoderPool, encoder_pool
@@ -120,6 +121,7 @@ class ReplicaWorker:
         replica = self._replica_factory(self.settings, encoder)
         if isinstance(replica, RouteReplica):
             replica.on_live = self.telemetry.metrics.mutation_apply_lag
+            replica.events = ReplicaTelemetry(self.telemetry, self.settings.topic_mutations)
         self.telemetry.health.set_phase("loading routes")
         await replica.open()
         metrics = self.telemetry.metrics
@@ -163,16 +165,13 @@ class ReplicaWorker:
             telemetry=self.telemetry,
             remember_decisions=self.settings.local_cache_size,
         )
-        if not self.settings.routing_head:
-            await self.pipeline.run()
-            return
-        head_keeper = HeadKeeper(router, self.settings, self.telemetry.metrics)
-        keeper = asyncio.create_task(head_keeper.run(self._stopping), name="route-head")
+        watch = CalibrationWatch(router, self.telemetry.metrics)
+        watcher = asyncio.create_task(watch.run(self._stopping), name="calibration-watch")
         try:
             await self.pipeline.run()
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
     async def _stop_on_request(self, replica: Replica) -> None:
         await self._stopping.wait()

@@ -1,6 +1,15 @@
 """Message contracts of the four topics, and their wire codec."""
 
-from worker.contracts.codec import decode_mutation, decode_query, encode
+from worker.contracts.calibration import (
+    CALIBRATION_KEY,
+    RESERVED_KEY_PREFIX,
+    CalibratedRoute,
+    HalfMatrix,
+    RouteCalibrationRecord,
+    ShippedEstimate,
+    ShippedHead,
+)
+from worker.contracts.codec import decode_calibration, decode_mutation, decode_query, encode
 from worker.contracts.dlq import DeadLetter, Header, SourcePosition
 from worker.contracts.intent import (
     CandidateScore,
@@ -15,20 +24,28 @@ from worker.contracts.mutation import RouteDefinition, RouteMutation, ShippedEmb
 from worker.contracts.query import Query
 
 __all__ = [
+    "CALIBRATION_KEY",
+    "RESERVED_KEY_PREFIX",
+    "CalibratedRoute",
     "CandidateScore",
     "DeadLetter",
     "Explanation",
+    "HalfMatrix",
     "Header",
     "Limits",
     "NearUtterance",
     "Query",
+    "RouteCalibrationRecord",
     "RouteDefinition",
     "RouteMutation",
     "RouteReason",
     "RoutedIntent",
     "ShippedEmbeddings",
+    "ShippedEstimate",
+    "ShippedHead",
     "SourcePosition",
     "Timings",
+    "decode_calibration",
     "decode_mutation",
     "decode_query",
     "encode",

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from worker.contracts.calibration import RouteCalibrationRecord
 from worker.contracts.limits import Limits
 from worker.contracts.mutation import RouteDefinition, RouteMutation
 from worker.contracts.query import Query
@@ -97,3 +98,9 @@ def decode_mutation(key: bytes | None, raw: bytes | None, limits: Limits) -> Rou
             ErrorCode.KEY_MISMATCH, f"record key {name!r} differs from the route's name {definition.name!r}"
         )
     return RouteMutation(name=name, definition=definition)
+
+
+def decode_calibration(raw: bytes, limits: Limits) -> RouteCalibrationRecord:
+    """Parse and validate the value of the calibration record of the ``route-mutations`` topic."""
+    doc = _load_object(raw, limits.max_mutation_bytes, "calibration")
+    return _validate(RouteCalibrationRecord, doc, "calibration")

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from worker.contracts.calibration import RESERVED_KEY_PREFIX
 from worker.contracts.limits import MAX_ROUTE_NAME_CHARS
 
 Utterance = str
@@ -56,6 +57,15 @@ class RouteDefinition(BaseModel):
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0, description="Minimum score to match.")
     metadata: dict[str, Any] = Field(default_factory=dict)
     embeddings: ShippedEmbeddings | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.startswith(RESERVED_KEY_PREFIX):
+            raise ValueError(
+                f"names starting with {RESERVED_KEY_PREFIX!r} are reserved for routeworker's records"
+            )
+        return name
 
     @field_validator("utterances", "negative_utterances")
     @classmethod

@@ -19,7 +19,7 @@ from worker.cache import AsyncEncoder
 from worker.config import Settings
 from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
 from worker.pipeline.batcher import Batcher
-from worker.pipeline.clients import output_producer, query_consumer
+from worker.pipeline.clients import output_producer, query_consumer, raw_fetch
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
 from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer
@@ -27,9 +27,11 @@ from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery, DeliveryReport
 from worker.pipeline.producer_session import ProducerSession
+from worker.pipeline.raw_fetch import RawFetch
 from worker.pipeline.rebalance import DrainOnRevoke
 from worker.pipeline.topic_limits import TopicLimits, read_topic_limits
 from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
+from worker.pipeline.undecodable import UndecodableBatch, UndecodableBatches
 from worker.routing import Router
 from worker.telemetry import Telemetry
 
@@ -40,7 +42,8 @@ class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
     ``consumer`` and ``producers`` default to aiokafka clients built from ``settings``; tests pass
-    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`ProducerFactory`).
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`ProducerFactory`), and
+    ``raw`` the undecoded fetches that find a batch the consumer cannot decode.
     ``topic_limits`` (the output topics' ``max.message.bytes``) is read from the broker at start
     unless given (stand-ins get the defaults). ``remember_decisions`` sizes the memo of decisions
     of repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
@@ -56,6 +59,7 @@ class QueryPipeline:
         consumer: QueryConsumer | None = None,
         producers: ProducerFactory | None = None,
         topic_limits: TopicLimits | None = None,
+        raw: RawFetch | None = None,
         remember_decisions: int = 0,
     ) -> None:
         self.settings = settings
@@ -66,7 +70,12 @@ class QueryPipeline:
             topic_limits = TopicLimits()
         self._topic_limits = topic_limits
         self.tracker = OffsetTracker()
-        self._batcher = Batcher(self._consumer, settings.batch_size, settings.batch_wait_ms / 1000)
+        self._undecodable = UndecodableBatches(
+            self._consumer, raw if raw is not None else raw_fetch(settings), self._on_undecodable
+        )
+        self._batcher = Batcher(
+            self._consumer, settings.batch_size, settings.batch_wait_ms / 1000, undecodable=self._undecodable
+        )
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
         self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
@@ -124,6 +133,7 @@ class QueryPipeline:
         finally:
             await self._consumer.stop()  # leaves the group; the final commit is already done
             await self._session.close(self.settings.shutdown_timeout_s)
+            await self._undecodable.close()
             await asyncio.to_thread(self.processor.close)
 
     async def _run_tasks(self) -> None:
@@ -207,6 +217,9 @@ class QueryPipeline:
             self._last_sent = sent
             tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
         self.telemetry.health.stopping()
+
+    def _on_undecodable(self, batch: UndecodableBatch) -> None:
+        self.telemetry.metrics.undecodable_batch(batch.topic, batch.partition)
 
     def _record_lag(self, records: list[InputRecord]) -> None:
         last: dict[TopicPartition, int] = {}

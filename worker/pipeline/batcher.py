@@ -11,7 +11,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from worker.pipeline.kafka import QueryConsumer
-from worker.pipeline.types import InputRecord, TopicPartition
+from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
+from worker.pipeline.undecodable import UndecodableBatches
 
 # How long one empty poll blocks: also how quickly an idle consumer notices a stop request.
 DEFAULT_POLL_S = 0.2
@@ -24,6 +25,10 @@ class Batcher:
     from every fetch until the partitions are assigned again, the records of those partitions:
     they were not processed, and whoever owns the partitions next reads them again from the
     committed offset. Records fetched once the new assignment is in place are kept.
+
+    A fetch that fails on a batch the client cannot decode is handed to ``undecodable``, whose
+    records (a stand-in for the bad batch among them) take the failed fetch's place; without it,
+    or when the error is not a bad batch, the error is raised.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class Batcher:
         *,
         poll_s: float = DEFAULT_POLL_S,
         clock: Callable[[], float] = time.monotonic,
+        undecodable: UndecodableBatches | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -46,6 +52,9 @@ class Batcher:
         # fetched in an epoch after the last revoke of its partition.
         self._epoch = 0
         self._revoked_in: dict[TopicPartition, int] = {}
+        self._undecodable = undecodable
+        # per partition, the offset after the last record fetched for this assignment
+        self._handed_out: dict[TopicPartition, int] = {}
 
     def revoke(self, partitions: Iterable[TopicPartition]) -> None:
         """Partitions are being given up: their records fetched so far, or until :meth:`assigned`,
@@ -53,15 +62,23 @@ class Batcher:
         self._epoch += 1
         for tp in partitions:
             self._revoked_in[tp] = self._epoch
+            self._handed_out.pop(tp, None)
 
     def assigned(self) -> None:
         """The new assignment is in place: what is fetched from now on is the new owner's."""
         self._epoch += 1
 
     async def _fetch(self, timeout_ms: int, max_records: int) -> list[tuple[int, InputRecord]]:
-        fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+            records = [InputRecord.from_kafka(r) for records in fetched.values() for r in records]
+        except Exception as error:
+            if self._undecodable is None:
+                raise
+            records = await self._undecodable.recover(error, self._handed_out)  # or raises it
         epoch = self._epoch  # when the records were handed over
-        return [(epoch, InputRecord.from_kafka(r)) for records in fetched.values() for r in records]
+        self._handed_out.update(next_offsets(self._kept([(epoch, r) for r in records])))
+        return [(epoch, r) for r in records]
 
     def _kept(self, fetched: list[tuple[int, InputRecord]]) -> list[InputRecord]:
         revoked_in = self._revoked_in

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from worker.config import Settings
 from worker.kafka_client import client_options
 from worker.pipeline.kafka import OutputProducer, QueryConsumer
+from worker.pipeline.raw_fetch import RawFetch, RawFetcher
 
 
 def query_consumer(settings: Settings) -> QueryConsumer:
@@ -47,3 +48,12 @@ def output_producer(settings: Settings, *, idempotent: bool, max_batch_bytes: in
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         **client_options(settings),
     )
+
+
+def raw_fetch(settings: Settings) -> RawFetch:
+    """Undecoded fetches of the queries topic, for batches the consumer cannot decode.
+
+    Per partition it fetches up to the consumer's whole fetch size, so whatever the consumer
+    fetched (and failed on) is in it.
+    """
+    return RawFetcher(client_options(settings), max_partition_bytes=settings.kafka_fetch_max_bytes)

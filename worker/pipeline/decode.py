@@ -46,6 +46,9 @@ def decode_batch(records: Sequence[InputRecord], limits: Limits) -> DecodedBatch
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
     for record in records:
+        if record.undecodable is not None:  # a stand-in for a batch the client could not decode
+            rejected.append(Rejected(record, ErrorCode.UNDECODABLE_BATCH, record.undecodable))
+            continue
         try:
             accepted.append(Accepted(record, decode_query(record.value, limits)))
         except ContractError as error:

@@ -78,6 +78,24 @@ class QueryConsumer(Protocol):
         """Commit ``offsets`` (the next offset to read, per partition) for the group."""
         ...
 
+    # --- what moving past a batch that cannot be decoded needs (worker.pipeline.undecodable) ---
+
+    async def position(self, partition: TopicPartition, /) -> int:
+        """The offset of the next record ``getmany`` would hand out of ``partition``."""
+        ...
+
+    def seek(self, partition: TopicPartition, offset: int, /) -> None:
+        """Read ``partition`` from ``offset`` on."""
+        ...
+
+    async def committed(self, partition: TopicPartition, /) -> int | None:
+        """The group's committed offset of ``partition`` (None if it has none)."""
+        ...
+
+    async def beginning_offsets(self, partitions: list[TopicPartition], /) -> dict[TopicPartition, int]:
+        """The first offset still in each partition's log."""
+        ...
+
 
 class OutputProducer(Protocol):
     """The producer of routed intents and dead letters."""

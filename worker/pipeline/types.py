@@ -26,6 +26,10 @@ class InputRecord:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    # Set on the one record that stands in for a batch the client could not decode
+    # (worker.pipeline.undecodable): why, and the offset after the batch's last record.
+    undecodable: str | None = None
+    batch_end: int | None = None
 
     @classmethod
     def from_kafka(cls, record: KafkaRecord) -> InputRecord:
@@ -44,6 +48,11 @@ class InputRecord:
     def topic_partition(self) -> TopicPartition:
         """The partition this record came from."""
         return TopicPartition(self.topic, self.partition)
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this record is done: ``offset + 1``, or past its whole batch."""
+        return self.batch_end if self.batch_end is not None else self.offset + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,5 +75,5 @@ def next_offsets(records: Iterable[InputRecord]) -> dict[TopicPartition, int]:
     positions: dict[TopicPartition, int] = {}
     for record in records:
         tp = record.topic_partition
-        positions[tp] = max(positions.get(tp, 0), record.offset + 1)
+        positions[tp] = max(positions.get(tp, 0), record.next_offset)
     return positions

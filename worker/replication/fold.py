@@ -1,6 +1,16 @@
-"""Folding mutation records: last valid value per key, tombstones as deletes, malformed ones skipped.
+"""Folding mutation records: last value per key, tombstones as deletes, unusable records skipped.
 
-Pure and synchronous (decoding is CPU work): replicas call it from a worker thread.
+A record that cannot be applied (malformed, rejected by this version's contract, shipped vectors
+of the wrong shape) is skipped, counted and logged with its position, and its route is absent
+afterwards, as after a tombstone. Not "keeps its last valid definition": compaction keeps only the
+last record per key, so a replica replaying after a cleaning would never see that earlier
+definition and would disagree with one that kept it. A route's state depends only on its last
+record, on every replica, whatever it read before.
+
+Keys in routeworker's reserved namespace are not routes: the calibration record is folded apart
+(its last value wins), any other reserved key is a record type this version does not know, skipped
+and counted like a malformed record. Pure and synchronous (decoding is CPU work): replicas call it
+from a worker thread.
 """
 
 from __future__ import annotations
@@ -11,8 +21,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from worker.contracts import Limits, RouteDefinition, decode_mutation
-from worker.errors import ContractError
+from worker.contracts import (
+    CALIBRATION_KEY,
+    RESERVED_KEY_PREFIX,
+    Limits,
+    RouteDefinition,
+    decode_calibration,
+    decode_mutation,
+)
+from worker.errors import ContractError, ErrorCode
+from worker.replication.calibrations import CalibrationChange
 from worker.routing import RouteVectors
 
 #: turns a decoded definition into its vectors when it can (shipped ones), raising ContractError when
@@ -22,6 +40,8 @@ Resolver = Callable[[RouteDefinition], RouteVectors | None]
 logger = logging.getLogger(__name__)
 
 _YIELD_EVERY = 4
+_RESERVED = RESERVED_KEY_PREFIX.encode("utf-8")
+_CALIBRATION = CALIBRATION_KEY.encode("utf-8")
 
 
 class LogRecord(Protocol):
@@ -45,12 +65,16 @@ class LogRecord(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SkippedRecord:
-    """A malformed mutation record: where it is and why it was not applied."""
+    """A mutation record that could not be applied: where it is, which route, and why."""
 
     topic: str
     partition: int
     offset: int
     reason: str
+    #: machine-readable reason (an :class:`~worker.errors.ErrorCode` value)
+    code: str = ErrorCode.SCHEMA.value
+    #: the route it was for (None: the key names no route)
+    route: str | None = None
 
 
 @dataclass(slots=True)
@@ -64,34 +88,68 @@ class FoldedMutations:
     offsets: dict[int, int] = field(default_factory=dict)
     records: int = 0
     skipped: list[SkippedRecord] = field(default_factory=list)
+    #: route -> (partition, offset) of its last record here (to name a record that fails later)
+    positions: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: the last valid calibration record among these records (None: there was none)
+    calibration: CalibrationChange | None = None
 
     def add(self, record: LogRecord, limits: Limits, resolve: Resolver | None = None) -> None:
-        """Fold one record in; a malformed record is logged with its position and skipped, so its
-        route keeps the last valid definition."""
+        """Fold one record in; an unusable record is logged with its position and skipped, and
+        its route is absent afterwards (see the module's docstring)."""
         self.records += 1
         self.offsets[record.partition] = max(self.offsets.get(record.partition, 0), record.offset + 1)
+        if record.key is not None and record.key.startswith(_RESERVED):
+            self._add_reserved(record, limits)
+            return
         try:
             mutation = decode_mutation(record.key, record.value, limits)
             vectors = None
             if mutation.definition is not None and resolve is not None:
                 vectors = resolve(mutation.definition)
         except ContractError as error:
-            skipped = SkippedRecord(record.topic, record.partition, record.offset, str(error))
-            self.skipped.append(skipped)
-            logger.warning(
-                "skipped malformed mutation at %s[%d] offset %d: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                error,
-            )
+            self.skip(record.topic, record.partition, record.offset, error, _route_name(record.key))
             return
-        # re-inserting moves the key to the end: changes keep the order of their last record
-        self.changes.pop(mutation.name, None)
-        self.changes[mutation.name] = mutation.definition
-        self.vectors.pop(mutation.name, None)
+        self._set(mutation.name, mutation.definition, (record.partition, record.offset))
         if vectors is not None:
             self.vectors[mutation.name] = vectors
+
+    def skip(
+        self, topic: str, partition: int, offset: int, error: ContractError, route: str | None
+    ) -> SkippedRecord:
+        """Record that the record at ``partition``/``offset`` cannot be applied: logged, counted,
+        and its ``route`` (if the key names one) is deleted."""
+        skipped = SkippedRecord(topic, partition, offset, str(error), error.code.value, route)
+        self.skipped.append(skipped)
+        logger.warning(
+            "skipped mutation at %s[%d] offset %d (route %s absent until a usable record): %s",
+            topic,
+            partition,
+            offset,
+            "-" if route is None else repr(route),
+            error,
+        )
+        if route is not None:
+            self._set(route, None, (partition, offset))
+        return skipped
+
+    def _set(self, name: str, definition: RouteDefinition | None, position: tuple[int, int]) -> None:
+        # re-inserting moves the key to the end: changes keep the order of their last record
+        self.changes.pop(name, None)
+        self.changes[name] = definition
+        self.vectors.pop(name, None)
+        self.positions[name] = position
+
+    def _add_reserved(self, record: LogRecord, limits: Limits) -> None:
+        try:
+            if record.key != _CALIBRATION:
+                raise ContractError(
+                    ErrorCode.SCHEMA, f"record type {record.key!r} is unknown to this version"
+                )
+            decoded = None if record.value is None else decode_calibration(record.value, limits)
+        except ContractError as error:
+            self.skip(record.topic, record.partition, record.offset, error, None)  # not a route
+            return
+        self.calibration = CalibrationChange(record.value, decoded)
 
     def merge(self, later: FoldedMutations) -> None:
         """Fold ``later`` (records after these) into this one."""
@@ -104,6 +162,19 @@ class FoldedMutations:
             self.offsets[partition] = max(self.offsets.get(partition, 0), offset)
         self.records += later.records
         self.skipped.extend(later.skipped)
+        self.positions.update(later.positions)
+        if later.calibration is not None:
+            self.calibration = later.calibration
+
+
+def _route_name(key: bytes | None) -> str | None:
+    """The route a record's key names, if it names one (a key that is not UTF-8 names none)."""
+    if not key:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def fold(records: Iterable[LogRecord], limits: Limits, resolve: Resolver | None = None) -> FoldedMutations:

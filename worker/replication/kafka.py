@@ -14,18 +14,21 @@ def mutation_consumer_options(settings: Settings) -> dict[str, Any]:
     """Options of a consumer that reads the mutation log by assignment (no group, no commits).
 
     Fetches are large (records carry vectors) and the broker's long-poll wait is short, so a
-    mutation published to an idle log reaches the replicas quickly.
+    mutation published to an idle log reaches the replicas quickly. Only committed records are read
+    (a guarded `routes apply` publishes in a transaction; an aborted one must never be applied), and
+    a position is never reset silently: a position below the log start is an error the replica
+    answers with a full replay (:mod:`worker.replication.resume`).
     """
     fetch_bytes = max(settings.kafka_fetch_max_bytes, settings.max_mutation_bytes)
     return {
         **client_options(settings),
         "group_id": None,
         "enable_auto_commit": False,
-        "auto_offset_reset": "earliest",
+        "auto_offset_reset": "none",
         "max_partition_fetch_bytes": fetch_bytes,
         "fetch_max_bytes": max(fetch_bytes, 52_428_800),
         "fetch_max_wait_ms": 100,
-        "isolation_level": "read_uncommitted",
+        "isolation_level": "read_committed",
     }
 
 

@@ -40,6 +40,9 @@ class MutationPlan:
     unchanged: tuple[str, ...] = ()
     #: routes in the log but not in the file, left alone because pruning was not asked for
     kept: tuple[str, ...] = field(default=())
+    #: the log's end offsets (partition -> next offset) the plan was made against; publishing it
+    #: refuses if the log has moved since (:mod:`worker.replication.guard`). None: not checked.
+    based_on: Mapping[int, int] | None = None
 
     @property
     def changes(self) -> tuple[RouteChange, ...]:

@@ -6,6 +6,12 @@ fetched batch is folded (last valid value per key), resolved to vectors, and wri
 with its offsets in one transaction; only then does the table see it. Until the end offsets taken
 at start are reached, changes are collected and applied to the table in one go, so replaying a
 large log costs one table update instead of thousands.
+
+Stored offsets are resumed from only when that is safe (:mod:`worker.replication.resume`): when
+records the replica has not read may have been removed (its offsets below the log start, or it has
+been away from the log's end longer than the topic keeps tombstones), it replays the whole log
+instead, at start or while tailing. The table it holds keeps serving during such a full replay and
+is replaced, deletions included, in one step at its end.
 """
 
 from __future__ import annotations
@@ -13,24 +19,48 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from aiokafka.errors import OffsetOutOfRangeError
+
 from worker.background import background_executor
 from worker.config import Settings
+from worker.contracts import CALIBRATION_KEY
 from worker.embedding import EncoderPool
-from worker.replication.fold import FoldedMutations, LogRecord, fold
+from worker.errors import ContractError, ErrorCode
+from worker.replication.calibrations import (
+    CalibrationContext,
+    CalibrationInstall,
+    installable,
+    stored_calibration,
+)
+from worker.replication.events import ReplicaEvents
+from worker.replication.fold import FoldedMutations, LogRecord, SkippedRecord, fold
 from worker.replication.log import MutationLog
 from worker.replication.resolve import ResolvedChanges, resolve_changes
+from worker.replication.resume import (
+    UNKNOWN_RETENTION,
+    ReplayReason,
+    TopicRetention,
+    horizon_passed,
+    judge_resume,
+)
 from worker.replication.stats import ReplicaStats
-from worker.replication.vectors import embed_routes, shipped_vectors
+from worker.replication.topic_config import mutation_retention
+from worker.replication.vectors import embed_isolated, shipped_vectors
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
+from worker.routing.table import KEEP
 
 logger = logging.getLogger(__name__)
 
 _ABSENT = object()
+
+#: while tailing at the log's end, how often the "caught up at" time is written to the store
+_MARK_EVERY_MS = 30_000
 
 
 def index_dir_for(store_path: Path) -> Path:
@@ -46,20 +76,43 @@ class RouteReplica:
     every new mutation to the live table until ``stop()``.
     """
 
-    def __init__(self, settings: Settings, encoder: EncoderPool, *, store_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        encoder: EncoderPool,
+        *,
+        store_path: Path | None = None,
+        events: ReplicaEvents | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.encoder = encoder
         self.store_path = Path(store_path if store_path is not None else settings.store_path)
         self.ready = asyncio.Event()
         self.stats = ReplicaStats()
+        #: told of full replays and skipped records (the worker sets one that records metrics)
+        self.events = events if events is not None else ReplicaEvents()
+        self._clock = clock
+        self._margin_ms = int(settings.resume_margin_s * 1000)
+        self._retention: TopicRetention = UNKNOWN_RETENTION
+        #: unix ms when the stored offsets were last seen at the log's end (None: not known)
+        self._caught_up_ms: int | None = None
+        #: the last of those written to the store
+        self._marked_ms: int | None = None
+        #: why the whole log is being replayed now (None: it is not); the table waits for its end
+        self._replaying: ReplayReason | None = None
+        self._replay_started = 0.0
         self._store: RouteStore | None = None
         self._table: RouteTable | None = None
         self._stopping = asyncio.Event()
+        self._halt = threading.Event()  # the same request, seen by the apply thread
         self._advanced = asyncio.Condition()  # notified whenever the table's version moves
         #: partition -> next offset written to the store (ahead of the table while catching up)
         self._stored: dict[int, int] = {}
         #: changes stored but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
+        #: a calibration stored but not yet in service (only while catching up)
+        self._pending_calibration: CalibrationInstall | None = None
         #: live mutations are decoded and written here, at a lower priority than the queries
         self._background = background_executor("route-apply", settings.background_nice)
         #: called after each live batch is in the table, with each record's seconds from its
@@ -85,28 +138,57 @@ class RouteReplica:
         if stale:
             # The model changed since these were stored: vectors of two models are not comparable.
             logger.warning("re-embedding %d stored routes made by another model", len(stale))
-            fresh = await embed_routes(self.encoder, stale)
-            await asyncio.to_thread(store.apply, fresh, [], {})
+            fresh, failed = await embed_isolated(self.encoder, stale)
+            for route, reason in failed:
+                # as a replica replaying the log with this model would: the route is skipped
+                logger.warning(
+                    "stored route %r cannot be embedded by this model, dropped: %s", route.name, reason
+                )
+            await asyncio.to_thread(store.apply, fresh, [route.name for route, _ in failed], {})
             routes.extend(fresh)
             self.stats.re_embedded_at_open += len(fresh)
-        self._table = await asyncio.to_thread(self._build_table, routes, state.version)
+            self.stats.skipped_malformed += len(failed)
+        table = await asyncio.to_thread(self._build_table, routes, state.version)
+        stored = state.records.get(CALIBRATION_KEY)
+        if stored is not None:
+            install = await asyncio.to_thread(stored_calibration, stored, self._calibration_context())
+            if install is not None:
+                table.apply([], [], state.version, calibration=install.calibration)
+        self._table = table
         self._store = store
         self._stored = dict(state.version)
+        self._caught_up_ms = self._marked_ms = state.caught_up_at_ms
         logger.info("route replica opened: %d routes at %s", len(routes), state.version)
+
+    def _calibration_context(self) -> CalibrationContext:
+        return CalibrationContext(
+            self.encoder.fingerprint, self.encoder.dim, self.settings.limits, self.stats
+        )
 
     def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
         dim, fingerprint = self.encoder.dim, self.encoder.fingerprint
-        settings = IndexSettings(build_niceness=self.settings.background_nice)
+        settings = IndexSettings(
+            build_niceness=self.settings.background_nice, overlay_max_rows=self.settings.overlay_max_rows
+        )
         if (index_dir / MANIFEST).exists():
             # Restart: the persisted main index is reused; routes changed since are overlaid.
-            return RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir)
+            table = RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir)
+            table.on_rebuild = self._rebuilt
+            return table
         # No index on disk yet (first start, or killed before the first rebuild finished): serve
         # from the overlay at once and build the main index in the background, rather than block
         # start-up on an approximate-index build that takes minutes for a few hundred thousand vectors.
         table = RouteTable(dim, fingerprint, settings, index_dir=index_dir, version=version)
+        table.on_rebuild = self._rebuilt
         table.apply(routes, (), version)
         return table
+
+    def _rebuilt(self, error: BaseException | None) -> None:
+        # from the table's rebuild thread
+        self.events.index_rebuild(error)
+        if self._table is not None:
+            self.events.overlay_rows(self._table.snapshot().overlay.rows)
 
     async def run(self) -> None:
         """Replay the log up to its current end (then ``ready`` is set) and tail it until stopped.
@@ -117,22 +199,98 @@ class RouteReplica:
         try:
             await self._replay_and_tail()
         finally:
+            self._halt.set()
             self._background.shutdown(wait=False, cancel_futures=True)
+            self.table.close()  # no more rebuild retries; the table itself goes on serving
 
     async def _replay_and_tail(self) -> None:
         async with MutationLog.opened(self.settings) as log:
-            await self._forget_if_ahead(log.ends)
+            self._retention = await mutation_retention(self.settings)
+            verdict = judge_resume(
+                self._stored,
+                self._caught_up_ms,
+                log.starts,
+                log.ends,
+                self._retention,
+                self._now_ms(),
+                self._margin_ms,
+            )
+            if verdict.reason is not None:
+                await self._begin_full_replay(verdict.reason, verdict.detail)
+            elif self._stored:
+                logger.info(
+                    "resuming %s from stored offsets: %s", self.settings.topic_mutations, verdict.detail
+                )
             await log.seek(self._stored)
             logger.info(
                 "replaying %s from %s up to %s", self.settings.topic_mutations, self._stored, log.ends
             )
-            await self._catch_up(log)
-            if not self._stopping.is_set():
-                await self._become_ready()
-            while not self._stopping.is_set():
+            await self._catch_up_or_replay(log, on_start=True)
+            if self._stopping.is_set():
+                return
+            await self._become_ready(log)
+            await self._tail(log)
+
+    async def _tail(self, log: MutationLog) -> None:
+        """Apply what comes after the end offsets taken at start, until stopped."""
+        while not self._stopping.is_set():
+            try:
                 records = await log.next_batch()
-                if records:
-                    await self._apply(records)
+            except OffsetOutOfRangeError as error:
+                await self._replay_live(log, ReplayReason.BELOW_LOG_START, f"position out of range: {error}")
+                continue
+            if records and self._away_too_long():
+                await self._replay_live(
+                    log,
+                    ReplayReason.TOMBSTONE_HORIZON,
+                    f"away from the log's end since {self._caught_up_ms} (unix ms), longer than "
+                    "delete.retention.ms less the margin: deletes may have been compacted away unread",
+                )
+                continue
+            if records:
+                await self._apply(records)
+            await self._note_caught_up(log)
+
+    def _away_too_long(self) -> bool:
+        caught_up = self._caught_up_ms
+        return caught_up is not None and horizon_passed(
+            caught_up, self._retention, self._now_ms(), self._margin_ms
+        )
+
+    async def _begin_full_replay(self, reason: ReplayReason, detail: str) -> None:
+        """Forget the stored state and offsets; the table keeps serving until the replay is done."""
+        store, table = self._require()
+        logger.warning(
+            "replaying all of %s instead of resuming from stored offsets %s (%s): %s; the current "
+            "table (%d routes) serves until the replay is done",
+            self.settings.topic_mutations,
+            self._stored,
+            reason.value,
+            detail,
+            len(table),
+        )
+        self.events.full_replay(reason, detail)
+        self.stats.rebuilt_from_log += 1
+        # A crash from here on leaves a store without a "caught up" mark: the next start replays all.
+        await asyncio.to_thread(store.clear)
+        self._stored = {}
+        self._pending = {}
+        self._pending_calibration = None
+        self._caught_up_ms = self._marked_ms = None
+        self._replaying = reason
+        self._replay_started = time.monotonic()
+
+    async def _replay_live(self, log: MutationLog, reason: ReplayReason, detail: str) -> None:
+        """A full replay while serving: read the whole log again, then swap the table in one step."""
+        await self._begin_full_replay(reason, detail)
+        await log.take_bounds()
+        await log.seek({})
+        await self._catch_up_or_replay(log, on_start=False)
+        if self._stopping.is_set():
+            return
+        await self._install_pending()
+        await self._mark_caught_up(log.opened_at_ms)
+        await self._notify()
 
     async def wait_for_position(self, positions: Mapping[int, int]) -> None:
         """Wait until the table has applied the log up to ``positions`` (partition -> next offset),
@@ -141,28 +299,23 @@ class RouteReplica:
             await self._advanced.wait_for(lambda: _covers(self.table.version, positions))
 
     async def stop(self) -> None:
-        """Ask :meth:`run` to return after the batch it is applying."""
+        """Ask :meth:`run` to return after the batch it is applying (or waiting to apply)."""
         self._stopping.set()
+        self._halt.set()
 
-    async def _forget_if_ahead(self, ends: dict[int, int]) -> None:
-        ahead = {p: o for p, o in self._stored.items() if o > ends.get(p, -1)}
-        if not ahead:
-            return
-        # The topic was recreated (or truncated): our state describes a log that no longer exists.
-        logger.warning(
-            "route store %s is ahead of topic %s (stored %s, topic ends at %s): rebuilding it from the log",
-            self.store_path,
-            self.settings.topic_mutations,
-            self._stored,
-            ends,
-        )
-        store, table = self._require()
-        await asyncio.to_thread(store.clear)
-        await asyncio.to_thread(table.apply, [], table.route_names(), ())
-        self._stored = {}
-        self.stats.rebuilt_from_log += 1
+    async def _catch_up_or_replay(self, log: MutationLog, *, on_start: bool) -> None:
+        """:meth:`_catch_up`, starting over with a full replay if records go missing under it."""
+        while True:
+            try:
+                await self._catch_up(log, on_start=on_start)
+                return
+            except OffsetOutOfRangeError as error:
+                # retention or DeleteRecords removed records after the log's bounds were taken
+                await self._begin_full_replay(ReplayReason.BELOW_LOG_START, f"position out of range: {error}")
+                await log.take_bounds()
+                await log.seek({})
 
-    async def _catch_up(self, log: MutationLog) -> None:
+    async def _catch_up(self, log: MutationLog, *, on_start: bool) -> None:
         """Apply the log up to its end offsets to the store; the table gets it all at once when ready.
 
         One batch is decoded while the previous one is written: decoding holds the GIL, SQLite
@@ -172,12 +325,13 @@ class RouteReplica:
         writing: asyncio.Future[None] | None = None
         try:
             async for records in log.up_to_end(self._stopping.is_set):
-                folded, resolved = await self._resolve(records)
-                self.stats.replayed_on_start += folded.records
+                folded, resolved, install = await self._resolve(records)
+                if on_start:
+                    self.stats.replayed_on_start += folded.records
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(
-                    asyncio.to_thread(self._commit, store, table, resolved, folded.offsets, True)
+                    asyncio.to_thread(self._commit, store, table, resolved, install, folded.offsets, True)
                 )
         finally:
             if writing is not None:
@@ -189,8 +343,8 @@ class RouteReplica:
         Runs on the low-priority background thread: queries keep the CPU while mutations apply.
         """
         store, table = self._require()
-        folded, resolved = await self._resolve(records, background=True)
-        commit = functools.partial(self._commit, store, table, resolved, folded.offsets, False)
+        folded, resolved, install = await self._resolve(records, background=True)
+        commit = functools.partial(self._commit, store, table, resolved, install, folded.offsets, False)
         await asyncio.get_running_loop().run_in_executor(self._background, commit)
         if self.on_live is not None:
             now_ms = time.time() * 1000
@@ -199,49 +353,94 @@ class RouteReplica:
 
     async def _resolve(
         self, records: list[LogRecord], *, background: bool = False
-    ) -> tuple[FoldedMutations, ResolvedChanges]:
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # catching up (nothing else to do yet) runs at full speed in the default executor
         executor = self._background if background else None
         loop = asyncio.get_running_loop()
-        folded, resolved = await loop.run_in_executor(executor, self._prepare, records)
+        folded, resolved, install = await loop.run_in_executor(executor, self._prepare, records)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
-            resolved.upserts.extend(await embed_routes(self.encoder, resolved.to_embed))
-        return folded, resolved
+            embedded, failed = await embed_isolated(self.encoder, resolved.to_embed)
+            resolved.upserts.extend(embedded)
+            for route, reason in failed:
+                # a poison route: skipped like a malformed record, on every replica of this model
+                partition, offset = folded.positions.get(route.name, (-1, -1))
+                error = ContractError(
+                    ErrorCode.EMBEDDING_FAILED, f"route {route.name!r} cannot be embedded: {reason}"
+                )
+                skipped = folded.skip(self.settings.topic_mutations, partition, offset, error, route.name)
+                resolved.deletes.append(route.name)
+                self._report_skipped([skipped])
+        return folded, resolved, install
 
-    def _prepare(self, records: list[LogRecord]) -> tuple[FoldedMutations, ResolvedChanges]:
-        # Runs in a worker thread: decoding and checking vectors is CPU work.
+    def _prepare(
+        self, records: list[LogRecord]
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
+        # Runs in a worker thread: decoding and checking vectors (and a calibration's weights) is CPU work.
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
         folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
         self.stats.records += folded.records
-        self.stats.skipped_malformed += len(folded.skipped)
-        return folded, resolve_changes(folded, self._current, fingerprint, self.stats)
+        self._report_skipped(folded.skipped)
+        change = folded.calibration
+        install = installable(change, self._calibration_context()) if change is not None else None
+        return folded, resolve_changes(folded, self._current, fingerprint, self.stats), install
+
+    def _report_skipped(self, skipped: Sequence[SkippedRecord]) -> None:
+        self.stats.skipped_malformed += len(skipped)
+        for record in skipped:
+            self.events.mutation_skipped(record.code, record.partition, record.offset)
 
     def _commit(
         self,
         store: RouteStore,
         table: RouteTable,
         resolved: ResolvedChanges,
+        install: CalibrationInstall | None,
         offsets: dict[int, int],
         catching_up: bool,
     ) -> None:
-        # Runs in a worker thread: store first (state + offsets in one transaction), then the table.
-        store.apply(resolved.upserts, resolved.deletes, offsets)
+        # Runs in a worker thread: store first (state + offsets in one transaction), then the table,
+        # whose new snapshot carries the routes and the calibration of this batch together.
+        if not catching_up and not self._wait_for_room(table):
+            return  # stopping: the batch is read again on the next start
+        records = {CALIBRATION_KEY: install.value} if install is not None else None
+        store.apply(resolved.upserts, resolved.deletes, offsets, records)
         self._stored.update(offsets)
         self.stats.batches += 1
         self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
         if catching_up:
             self._pending.update((rv.name, rv) for rv in resolved.upserts)
             self._pending.update((name, None) for name in resolved.deletes)
+            if install is not None:
+                self._pending_calibration = install
         else:
-            table.apply(resolved.upserts, resolved.deletes, make_version(self._stored))
+            calibration = install.calibration if install is not None else KEEP
+            table.apply(
+                resolved.upserts, resolved.deletes, make_version(self._stored), calibration=calibration
+            )
+            self.events.overlay_rows(table.snapshot().overlay.rows)
 
-    async def _become_ready(self) -> None:
+    def _wait_for_room(self, table: RouteTable) -> bool:
+        """Backpressure of the bounded overlay: this (apply) thread waits, queries never do."""
+        if table.has_room():
+            return True
+        started = time.monotonic()
+        logger.info(
+            "the route table's overlay is full (%d vectors): live mutations wait for the index rebuild",
+            table.snapshot().overlay.rows,
+        )
+        room = table.wait_for_room(self._halt)
+        waited = time.monotonic() - started
+        self.stats.apply_waits += 1
+        self.events.apply_waited(waited)
+        logger.info("live mutations waited %.1f s for room in the overlay", waited)
+        return room
+
+    async def _become_ready(self, log: MutationLog) -> None:
         _, table = self._require()
-        pending, self._pending = self._pending, {}
-        upserts = [rv for rv in pending.values() if rv is not None]
-        deletes = [name for name, rv in pending.items() if rv is None]
-        await asyncio.to_thread(table.apply, upserts, deletes, make_version(self._stored))
+        await self._install_pending()
+        # the store now holds the log up to the end offsets taken when it was opened
+        await self._mark_caught_up(log.opened_at_ms)
         self.ready.set()
         await self._notify()
         logger.info(
@@ -250,6 +449,57 @@ class RouteReplica:
             table.version,
             self.stats.replayed_on_start,
         )
+
+    async def _install_pending(self) -> None:
+        """Put what catching up collected into the table, in one step.
+
+        After a full replay the table may hold routes the log no longer has (their tombstones gone):
+        every route the replay did not see is deleted in the same step.
+        """
+        _, table = self._require()
+        pending, self._pending = self._pending, {}
+        install, self._pending_calibration = self._pending_calibration, None
+        upserts = [rv for rv in pending.values() if rv is not None]
+        deletes = [name for name, rv in pending.items() if rv is None]
+        replaying, self._replaying = self._replaying, None
+        if replaying is not None:
+            deletes.extend(name for name in table.route_names() if name not in pending)
+        # after a full replay without a usable calibration record, none is served any more
+        calibration = install.calibration if install is not None else None if replaying is not None else KEEP
+        await asyncio.to_thread(
+            functools.partial(
+                table.apply, upserts, deletes, make_version(self._stored), calibration=calibration
+            )
+        )
+        if replaying is not None:
+            seconds = time.monotonic() - self._replay_started
+            logger.warning(
+                "full replay of %s done (%s): %d routes at %s in %.1f s, swapped in at once",
+                self.settings.topic_mutations,
+                replaying.value,
+                len(table),
+                table.version,
+                seconds,
+            )
+            self.events.full_replay_done(replaying, len(table), seconds)
+
+    async def _note_caught_up(self, log: MutationLog) -> None:
+        """Remember when the replica was last at the log's end (written to the store now and then)."""
+        at = await log.caught_up_at_ms()
+        if at is None:
+            return
+        self._caught_up_ms = max(self._caught_up_ms or 0, at)
+        if self._marked_ms is None or at - self._marked_ms >= _MARK_EVERY_MS:
+            await self._mark_caught_up(at)
+
+    async def _mark_caught_up(self, at_ms: int) -> None:
+        store, _ = self._require()
+        await asyncio.to_thread(store.mark_caught_up, at_ms)
+        self._marked_ms = at_ms
+        self._caught_up_ms = max(self._caught_up_ms or 0, at_ms)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     async def _notify(self) -> None:
         async with self._advanced:

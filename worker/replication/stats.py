@@ -15,7 +15,8 @@ class ReplicaStats:
     replayed_on_start: int = 0
     #: net route upserts and deletions written to the store and the table
     applied: int = 0
-    #: malformed records skipped (each logged with its position)
+    #: records skipped because they cannot be applied: malformed, rejected, or a route the model
+    #: cannot embed (each logged with its position; the route is absent until a usable record)
     skipped_malformed: int = 0
     #: routes applied with the vectors shipped in their record
     shipped: int = 0
@@ -27,10 +28,17 @@ class ReplicaStats:
     reused: int = 0
     #: store transactions (one per batch of records)
     batches: int = 0
-    #: times the store was found ahead of the topic and rebuilt from the log
+    #: full replays of the log instead of a resume (store ahead of the topic, offsets below the log
+    #: start, away longer than tombstones are kept: :mod:`worker.replication.resume`)
     rebuilt_from_log: int = 0
     #: routes re-embedded at start because the store held vectors of another model
     re_embedded_at_open: int = 0
+    #: live batches that waited for an index rebuild because the overlay was full
+    apply_waits: int = 0
+    #: calibration records decoded and put into service (with the batch that carried them)
+    calibrations: int = 0
+    #: calibration records made with another model's vectors (none is served then)
+    calibrations_of_other_models: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

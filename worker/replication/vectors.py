@@ -16,7 +16,7 @@ import numpy as np
 from worker.contracts import RouteDefinition, ShippedEmbeddings
 from worker.embedding import EncoderPool
 from worker.errors import ContractError, ErrorCode
-from worker.routing import Route, RouteVectors
+from worker.routing import EncoderError, Route, RouteVectors
 from worker.routing.types import Vectors
 
 #: routes embedded concurrently; the pool's own ``max_pending`` bounds the threads' queue
@@ -83,6 +83,51 @@ async def embed_routes(pool: EncoderPool, routes: Sequence[Route]) -> list[Route
         chunk = routes[start : start + _CONCURRENT_ROUTES]
         embedded.extend(await asyncio.gather(*(embed_route(pool, route) for route in chunk)))
     return embedded
+
+
+#: embedded when a route fails to embed: if this fails too, the encoder is broken, not the route
+ENCODER_PROBE = "routeworker encoder probe"
+
+
+async def embed_isolated(
+    pool: EncoderPool, routes: Sequence[Route]
+) -> tuple[list[RouteVectors], list[tuple[Route, str]]]:
+    """Embed many routes like :func:`embed_routes`, keeping a route that cannot be embedded apart.
+
+    A route whose embedding fails is tried once more on its own; failing again while the encoder
+    still embeds :data:`ENCODER_PROBE`, it is returned in the second list with the reason: the
+    failure is the route's (a text the model cannot take, vectors of the wrong shape), so every
+    replica with this model fails on it the same way. When the probe fails too, the encoder itself
+    is broken and :class:`~worker.routing.EncoderError` is raised: skipping would make this
+    replica alone drop routes.
+    """
+    embedded: list[RouteVectors] = []
+    failed: list[tuple[Route, str]] = []
+    for start in range(0, len(routes), _CONCURRENT_ROUTES):
+        chunk = routes[start : start + _CONCURRENT_ROUTES]
+        results = await asyncio.gather(*(embed_route(pool, route) for route in chunk), return_exceptions=True)
+        for route, result in zip(chunk, results, strict=True):
+            if isinstance(result, RouteVectors):
+                embedded.append(result)
+                continue
+            if not isinstance(result, Exception):
+                raise result  # cancelled, or the process is going down
+            try:
+                embedded.append(await embed_route(pool, route))
+            except Exception as error:  # noqa: BLE001 - kept with its route; a broken encoder raises below
+                await _check_encoder(pool, error)
+                failed.append((route, f"{type(error).__name__}: {error}"))
+    return embedded, failed
+
+
+async def _check_encoder(pool: EncoderPool, cause: Exception) -> None:
+    try:
+        await pool.embed([ENCODER_PROBE])
+    except Exception as error:  # noqa: BLE001 - any failure here means the encoder is unusable
+        raise EncoderError(
+            f"the encoder fails on a probe text too ({type(error).__name__}: {error}): it cannot embed "
+            f"routes (first failure: {type(cause).__name__}: {cause})"
+        ) from cause
 
 
 async def with_embeddings(pool: EncoderPool, definitions: Sequence[RouteDefinition]) -> list[RouteDefinition]:

@@ -15,10 +15,12 @@ from worker.routing.errors import (
     StoreError,
 )
 from worker.routing.fitting import FitMetrics, FittedThresholds, fit_head_weight, fit_thresholds
-from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
+from worker.routing.head import HeadConfig, RouteHead, train_head
 from worker.routing.index_settings import IndexSettings
+from worker.routing.route_calibration import CalibrationEstimate, RouteCalibration
 from worker.routing.router import Router
 from worker.routing.scoring import ScoringConfig, Thresholds
+from worker.routing.self_fit import SelfFitConfig, self_fit
 from worker.routing.snapshot import Hits, TableSnapshot
 from worker.routing.store import RouteStore, StoredState
 from worker.routing.table import RouteTable
@@ -34,6 +36,7 @@ from worker.routing.types import (
 )
 
 __all__ = [
+    "CalibrationEstimate",
     "Candidate",
     "Decision",
     "DimensionMismatch",
@@ -43,12 +46,12 @@ __all__ = [
     "FitMetrics",
     "FittedThresholds",
     "HeadConfig",
-    "HeadTrainer",
     "Hits",
     "IndexSettings",
     "InvalidRoute",
     "OffsetRegression",
     "Route",
+    "RouteCalibration",
     "RouteHead",
     "RouteStore",
     "RouteTable",
@@ -57,6 +60,7 @@ __all__ = [
     "RoutingError",
     "SchemaTooNew",
     "ScoringConfig",
+    "SelfFitConfig",
     "StoreError",
     "StoredState",
     "TableSnapshot",
@@ -66,5 +70,6 @@ __all__ = [
     "fit_thresholds",
     "l2_normalise",
     "make_version",
+    "self_fit",
     "train_head",
 ]

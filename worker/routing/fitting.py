@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: folds of the cross-validation; examples are assigned per label by a fixed-seed shuffle
 FOLDS = 5
+#: ``min_examples`` that gives every route the default threshold (no per-route thresholds)
+ONE_THRESHOLD = 2**31
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,11 @@ def fit_head_weight(
     best: tuple[float, Router, _Prepared] | None = None
     for weight in sorted(set(weights)):
         candidate = Router(
-            router.table, replace(router.config, head_weight=float(weight)), router.thresholds, router.head
+            router.table,
+            replace(router.config, head_weight=float(weight)),
+            router.thresholds,
+            router.head,
+            calibrated=router.calibrated,
         )
         prepared = _prepare(candidate, vectors, labels)
         estimate = _cross_validate(prepared, min_examples, None, folds)
@@ -154,10 +160,18 @@ def _prepare(router: Router, vectors: npt.ArrayLike, labels: Sequence[str | None
     if label_codes.shape[0] != ranked.starts.shape[0] - 1:
         raise ValueError(f"{label_codes.shape[0]} labels for {ranked.starts.shape[0] - 1} vectors")
     current = router.thresholds
-    current_default = current.default if current is not None else router.config.default_threshold
+    calibration = router.calibration_for(snapshot)
+    if current is not None:
+        current_default = current.default
+    elif calibration is not None:
+        current_default = calibration.default_threshold
+    else:
+        current_default = router.config.default_threshold
     thresholds = np.array([router.threshold_for(snapshot, name) for name in names])
     return _Prepared(
-        names, _scored(ranked, code, label_codes), Cut(thresholds, current_default, router.margin)
+        names,
+        _scored(ranked, code, label_codes),
+        Cut(thresholds, current_default, router.margin_for(snapshot)),
     )
 
 

@@ -1,29 +1,28 @@
 """A learned routing head: a small neural network over utterance embeddings, numpy only.
 
-The head is trained on one table snapshot and remembers the digest of every route it learned. The
-router only uses it for routes whose live digest still matches, so a route added, changed or
-deleted after training is answered by the nearest-utterance path at once: the head never hides a
-mutation. Training is deterministic (fixed seed, fixed route order), so replicas training on equal
-tables get equal weights.
+The head is trained on a set of routes and remembers the training digest (name, utterances,
+negatives, model) of every route it learned. The router only uses it for routes whose live training
+digest still matches, so a route added, changed or deleted after training is answered by the
+nearest-utterance path at once: the head never hides a mutation. Training is deterministic on one
+machine (fixed seed, fixed route order); across CPUs it is not bit-reproducible (BLAS kernels round
+differently), which is why replicas never train one: a head is made once and shipped in a
+:class:`~worker.routing.route_calibration.RouteCalibration`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from worker.background import lower_this_thread
 from worker.routing.head_training import HeadConfig, HeadLayers, softmax, train_layers
-from worker.routing.table import RouteTable
 from worker.routing.types import RouteVectors, Vectors
 
-__all__ = ["HeadConfig", "HeadTrainer", "RouteHead", "train_head"]
+__all__ = ["HeadConfig", "RouteHead", "train_head"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ Probabilities = npt.NDArray[np.float64]
 
 @dataclass(frozen=True, eq=False)
 class RouteHead:
-    """Trained weights plus the routes (name -> digest) they were trained on.
+    """Trained weights plus the routes (name -> training digest) they were trained on.
 
     ``logits = relu(scale * x @ hidden_weights + hidden_bias) @ weights + bias``; without a hidden
     layer ``logits = scale * x @ weights + bias``.
@@ -53,7 +52,7 @@ class RouteHead:
 
     def column(self, route: RouteVectors) -> int:
         """The head's column for ``route``, or -1 when the head never saw this exact route."""
-        if self.digests.get(route.name) != route.digest:
+        if self.digests.get(route.name) != route.training_digest:
             return -1
         return self.columns[route.name]
 
@@ -84,7 +83,7 @@ def train_head(routes: Iterable[RouteVectors], config: HeadConfig | None = None)
     logger.info("trained route head: %d routes, %d examples in %.2fs", len(ordered), y.size, seconds)
     return RouteHead(
         names=tuple(rv.name for rv in ordered),
-        digests={rv.name: rv.digest for rv in ordered},
+        digests={rv.name: rv.training_digest for rv in ordered},
         weights=layers.weights,
         bias=layers.bias,
         scale=config.scale,
@@ -92,58 +91,3 @@ def train_head(routes: Iterable[RouteVectors], config: HeadConfig | None = None)
         hidden_weights=layers.hidden_weights,
         hidden_bias=layers.hidden_bias,
     )
-
-
-class HeadTrainer:
-    """Trains a head from a table snapshot in a background thread and hands it over by reference.
-
-    ``maybe_train(table)`` starts training when the table's digest differs from the one last
-    trained (or being trained); ``on_ready`` (e.g. ``lambda head: setattr(router, "head", head)``)
-    receives the new head. Errors are logged and kept in :attr:`last_error`.
-    """
-
-    def __init__(
-        self, on_ready: Callable[[RouteHead], None], config: HeadConfig | None = None, *, niceness: int = 0
-    ) -> None:
-        #: training is background work: its thread lowers its priority by this much (0 = not)
-        self.niceness = niceness
-        self.config = config or HeadConfig()
-        self._on_ready = on_ready
-        self._lock = threading.Lock()
-        self._digest: str | None = None
-        self._thread: threading.Thread | None = None
-        self.last_error: BaseException | None = None
-
-    def maybe_train(self, table: RouteTable) -> bool:
-        """Start training on ``table``'s current snapshot unless it was trained already."""
-        snapshot = table.snapshot()
-        with self._lock:
-            if snapshot.digest == self._digest or len(snapshot) == 0:
-                return False
-            if self._thread is not None and self._thread.is_alive():
-                return False  # one at a time; the caller asks again after this one lands
-            self._digest = snapshot.digest
-            routes = list(snapshot.routes())
-            self._thread = threading.Thread(
-                target=self._train, args=(routes, snapshot.digest), name="route-head", daemon=True
-            )
-            self._thread.start()
-        return True
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait for the training run started last (if any)."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-
-    def _train(self, routes: list[RouteVectors], digest: str) -> None:
-        lower_this_thread(self.niceness)
-        try:
-            head = train_head(routes, self.config)
-        except Exception as error:  # task boundary: the router keeps its previous head
-            self.last_error = error
-            with self._lock:
-                self._digest = None
-            logger.exception("route head training failed for table %s", digest[:12])
-            return
-        self._on_ready(head)

@@ -38,6 +38,13 @@ class IndexSettings:
     train_rows_per_list: int = 16
     #: the overlay is folded into the main index in the background once it holds this many vectors
     overlay_rebuild_rows: int = 2_048
+    #: the overlay's bound: while it holds this many vectors, live mutations wait for a rebuild to
+    #: fold it in (the replica's apply waits; searches never do). Every search scans the overlay by
+    #: brute force: 16k vectors cost 32 queries about 5 ms on this machine, half an embedding.
+    overlay_max_rows: int = 16_384
+    #: a failed background rebuild is retried after this long, doubling up to ``rebuild_retry_max_s``
+    rebuild_retry_s: float = 1.0
+    rebuild_retry_max_s: float = 60.0
     #: OpenMP threads of each faiss search (set in every searching thread: OpenMP keeps the count per
     #: thread); None keeps faiss's. 1 because searches already run in parallel threads and OpenMP
     #: waits collapse when cores are busy: a 32-query search over 1k vectors took 1.0 ms (1 thread)

@@ -169,20 +169,33 @@ def _ranked(
 def combine_with_head(
     ranked: RouteScores, queries: Vectors, snapshot: TableSnapshot, head: RouteHead, weight: float
 ) -> RouteScores:
-    """Blend the head's probability into the kNN score of every route the head knows (same digest).
+    """Blend the head's probability into the kNN score of every route the head knows (same
+    training digest).
 
     Routes the head never saw (added or changed since training) keep their kNN score; deleted
     routes are not in the snapshot, so they cannot appear.
     """
+    columns = head_columns(ranked, snapshot, head)
+    if not (columns >= 0).any():
+        return ranked
+    return blend_head(ranked, head.probabilities(queries), columns, weight)
+
+
+def head_columns(ranked: RouteScores, snapshot: TableSnapshot, head: RouteHead) -> Int64s:
+    """The head's column of each ranked (row, route) pair, -1 where the head does not know it."""
     if ranked.rows.size == 0:
-        return ranked
+        return np.zeros(0, dtype=np.int64)
     unique, inverse = np.unique(ranked.route_ids, return_inverse=True)
-    columns = np.array([head.column(snapshot.route_at(int(i))) for i in unique], dtype=np.int64)[inverse]
+    columns: Int64s = np.array([head.column(snapshot.route_at(int(i))) for i in unique], dtype=np.int64)
+    return columns[inverse]
+
+
+def blend_head(ranked: RouteScores, probabilities: Floats, columns: Int64s, weight: float) -> RouteScores:
+    """``(1 - weight) * knn + weight * probability`` where ``columns >= 0``, re-ranked."""
     known = columns >= 0
-    if not known.any():
+    if not known.any() or weight == 0:
         return ranked
-    probs = head.probabilities(queries)
     scores = ranked.scores.copy()
-    scores[known] = (1 - weight) * scores[known] + weight * probs[ranked.rows[known], columns[known]]
+    scores[known] = (1 - weight) * scores[known] + weight * probabilities[ranked.rows[known], columns[known]]
     names = np.array(ranked.names, dtype=object)
-    return _ranked(ranked.rows, ranked.route_ids, names, scores, queries.shape[0])
+    return _ranked(ranked.rows, ranked.route_ids, names, scores, ranked.starts.shape[0] - 1)

@@ -1,4 +1,4 @@
-"""One consistent state of the route table: the main index, the overlay on top of it and the version.
+"""One consistent state of the route table: main index, overlay, version and the calibration in service.
 
 Immutable: a search reads the current snapshot once and searches it, never taking a lock, and
 never sees half of a mutation. :class:`worker.routing.table.RouteTable` swaps snapshots.
@@ -21,6 +21,7 @@ from worker.routing.errors import DimensionMismatch
 from worker.routing.index import MainIndex, table_digest
 from worker.routing.native import in_slices, use_faiss_threads
 from worker.routing.overlay import Overlay
+from worker.routing.route_calibration import RouteCalibration
 from worker.routing.types import Int64s, RouteVectors, TableVersion, Vectors
 
 
@@ -35,11 +36,17 @@ class Hits:
 @dataclass(frozen=True, eq=False)
 class TableSnapshot:
     """One consistent state of the route table. Route id ``i < len(main.names)`` is a main slot,
-    larger ids are overlay slots (``i - len(main.names)``)."""
+    larger ids are overlay slots (``i - len(main.names)``).
+
+    ``calibration`` is the head and thresholds in service at ``version``: it is swapped with the
+    routes in one step, so a decision never mixes one log position's routes with another's
+    calibration.
+    """
 
     main: MainIndex
     overlay: Overlay
     version: TableVersion
+    calibration: RouteCalibration | None = None
 
     def search(self, queries: Vectors, k: int) -> Hits:
         """The ``k`` nearest utterances of each query among all live routes."""

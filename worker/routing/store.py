@@ -1,8 +1,11 @@
 """SQLite store of routes, their vectors and the mutation-log offsets they reflect.
 
 State and offsets are written in one transaction, so after a crash the store resumes the log exactly
-where its state stops. Every call opens its own connection: a store object may be used from any
-thread, SQLite's WAL journal lets readers run while one writer commits.
+where its state stops. Besides routes it keeps the log's other records by key (the calibration
+record), as they were read, in the same transaction, and when its replica last saw its offsets at the
+log's end (:meth:`RouteStore.mark_caught_up`): whether a resume from them can be trusted depends on it
+(see :mod:`worker.replication.resume`). Every call opens its own connection: a store object may be
+used from any thread, SQLite's WAL journal lets readers run while one writer commits.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,9 @@ from worker.routing.types import Route, RouteVectors, TableVersion, make_version
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+#: 2: the ``records`` table. A store of version 1 was written by a replica that skipped such
+#: records, so it is emptied on opening and the log replayed from its start.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,6 +41,7 @@ CREATE TABLE IF NOT EXISTS routes (
     digest TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS offsets (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
@@ -45,6 +51,10 @@ class StoredState:
 
     routes: tuple[RouteVectors, ...]
     version: TableVersion
+    #: unix ms when the replica last found ``version`` at (or past) the log's end; None: never
+    caught_up_at_ms: int | None = None
+    #: the log's records that are not routes, by key: the value last read for each
+    records: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class RouteStore:
@@ -84,6 +94,15 @@ class RouteStore:
                     f"{self.path} has schema version {row[0]}, this routeworker understands up to "
                     f"{SCHEMA_VERSION}: upgrade routeworker or point it at a fresh store"
                 )
+            elif int(row[0]) < 2:
+                logger.warning(
+                    "%s predates calibration records (schema %s): emptied to replay the log from its start",
+                    self.path,
+                    row[0],
+                )
+                conn.execute("DELETE FROM routes")
+                conn.execute("DELETE FROM offsets")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -94,12 +113,15 @@ class RouteStore:
         upserts: Sequence[RouteVectors],
         deletes: Sequence[str],
         offsets: Mapping[int, int],
+        records: Mapping[str, bytes | None] | None = None,
     ) -> None:
-        """Write route upserts, deletions and the new log offsets in ONE transaction.
+        """Write route upserts, deletions, other records and the new log offsets in ONE transaction.
 
         Offsets are next offsets (last applied + 1) per partition; moving one backwards raises
-        :class:`OffsetRegression` and writes nothing.
+        :class:`OffsetRegression` and writes nothing. ``records`` maps a key to its new value, or
+        to None to forget it.
         """
+        records = records or {}
         rows = [_route_row(rv) for rv in upserts]
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -111,6 +133,14 @@ class RouteStore:
                     rows,
                 )
                 conn.executemany("DELETE FROM routes WHERE name = ?", [(name,) for name in deletes])
+                conn.executemany(
+                    "INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)",
+                    [(key, value) for key, value in records.items() if value is not None],
+                )
+                conn.executemany(
+                    "DELETE FROM records WHERE key = ?",
+                    [(key,) for key, value in records.items() if value is None],
+                )
                 conn.executemany(
                     "INSERT OR REPLACE INTO offsets (partition, next_offset) VALUES (?, ?)",
                     [(int(p), int(o)) for p, o in offsets.items()],
@@ -142,15 +172,37 @@ class RouteStore:
                 )
                 routes = tuple(_route_from_row(*row) for row in cursor)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+                caught_up = _caught_up_at(conn)
+                records = {
+                    str(key): bytes(value) for key, value in conn.execute("SELECT key, value FROM records")
+                }
             finally:
                 conn.execute("COMMIT")
         logger.info("loaded %d routes at %s from %s", len(routes), version, self.path)
-        return StoredState(routes, version)
+        return StoredState(routes, version, caught_up_at_ms=caught_up, records=records)
 
     def version(self) -> TableVersion:
         """The stored mutation-log position."""
         with self._connect() as conn:
             return make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+
+    def mark_caught_up(self, at_ms: int) -> None:
+        """Record that at ``at_ms`` the stored offsets were at (or past) the log's end.
+
+        Offsets only move forward, so the mark stays true of every later state: every record after
+        the stored offsets was appended after ``at_ms``. An older mark is never written over a newer.
+        """
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                "excluded.value WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)",
+                (_CAUGHT_UP_KEY, str(int(at_ms))),
+            )
+
+    def caught_up_at_ms(self) -> int | None:
+        """The last :meth:`mark_caught_up` (None: never, or cleared since)."""
+        with self._connect() as conn:
+            return _caught_up_at(conn)
 
     def clear(self) -> None:
         """Forget every route and offset (a replica that must replay its log from the start)."""
@@ -158,6 +210,8 @@ class RouteStore:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM routes")
             conn.execute("DELETE FROM offsets")
+            conn.execute("DELETE FROM meta WHERE key = ?", (_CAUGHT_UP_KEY,))
+            conn.execute("DELETE FROM records")
             conn.execute("COMMIT")
 
     def schema_version(self) -> int:
@@ -167,6 +221,14 @@ class RouteStore:
         if row is None:
             raise StoreError(f"{self.path} has no schema version")
         return int(row[0])
+
+
+_CAUGHT_UP_KEY = "caught_up_at_ms"
+
+
+def _caught_up_at(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (_CAUGHT_UP_KEY,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, bytes, bytes, str]:

@@ -3,17 +3,23 @@
 Searches never take a lock: they read the current snapshot reference once and search it. Mutations
 build a new snapshot with a new overlay under a short lock; a background rebuild folds the overlay
 into a new main index off to the side and swaps it in, keeping mutations that arrived meanwhile.
+
+The overlay is bounded: a writer calls :meth:`RouteTable.wait_for_room` before applying, and waits
+there while the overlay holds ``overlay_max_rows`` vectors, until a rebuild has folded them in. A
+background rebuild that fails is retried with back-off; each outcome is reported to ``on_rebuild``
+(the replica turns a failure into a metric and into readiness).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import shutil
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +32,19 @@ from worker.routing.index_file import load_main, place_index, write_manifest
 from worker.routing.index_settings import IndexSettings
 from worker.routing.native import use_blas_from, use_faiss_threads
 from worker.routing.overlay import Overlay
+from worker.routing.route_calibration import RouteCalibration
 from worker.routing.snapshot import TableSnapshot
 from worker.routing.types import RouteVectors, TableVersion
 
 logger = logging.getLogger(__name__)
+
+
+class _Keep(enum.Enum):
+    KEEP = enum.auto()
+
+
+#: ``RouteTable.apply(calibration=KEEP)``: the calibration in service stays as it is
+KEEP = _Keep.KEEP
 
 
 class RouteTable:
@@ -63,7 +78,19 @@ class RouteTable:
         self._rebuild_scheduled = False
         self._rebuild_thread: threading.Thread | None = None
         self._scratch_dir: Path | None = None
+        #: notified whenever a rebuild swapped a new main index in (the overlay got smaller)
+        self._room = threading.Condition()
+        self._closed = threading.Event()
+        #: background rebuild threads alive, and those of them waiting to retry (under ``_room``)
+        self._threads = 0
+        self._threads_retrying = 0
+        #: the error of the last background rebuild, None once one succeeded
         self.last_rebuild_error: BaseException | None = None
+        #: background rebuilds that failed since the table was made
+        self.rebuild_failures = 0
+        #: called with the outcome of every background rebuild: None, or the error it failed with
+        #: (from the rebuild thread: keep it quick)
+        self.on_rebuild: Callable[[BaseException | None], None] | None = None
 
     @classmethod
     def from_routes(
@@ -124,11 +151,13 @@ class RouteTable:
         version: TableVersion,
         *,
         rebuild: bool = True,
+        calibration: RouteCalibration | _Keep | None = KEEP,
     ) -> None:
         """Add or replace ``upserts`` and remove ``deletes``; visible to the next search on return.
 
         ``version`` is the mutation-log position after this batch. Deleting an unknown route is a
-        no-op (replays see tombstones of routes they never had). Triggers a background rebuild when
+        no-op (replays see tombstones of routes they never had). ``calibration`` (if not ``KEEP``)
+        goes into service in the same snapshot as the routes. Triggers a background rebuild when
         the overlay outgrows ``settings.overlay_rebuild_rows`` unless ``rebuild`` is False.
         """
         for rv in upserts:
@@ -136,7 +165,9 @@ class RouteTable:
         with self._swap_lock:
             current = self._snapshot
             overlay = current.overlay.with_mutations(current.main, upserts, deletes)
-            self._snapshot = TableSnapshot(current.main, overlay, version)
+            served = current.calibration if calibration is KEEP else calibration
+            assert not isinstance(served, _Keep)
+            self._snapshot = TableSnapshot(current.main, overlay, version, served)
         if rebuild and overlay.rows >= self.settings.overlay_rebuild_rows:
             self.rebuild(block=False)
 
@@ -155,30 +186,113 @@ class RouteTable:
             if self._rebuild_scheduled:
                 return
             self._rebuild_scheduled = True
+        self._count_threads(1, 0)
         self._rebuild_thread = threading.Thread(
             target=self._rebuild_in_background, name="route-rebuild", daemon=True
         )
         self._rebuild_thread.start()
 
     def wait_for_rebuild(self, timeout: float | None = None) -> None:
-        """Wait until the background rebuild started last (if any) has finished."""
-        thread = self._rebuild_thread
-        if thread is not None:
-            thread.join(timeout)
+        """Wait until the background rebuild started last (if any) has succeeded, or has failed
+        (it is then retried later: see :attr:`last_rebuild_error`)."""
+        with self._room:
+            self._room.wait_for(lambda: self._threads == self._threads_retrying, timeout)
+
+    def has_room(self) -> bool:
+        """Whether the overlay is below ``settings.overlay_max_rows``."""
+        return self._snapshot.overlay.rows < self.settings.overlay_max_rows
+
+    def wait_for_room(self, cancelled: threading.Event | None = None) -> bool:
+        """Block the calling thread while the overlay is full (a rebuild is started if none is).
+
+        For the writer of mutations, never for a search: the writer falls behind the log instead of
+        the overlay growing without bound. Returns whether there is room (False: ``cancelled`` was
+        set, or the table closed, while waiting).
+        """
+        if self.has_room():
+            return True
+        self.rebuild(block=False)
+        with self._room:
+            while not self.has_room():
+                if self._closed.is_set() or (cancelled is not None and cancelled.is_set()):
+                    return False
+                # woken by every swap; the timeout only re-checks ``cancelled``
+                self._room.wait(timeout=0.2)
+        return True
+
+    def close(self) -> None:
+        """Stop retrying failed rebuilds and release writers waiting for room (the table still serves)."""
+        self._closed.set()
+        with self._room:
+            self._room.notify_all()
 
     def _rebuild_in_background(self) -> None:
         # This thread's share of the work (gathering the routes, writing changed vectors, persisting)
         # runs at low priority; the build process it starts inherits that and starts in the idle
         # class (see IndexSettings.build_idle_s).
         lower_this_thread(self.settings.build_niceness)
-        with self._rebuild_lock:
+        try:
+            self._rebuild_until_done()
+        finally:
+            self._count_threads(-1, 0)
+
+    def _rebuild_until_done(self) -> None:
+        delay = self.settings.rebuild_retry_s
+        while True:
+            with self._rebuild_lock:
+                with self._swap_lock:
+                    self._rebuild_scheduled = False
+                failed = self._background_attempt(delay)
+            if failed is None or self._closed.is_set():
+                return
             with self._swap_lock:
-                self._rebuild_scheduled = False
+                if self._rebuild_scheduled:
+                    return  # a rebuild asked for since this attempt began will run: it is the retry
+                self._rebuild_scheduled = True  # this thread retries: nobody else needs to start one
+            self._count_threads(0, 1)
             try:
-                self._rebuild_once()
-            except Exception as error:  # a failed rebuild leaves the table serving from its overlay
-                self.last_rebuild_error = error
-                logger.exception("route index rebuild failed")
+                if self._closed.wait(delay):
+                    return
+            finally:
+                self._count_threads(0, -1)
+            delay = min(delay * 2, self.settings.rebuild_retry_max_s)
+
+    def _count_threads(self, alive: int, retrying: int) -> None:
+        with self._room:
+            self._threads += alive
+            self._threads_retrying += retrying
+            self._room.notify_all()
+
+    def _background_attempt(self, retry_in_s: float) -> BaseException | None:
+        """One background rebuild; its error (reported and kept), or None."""
+        try:
+            self._rebuild_once()
+        except Exception as error:  # the table keeps serving from its overlay; the rebuild is retried
+            self.last_rebuild_error = error
+            self.rebuild_failures += 1
+            logger.exception(
+                "route index rebuild failed (%d so far); the table serves from its overlay of %d "
+                "vectors, retrying in %.0f s",
+                self.rebuild_failures,
+                self._snapshot.overlay.rows,
+                retry_in_s,
+            )
+            self._report(error)
+            return error
+        if self.last_rebuild_error is not None:
+            logger.info("route index rebuild succeeded after %d failures", self.rebuild_failures)
+        self.last_rebuild_error = None
+        self._report(None)
+        return None
+
+    def _report(self, error: BaseException | None) -> None:
+        callback = self.on_rebuild
+        if callback is None:
+            return
+        try:
+            callback(error)
+        except Exception:  # a reporting failure must not end the retries
+            logger.exception("on_rebuild callback failed")
 
     def _scratch(self) -> Path:
         """Where a table without ``index_dir`` keeps its mapped index files (removed with it)."""
@@ -205,7 +319,9 @@ class RouteTable:
             kept = [rv for name, rv in current.overlay.routes.items() if main.route(name) is not rv]
             gone = [name for name in current.overlay.deleted if main.slot(name) is not None]
             overlay = Overlay.empty(main).with_mutations(main, kept, gone)
-            self._snapshot = TableSnapshot(main, overlay, current.version)
+            self._snapshot = TableSnapshot(main, overlay, current.version, current.calibration)
+        with self._room:
+            self._room.notify_all()
         logger.info(
             "rebuilt %s route index: %d routes, %d vectors in %.2fs (%d routes still in overlay)",
             main.kind,

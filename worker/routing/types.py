@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -167,6 +168,28 @@ class RouteVectors:
     def dim(self) -> int:
         """Dimension of the vectors."""
         return int(self.utterance_vectors.shape[1])
+
+    @cached_property
+    def training_digest(self) -> str:
+        """What a calibration of this route depends on: name, utterances, negatives and model.
+
+        Unlike :attr:`digest` it holds no vector bytes, so replicas that embedded the route
+        themselves (last bits may differ between CPUs) agree on it, and a threshold or metadata
+        edit does not make a calibration forget the route.
+        """
+        return training_digest(self.route, self.fingerprint)
+
+
+def training_digest(route: Route, fingerprint: str) -> str:
+    """sha256 over a route's name, utterances, negative utterances and model fingerprint."""
+    parts = {
+        "name": route.name,
+        "utterances": list(route.utterances),
+        "negative_utterances": list(route.negative_utterances),
+        "model": fingerprint,
+    }
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def route_digest(route: Route, utterances: Vectors, negatives: Vectors, fingerprint: str) -> str:

@@ -125,6 +125,10 @@ class PipelineMetrics:
         """Record one rebalance of this replica, from its revocation to its new assignment."""
         self._record(MetricName.REBALANCE_DURATION, value / 1000)
 
+    def undecodable_batch(self, topic: str, partition: int) -> None:
+        """Count one record batch the client could not decode (dead-lettered and skipped)."""
+        self._add(MetricName.UNDECODABLE_BATCHES, 1, {"topic": topic, "partition": partition})
+
     def head_routes(self, routes: int) -> None:
         """The learned head now in service knows ``routes`` routes (0 when none is in service)."""
         self._gauges[MetricName.HEAD_ROUTES].set(routes)
@@ -137,6 +141,30 @@ class PipelineMetrics:
     def health_request(self, path: str, code: int) -> None:
         """Count one request answered by the health server."""
         self._add(MetricName.HEALTH_REQUESTS, 1, {"path": path, "code": str(code)})
+
+    def full_replay(self, reason: str) -> None:
+        """Count one replay of the whole mutation log (``reason``: why it could not resume)."""
+        self._add(MetricName.MUTATIONS_FULL_REPLAYS, 1, {"reason": reason})
+
+    def mutation_skipped(self, code: str) -> None:
+        """Count one route-mutation record that could not be applied."""
+        self._add(MetricName.MUTATIONS_SKIPPED, 1, {"error_code": code})
+
+    def apply_waited(self) -> None:
+        """Count one live mutation batch that waited for room in the overlay."""
+        self._add(MetricName.MUTATION_APPLY_WAITS, 1)
+
+    def rebuild_failed(self) -> None:
+        """Count one failed background index rebuild."""
+        self._add(MetricName.INDEX_REBUILD_FAILURES, 1)
+
+    def overlay_rows(self, rows: int) -> None:
+        """The write-ahead overlay now holds ``rows`` vectors."""
+        self._gauges[MetricName.OVERLAY_ROWS].set(rows)
+
+    def unknown_fields(self, topic: str, fields: int) -> None:
+        """Count fields of ``topic``'s records that this version ignored."""
+        self._add(MetricName.UNKNOWN_FIELDS, fields, {"topic": topic})
 
     def _observe_ready(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(1 if self._ready() else 0)]

@@ -41,6 +41,13 @@ class MetricName(StrEnum):
     READY = "routeworker.replica.ready"
     MUTATION_APPLY_LAG = "routeworker.mutations.apply_lag"
     HEALTH_REQUESTS = "routeworker.health.requests"
+    UNDECODABLE_BATCHES = "routeworker.consumer.undecodable_batches"
+    MUTATIONS_FULL_REPLAYS = "routeworker.mutations.full_replays"
+    MUTATIONS_SKIPPED = "routeworker.mutations.skipped"
+    MUTATION_APPLY_WAITS = "routeworker.mutations.apply_waits"
+    INDEX_REBUILD_FAILURES = "routeworker.index.rebuild_failures"
+    OVERLAY_ROWS = "routeworker.index.overlay_rows"
+    UNKNOWN_FIELDS = "routeworker.contracts.unknown_fields"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +149,32 @@ METRICS: dict[MetricName, MetricSpec] = {
     ),
     MetricName.HEALTH_REQUESTS: MetricSpec(
         "counter", "{request}", "Requests answered by the health server, by path and status code."
+    ),
+    MetricName.UNDECODABLE_BATCHES: MetricSpec(
+        "counter",
+        "{batch}",
+        "Fetched record batches the Kafka client could not decode (dead-lettered and skipped), by partition.",
+    ),
+    MetricName.MUTATIONS_FULL_REPLAYS: MetricSpec(
+        "counter",
+        "{replay}",
+        "Replays of the whole mutation log instead of a resume from stored offsets, by reason "
+        "(below_log_start, tombstone_horizon, ahead_of_log, never_caught_up, retention_unknown).",
+    ),
+    MetricName.MUTATIONS_SKIPPED: MetricSpec(
+        "counter", "{record}", "Route-mutation records that could not be applied, by error code."
+    ),
+    MetricName.MUTATION_APPLY_WAITS: MetricSpec(
+        "counter", "{batch}", "Live mutation batches that waited for an index rebuild (overlay full)."
+    ),
+    MetricName.INDEX_REBUILD_FAILURES: MetricSpec(
+        "counter", "{rebuild}", "Background index rebuilds that failed (each is retried)."
+    ),
+    MetricName.OVERLAY_ROWS: MetricSpec(
+        "gauge", "{vector}", "Vectors in the route table's write-ahead overlay (bounded by OVERLAY_MAX_ROWS)."
+    ),
+    MetricName.UNKNOWN_FIELDS: MetricSpec(
+        "counter", "{field}", "Fields this version does not know, ignored in accepted records, by topic."
     ),
 }
 

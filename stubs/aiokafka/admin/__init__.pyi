@@ -4,6 +4,11 @@ from typing import Any
 
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin.config_resource import ConfigResource
+from aiokafka.structs import TopicPartition
+
+class RecordsToDelete:
+    before_offset: int
+    def __init__(self, before_offset: int) -> None: ...
 
 class NewTopic:
     name: str
@@ -52,3 +57,6 @@ class AIOKafkaAdminClient:
     async def describe_configs(
         self, config_resources: list[ConfigResource], include_synonyms: bool = False
     ) -> list[Any]: ...
+    async def delete_records(
+        self, records_to_delete: dict[TopicPartition, RecordsToDelete], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int]: ...

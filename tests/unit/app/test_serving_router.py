@@ -1,15 +1,19 @@
-"""The worker's router: scoring settings applied, the learned head trained, swapped and retrained."""
+"""The worker's router: routing settings applied, the calibration in the table served and reported."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from worker.app.serving import HeadKeeper, scoring_config, serving_router
+from worker.app.serving import CalibrationWatch, scoring_config, self_fit_config, serving_router
 from worker.config import Settings
-from worker.routing import Route, RouteTable, RouteVectors, ScoringConfig, l2_normalise
+from worker.routing import Route, RouteTable, RouteVectors, l2_normalise, self_fit
+from worker.routing.head import HeadConfig
+from worker.routing.self_fit import SelfFitConfig
 
 DIM = 16
 FP = "synthetic"
@@ -32,9 +36,12 @@ def _table(routes: int, seed: int = 0) -> RouteTable:
     return table
 
 
-def _trained(keeper: HeadKeeper) -> None:
-    """Wait for the training the keeper started last: its head is in service on return."""
-    keeper.trainer.wait(30)
+def _calibrate(table: RouteTable, head_weight: float | None = None) -> None:
+    config = SelfFitConfig(head=HeadConfig(hidden=16, epochs=4))
+    calibration = self_fit(list(table.snapshot().routes()), config=config)
+    if head_weight is not None:
+        calibration = replace(calibration, head_weight=head_weight)
+    table.apply([], [], table.version, calibration=calibration)
 
 
 def test_settings_reach_the_scoring_config() -> None:
@@ -42,58 +49,59 @@ def test_settings_reach_the_scoring_config() -> None:
         _settings(routing_search_k=48, routing_top_k=3, routing_default_threshold=0.61, routing_margin=0.04)
     )
     assert (config.search_k, config.top_k, config.default_threshold, config.margin) == (48, 3, 0.61, 0.04)
-    assert config.head_weight == ScoringConfig().head_weight
-    assert scoring_config(_settings(routing_head_weight=0.7)).head_weight == 0.7
-    assert scoring_config(_settings(routing_head=False, routing_head_weight=0.7)).head_weight == 0.0
 
 
-def test_keeper_trains_swaps_in_and_retrains_after_a_change() -> None:
+def test_self_fit_config_follows_the_head_settings() -> None:
+    assert self_fit_config(_settings(), 10).head is not None
+    assert self_fit_config(_settings(routing_head=False), 10).head is None
+    assert self_fit_config(_settings(routing_head_max_routes=6), 10).head is None
+    assert self_fit_config(_settings(routing_no_match_rate=0.05), 10).no_match_rate == 0.05
+
+
+def test_the_served_router_uses_the_calibration_installed_in_the_table() -> None:
     table = _table(8)
     router = serving_router(_settings(), table)
-    keeper = HeadKeeper(router, _settings())
-    assert router.head is None
-    assert keeper.check()
-    _trained(keeper)
-    first = router.head
-    assert first is not None
-    assert set(first.names) == set(table.route_names())
-    assert not keeper.check(), "an unchanged table is not trained again"
-
-    rng = np.random.default_rng(5)
-    added = _route("added", l2_normalise(rng.normal(size=(1, DIM)))[0], rng)
-    table.apply([added], [], ())
-    # before the next head: the new route is answered through the nearest utterances at once
-    assert router.decide(added.utterance_vectors[:1], 1)[0].candidates[0].route == "added"
-    assert keeper.check()
-    _trained(keeper)
-    assert router.head is not first
-    assert router.head is not None
-    assert "added" in router.head.names
-    assert keeper.trained == 2
+    assert router.calibration_for(table.snapshot()) is None
+    _calibrate(table)
+    calibration = router.calibration_for(table.snapshot())
+    assert calibration is not None
+    assert calibration.head is not None
+    route = table.snapshot().route("r00")
+    assert route is not None
+    assert router.threshold_for(table.snapshot(), "r00") == calibration.default_threshold
+    without_head = serving_router(_settings(routing_head=False), table)
+    assert without_head.threshold_for(table.snapshot(), "r00") == calibration.fallback_threshold
 
 
-def test_keeper_turns_the_head_off_above_the_size_limit() -> None:
-    table = _table(6)
-    router = serving_router(_settings(), table)
-    keeper = HeadKeeper(router, _settings(routing_head_max_routes=6))
-    keeper.check()
-    _trained(keeper)
-    assert router.head is not None
-    rng = np.random.default_rng(9)
-    table.apply([_route("seventh", l2_normalise(rng.normal(size=(1, DIM)))[0], rng)], [], ())
-    assert not keeper.check()
-    assert router.head is None, "a head of the smaller table is withdrawn"
+def test_head_weight_setting_overrides_the_calibrated_weight() -> None:
+    table = _table(8)
+    _calibrate(table, head_weight=0.5)
+    queries = l2_normalise(np.random.default_rng(3).normal(size=(20, DIM)))
+    calibrated = serving_router(_settings(), table).score(queries)[1].scores
+    knn_only = serving_router(_settings(routing_head_weight=0.0), table).score(queries)[1].scores
+    no_head = serving_router(_settings(routing_head=False), table).score(queries)[1].scores
+    np.testing.assert_array_equal(knn_only, no_head)
+    assert not np.array_equal(calibrated, knn_only)
 
 
-@pytest.mark.asyncio
-async def test_keeper_loop_stops_when_asked() -> None:
+def test_watch_reports_each_calibration_once(caplog: pytest.LogCaptureFixture) -> None:
+    table = _table(8)
+    watch = CalibrationWatch(serving_router(_settings(), table))
+    with caplog.at_level(logging.INFO, logger="worker.app.serving"):
+        assert watch.check()  # the first look always reports
+        assert not watch.check()
+        _calibrate(table)
+        assert watch.check()
+        assert not watch.check()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("no calibration")
+    assert "covers 8 of 8 routes" in messages[1]
+
+
+async def test_watch_runs_until_stopped() -> None:
     table = _table(4)
-    router = serving_router(_settings(routing_head_retrain_s=0.05), table)
-    keeper = HeadKeeper(router, _settings(routing_head_retrain_s=0.05))
+    watch = CalibrationWatch(serving_router(_settings(), table))
     stopping = asyncio.Event()
-    loop = asyncio.create_task(keeper.run(stopping))
-    await asyncio.sleep(0)  # one turn of the loop: the keeper's first check starts a training
-    await asyncio.to_thread(_trained, keeper)
-    assert router.head is not None
+    task = asyncio.create_task(watch.run(stopping, interval_s=0.01))
     stopping.set()
-    await asyncio.wait_for(loop, 5)
+    await asyncio.wait_for(task, 5)

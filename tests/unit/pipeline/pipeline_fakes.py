@@ -76,6 +76,13 @@ class ConsumerRecord:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+class CommittedOffsets(dict[TopicPartition, int]):
+    """The group's committed offsets; also callable as aiokafka's ``await consumer.committed(tp)``."""
+
+    async def __call__(self, tp: TopicPartition, /) -> int | None:
+        return self.get(tp)
+
+
 @dataclass
 class FakeConsumer:
     """Partitions of one topic; ``getmany`` serves from each partition's position onwards."""
@@ -88,7 +95,7 @@ class FakeConsumer:
     assigned: set[TopicPartition] = field(default_factory=set)
     paused_set: set[TopicPartition] = field(default_factory=set)
     positions: dict[TopicPartition, int] = field(default_factory=dict)
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    committed: CommittedOffsets = field(default_factory=lambda: CommittedOffsets())
     pauses: int = 0
     fetches: int = 0
 
@@ -182,6 +189,17 @@ class FakeConsumer:
             assert tp in self.assigned, f"commit of unassigned {tp}"
         self.commits.append(dict(offsets))
         self.committed.update(offsets)
+
+    async def position(self, tp: TopicPartition) -> int:
+        assert tp in self.assigned, f"position of unassigned {tp}"
+        return self.positions[tp]
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        assert tp in self.assigned, f"seek of unassigned {tp}"
+        self.positions[tp] = offset
+
+    async def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: 0 for tp in partitions}
 
 
 @dataclass

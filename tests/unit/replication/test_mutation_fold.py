@@ -69,11 +69,18 @@ def test_a_malformed_record_is_skipped_with_its_position(
     key: bytes | None, value: bytes, code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     folded = fold([upsert(2, 4, "a", "valid"), Record(2, 5, key, value)], LIMITS)
-    definition = folded.changes["a"]
-    assert definition is not None
-    assert definition.utterances == ["valid"]  # the route keeps its last valid definition
     (skipped,) = folded.skipped
+    if key is None:
+        # no key names no route: nothing changes
+        assert folded.changes["a"] is not None
+        assert skipped.route is None
+    else:
+        # the route is absent, as on a replica that replays after compaction kept only this record
+        assert folded.changes["a"] is None
+        assert skipped.route == "a"
+        assert fold([Record(2, 5, key, value)], LIMITS).changes == {"a": None}
     assert (skipped.partition, skipped.offset) == (2, 5)
+    assert skipped.code == code
     assert skipped.reason.startswith(code)
     assert folded.offsets == {2: 6}  # consumed: replay never stops or loops on it
     assert "route-mutations[2] offset 5" in caplog.text
@@ -81,7 +88,7 @@ def test_a_malformed_record_is_skipped_with_its_position(
 
 def test_an_oversized_record_is_skipped() -> None:
     folded = fold([upsert(0, 0, "a", "x" * 2000)], Limits(max_mutation_bytes=1024))
-    assert folded.changes == {}
+    assert folded.changes == {"a": None}
     assert folded.skipped[0].reason.startswith("too_large")
 
 
@@ -105,11 +112,15 @@ def test_resolved_vectors_follow_their_record_and_bad_vectors_count_as_malformed
     good = l2_normalise(np.random.default_rng(1).normal(size=(2, 8)))
     ok = _shipped("a", "m:1", good)
     not_unit = _shipped("a", "m:1", good * 3)
+    folded = fold([Record(0, 0, b"a", encode(ok))], LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
+    assert folded.changes["a"] == ok
+    assert np.array_equal(folded.vectors["a"].utterance_vectors, good)
     records = [Record(0, 0, b"a", encode(ok)), Record(0, 1, b"a", encode(not_unit))]
     folded = fold(records, LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
-    assert folded.changes["a"] == ok  # the later record is unusable: the last valid one stays
-    assert np.array_equal(folded.vectors["a"].utterance_vectors, good)
-    assert folded.skipped[0].reason.startswith("embedding_shape")
+    assert folded.changes["a"] is None  # the later record is unusable: the route is absent
+    assert "a" not in folded.vectors
+    assert folded.skipped[0].code == "embedding_shape"
+    assert folded.positions["a"] == (0, 1)
 
 
 def test_a_later_record_without_vectors_drops_the_earlier_resolved_ones() -> None:

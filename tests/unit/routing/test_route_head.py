@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -15,7 +13,7 @@ from worker.routing import (
     l2_normalise,
 )
 from worker.routing.fitting import fit_head_weight
-from worker.routing.head import HeadConfig, HeadTrainer, RouteHead, train_head
+from worker.routing.head import HeadConfig, RouteHead, train_head
 from worker.routing.threshold_search import best_cuts
 
 DIM = 32
@@ -139,8 +137,10 @@ def test_changed_route_is_not_scored_by_the_stale_head() -> None:
     head = train_head(table.snapshot().routes())
     rng = np.random.default_rng(4)
     elsewhere = l2_normalise(rng.normal(size=(1, DIM)))
-    # r00 moves far away: near its old centre it must lose, near its new one it must win.
-    table.apply([_route(names[0], _near(rng, elsewhere[0], 10, 0.5))], [], ((0, 1),))
+    # r00 gets new utterances far away: near its old centre it must lose, near its new one it must win.
+    moved_vectors = _near(rng, elsewhere[0], 10, 0.5)
+    rewritten = Route(names[0], tuple(f"{names[0]} rewritten {j}" for j in range(10)))
+    table.apply([RouteVectors(rewritten, moved_vectors, np.zeros((0, DIM), np.float32), FP)], [], ((0, 1),))
     snapshot = table.snapshot()
     moved = snapshot.route(names[0])
     assert moved is not None
@@ -160,23 +160,17 @@ def test_deleted_route_is_never_returned() -> None:
     assert all(c.route != names[0] for d in decisions for c in d.candidates)
 
 
-def test_trainer_swaps_the_head_in_and_skips_known_tables() -> None:
+def test_a_threshold_or_metadata_edit_keeps_the_head_for_the_route() -> None:
     table, *_ = _world()
-    router = Router(table, ScoringConfig())
-    landed = threading.Event()
-
-    def swap(head: RouteHead) -> None:
-        router.head = head
-        landed.set()
-
-    trainer = HeadTrainer(swap, HeadConfig(epochs=2))
-    assert trainer.maybe_train(table)
-    trainer.wait()
-    assert landed.is_set()
-    assert router.head is not None
-    assert set(router.head.digests) == set(table.route_names())
-    assert not trainer.maybe_train(table)  # same digest: nothing to do
-    assert trainer.last_error is None
+    head = train_head(table.snapshot().routes())
+    before = table.snapshot().route("r00")
+    assert before is not None
+    edited = Route("r00", before.route.utterances, threshold=0.3, metadata={"team": "billing"})
+    table.apply([RouteVectors(edited, before.utterance_vectors, before.negative_vectors, FP)], [], ((0, 1),))
+    after = table.snapshot().route("r00")
+    assert after is not None
+    assert after.digest != before.digest  # the table changed
+    assert head.column(after) == head.column(before) >= 0  # the head still knows the route
 
 
 def _labelled(seed: int, routes: int = 12) -> tuple[RouteTable, np.ndarray, list[str | None]]:
@@ -241,3 +235,35 @@ def test_head_weight_is_chosen_by_cross_validated_accuracy() -> None:
         assert router.thresholds is fitted
         chosen.add(router.config.head_weight)
     assert chosen != {0.0}  # the worlds do make a head weight win
+
+
+def test_large_tables_train_on_route_groups_covering_every_example_once_per_epoch() -> None:
+    from worker.routing.head_batches import epoch_batches, neighbours
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(40), [3 + (i % 25) for i in range(40)])  # 3 to 27 examples per route
+    x = l2_normalise(rng.normal(size=(y.size, DIM)))
+    nearest = neighbours(x, y, np.ones(y.size, np.bool_), 40, 5)
+    assert nearest.shape == (40, 5)
+    assert not (nearest == np.arange(40)[:, None]).any()  # a route is not its own competitor
+    batches = list(epoch_batches(y, 40, 32, np.random.default_rng(1), nearest))
+    rows = np.concatenate([b.rows for b in batches])
+    assert np.array_equal(np.sort(rows), np.arange(y.size))  # every example, once
+    for batch in batches:
+        assert batch.columns is not None
+        assert set(y[batch.rows]) <= set(batch.columns.tolist())  # its routes are in its softmax
+        assert np.bincount(y[batch.rows]).max() <= 10  # no route floods a batch
+    again = list(epoch_batches(y, 40, 32, np.random.default_rng(1), nearest))
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(batches, again, strict=True))
+
+
+def test_a_sampled_softmax_still_learns_and_is_deterministic() -> None:
+    table, centres, _, names = _world(routes=30)
+    config = HeadConfig(epochs=20, softmax_routes=8)
+    head = train_head(table.snapshot().routes(), config)
+    again = train_head(table.snapshot().routes(), config)
+    assert np.array_equal(head.weights, again.weights)
+    rng = np.random.default_rng(7)
+    queries = np.concatenate([_near(rng, c, 5, 0.9) for c in centres])
+    truth = np.repeat(np.arange(len(names)), 5)
+    assert float(np.mean(head.probabilities(queries).argmax(axis=1) == truth)) >= 0.9

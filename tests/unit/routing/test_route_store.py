@@ -65,6 +65,32 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         RouteStore(path)
 
 
+def test_other_records_are_kept_with_the_offsets(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay"])], [], {0: 2}, {"__routeworker__/calibration": b"{1}"})
+    assert store.load().records == {"__routeworker__/calibration": b"{1}"}
+    store.apply([], [], {0: 3}, {"__routeworker__/calibration": b"{2}"})
+    assert store.load().records == {"__routeworker__/calibration": b"{2}"}
+    with pytest.raises(OffsetRegression):  # nothing of a refused transaction is written
+        store.apply([], [], {0: 1}, {"__routeworker__/calibration": b"{3}"})
+    assert store.load().records == {"__routeworker__/calibration": b"{2}"}
+    store.apply([], [], {0: 4}, {"__routeworker__/calibration": None})
+    assert store.load().records == {}
+
+
+def test_a_store_of_schema_1_is_emptied_to_replay_the_log(tmp_path: Path, make_route: MakeRoute) -> None:
+    # schema 1 predates calibration records: its replica skipped them, so its offsets cannot be trusted
+    path = tmp_path / "routes.db"
+    store = RouteStore(path)
+    store.apply([make_route("billing", ["pay"])], [], {0: 7})
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    reopened = RouteStore(path)
+    state = reopened.load()
+    assert (state.routes, state.version) == ((), ())
+    assert reopened.schema_version() == SCHEMA_VERSION
+
+
 def test_store_uses_wal_journal(tmp_path: Path) -> None:
     path = tmp_path / "routes.db"
     RouteStore(path)
@@ -126,3 +152,18 @@ def test_clear_forgets_everything(tmp_path: Path, make_route: MakeRoute) -> None
     state = store.load()
     assert state.routes == ()
     assert state.version == ()
+
+
+def test_the_caught_up_mark_only_moves_forward_and_goes_with_a_clear(
+    tmp_path: Path, make_route: MakeRoute
+) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    assert store.caught_up_at_ms() is None
+    store.apply([make_route("billing", ["pay my bill"])], [], {0: 1})
+    store.mark_caught_up(2_000)
+    store.mark_caught_up(1_000)  # an older mark never replaces a newer one
+    assert store.caught_up_at_ms() == 2_000
+    assert store.load().caught_up_at_ms == 2_000
+    store.clear()
+    assert store.load().caught_up_at_ms is None
+    assert RouteStore(tmp_path / "routes.db").caught_up_at_ms() is None

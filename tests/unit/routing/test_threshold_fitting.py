@@ -14,7 +14,7 @@ from worker.routing import (
     fit_thresholds,
     l2_normalise,
 )
-from worker.routing.fitting import _folds, cross_validate
+from worker.routing.fitting import _folds, cross_validate, fit_head_weight
 from worker.routing.threshold_search import best_cuts
 
 DIM = 48
@@ -151,3 +151,59 @@ def test_best_cut_is_optimal_for_one_route(examples: list[tuple[int, float]]) ->
     achieved = gain[score >= threshold].sum()
     best = max(0.0, *(gain[score >= t].sum() for t in score))
     assert achieved == best
+
+
+def test_fit_calibration_ships_what_it_fitted() -> None:
+    from worker.routing.fit_calibration import fit_calibration
+    from worker.routing.head import HeadConfig
+
+    rng = np.random.default_rng(11)
+    dim = 16
+    centres = l2_normalise(rng.normal(size=(6, dim)))
+    routes = [
+        RouteVectors(
+            Route(f"r{i}", tuple(f"r{i} {j}" for j in range(8))),
+            l2_normalise(c + 0.6 * rng.normal(size=(8, dim)) / np.sqrt(dim)),
+            np.zeros((0, dim), np.float32),
+            "synthetic",
+        )
+        for i, c in enumerate(centres)
+    ]
+    table = RouteTable(dim, "synthetic")
+    table.apply(routes, [], ())
+    examples = np.concatenate(
+        [l2_normalise(c + 0.6 * rng.normal(size=(10, dim)) / np.sqrt(dim)) for c in centres]
+    )
+    far = l2_normalise(rng.normal(size=(20, dim)))
+    labels: list[str | None] = [f"r{i}" for i in range(6) for _ in range(10)] + [None] * 20
+    calibration, fitted = fit_calibration(
+        table, np.concatenate([examples, far]), labels, head=HeadConfig(hidden=16, epochs=4)
+    )
+    assert calibration.head is not None
+    assert all(calibration.covers(rv) for rv in routes)
+    assert calibration.default_threshold == fitted.default
+    assert dict(calibration.per_route) == dict(fitted.per_route)
+    assert calibration.estimate is not None
+    assert calibration.estimate.no_match_recall is not None
+    assert np.isfinite(calibration.fallback_threshold)
+    served = Router(table, calibration=calibration)
+    assert served.threshold_for(table.snapshot(), "r0") == calibration.per_route.get("r0", fitted.default)
+
+
+def test_one_threshold_replaces_per_route_ones_unless_those_cross_validate_better() -> None:
+    from dataclasses import replace
+
+    from worker.routing.fit_calibration import _per_route_or_one
+    from worker.routing.threshold_search import FitMetrics
+
+    table, vectors, labels = _world(0)
+    router, fitted = fit_head_weight(Router(table), vectors, labels, weights=(0.0,))
+    assert fitted.per_route  # the world gives each route its own threshold
+    fitted_router = router.with_thresholds(fitted)  # as fit_head_weight returns it: thresholds attached
+    perfect = FitMetrics(len(labels), 0, 1.0, 1.0, 0.0, 0.0)
+    assert _per_route_or_one(
+        fitted_router, vectors, labels, replace(fitted, cross_validated=perfect)
+    ).per_route
+    hopeless = replace(perfect, accuracy=0.0)
+    one = _per_route_or_one(fitted_router, vectors, labels, replace(fitted, cross_validated=hopeless))
+    assert one.per_route == {}  # not the router's attached per-route thresholds kept as "current"

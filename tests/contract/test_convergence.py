@@ -27,7 +27,7 @@ from worker.embedding import EncoderPool
 from worker.embedding.hashing import hashing_pool
 from worker.embedding.model import ModelSpec
 from worker.embedding.pool import encoder_pool
-from worker.local.broker import LocalBroker
+from worker.local.capabilities import BrokerService
 from worker.replication import MutationPublisher, read_routes, route_of, shipped_vectors, with_embeddings
 from worker.replication.vectors import embed_routes
 from worker.routing import RouteVectors
@@ -200,9 +200,9 @@ def replica_env(settings: Settings) -> dict[str, str]:
 
 
 async def test_replica_processes_converge_under_concurrent_publishers_and_kill_9(
-    broker: LocalBroker, tmp_path: Path
+    any_broker: BrokerService, tmp_path: Path
 ) -> None:
-    settings = mutation_settings(broker.bootstrap)
+    settings = mutation_settings(any_broker.bootstrap)
     await create_mutation_topic(settings, partitions=3)
     names = [f"route-{i:03d}" for i in range(120)]
     probes = tmp_path / "probes.txt"
@@ -251,9 +251,9 @@ def route_vectors(definition: RouteDefinition, pool: EncoderPool) -> RouteVector
 
 
 async def test_replicas_embedding_with_the_real_model_converge(
-    broker: LocalBroker, tmp_path: Path, model_spec: ModelSpec, base_settings: Settings
+    any_broker: BrokerService, tmp_path: Path, model_spec: ModelSpec, base_settings: Settings
 ) -> None:
-    settings = mutation_settings(broker.bootstrap)
+    settings = mutation_settings(any_broker.bootstrap)
     await create_mutation_topic(settings, partitions=2)
     names = [f"route-{i:02d}" for i in range(15)]
     probes = tmp_path / "probes.txt"

@@ -24,7 +24,7 @@ from pipeline_harness import (
 )
 
 from worker.contracts import RoutedIntent
-from worker.local.broker import LocalBroker
+from worker.local.capabilities import BrokerService
 
 pytestmark = pytest.mark.integration
 
@@ -54,28 +54,28 @@ async def offsets_by_id(bootstrap: str, topic: str, count: int) -> dict[str, tup
     return {orjson.loads(r.value)["id"]: (r.partition, r.offset) for r in records}
 
 
-async def prepared(broker: LocalBroker) -> Topics:
+async def prepared(any_broker: BrokerService) -> Topics:
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
-    await publish_routes(broker.bootstrap, topics.mutations, route_definitions())
+    await create_topics(any_broker.bootstrap, topics)
+    await publish_routes(any_broker.bootstrap, topics.mutations, route_definitions())
     return topics
 
 
 async def test_sigterm_stops_cleanly_after_committing_everything_it_produced(
-    broker: LocalBroker, tmp_path: Path
+    any_broker: BrokerService, tmp_path: Path
 ) -> None:
-    topics = await prepared(broker)
+    topics = await prepared(any_broker)
     worker = WorkerProcess(
-        topics.env(broker.bootstrap, tmp_path / "store.sqlite3", replica_id="w1"), tmp_path / "w1.log"
+        topics.env(any_broker.bootstrap, tmp_path / "store.sqlite3", replica_id="w1"), tmp_path / "w1.log"
     )
     try:
-        async with TopicReader(broker.bootstrap, [topics.intents]) as reader:
-            await produce(broker.bootstrap, topics.queries, queries(0, 2000))
+        async with TopicReader(any_broker.bootstrap, [topics.intents]) as reader:
+            await produce(any_broker.bootstrap, topics.queries, queries(0, 2000))
             await reader.wait_for(lambda rs: len(rs) >= 100)
             worker.signal(signal.SIGTERM)
             assert await worker.wait(60) == 0, worker.log()
-            committed = await committed_offsets(broker.bootstrap, topics.group, topics.queries)
-            positions = await offsets_by_id(broker.bootstrap, topics.queries, 2000)
+            committed = await committed_offsets(any_broker.bootstrap, topics.group, topics.queries)
+            positions = await offsets_by_id(any_broker.bootstrap, topics.queries, 2000)
             # every record below the committed offsets is in the output, and nothing beyond them
             expected = {qid for qid, (p, o) in positions.items() if o < committed.get(p, 0)}
             await reader.wait_for(lambda rs: len(rs) >= len(expected), within=10)
@@ -88,21 +88,23 @@ async def test_sigterm_stops_cleanly_after_committing_everything_it_produced(
         worker.close()
 
 
-async def test_kill_9_mid_stream_then_restart_loses_nothing(broker: LocalBroker, tmp_path: Path) -> None:
-    topics = await prepared(broker)
-    env = topics.env(broker.bootstrap, tmp_path / "store.sqlite3")
+async def test_kill_9_mid_stream_then_restart_loses_nothing(
+    any_broker: BrokerService, tmp_path: Path
+) -> None:
+    topics = await prepared(any_broker)
+    env = topics.env(any_broker.bootstrap, tmp_path / "store.sqlite3")
     first = WorkerProcess(env, tmp_path / "first.log")
     second: WorkerProcess | None = None
     try:
-        async with TopicReader(broker.bootstrap, [topics.intents]) as reader:
-            await produce(broker.bootstrap, topics.queries, queries(0, 1500))
+        async with TopicReader(any_broker.bootstrap, [topics.intents]) as reader:
+            await produce(any_broker.bootstrap, topics.queries, queries(0, 1500))
             await reader.wait_for(lambda rs: len(rs) >= 150)
             first.signal(signal.SIGKILL)
             await first.wait(10)
-            committed_at_crash = await committed_offsets(broker.bootstrap, topics.group, topics.queries)
+            committed_at_crash = await committed_offsets(any_broker.bootstrap, topics.group, topics.queries)
             assert sum(committed_at_crash.values()) < 1500, "the crash came after the stream"
             second = WorkerProcess(env, tmp_path / "second.log")
-            positions = await offsets_by_id(broker.bootstrap, topics.queries, 1500)
+            positions = await offsets_by_id(any_broker.bootstrap, topics.queries, 1500)
             await second.wait_for_log("worker.pipeline.app: assigned")
             await reader.wait_for(
                 lambda rs: {i.query_id for i in routed(rs, topics.intents)} >= set(positions)
@@ -116,8 +118,8 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(broker: LocalBroker,
         for qid in duplicated:
             partition, offset = positions[qid]
             assert offset >= committed_at_crash.get(partition, 0), (qid, positions[qid], committed_at_crash)
-        final = await committed_offsets(broker.bootstrap, topics.group, topics.queries)
-        assert final == await log_end(broker.bootstrap, topics.queries, 1500), second.log()
+        final = await committed_offsets(any_broker.bootstrap, topics.group, topics.queries)
+        assert final == await log_end(any_broker.bootstrap, topics.queries, 1500), second.log()
     finally:
         first.close()
         if second is not None:
@@ -134,19 +136,21 @@ async def stream_queries(bootstrap: str, topic: str, stop: asyncio.Event, chunk:
     return count
 
 
-async def test_a_second_worker_joining_mid_stream_loses_nothing(broker: LocalBroker, tmp_path: Path) -> None:
-    topics = await prepared(broker)
+async def test_a_second_worker_joining_mid_stream_loses_nothing(
+    any_broker: BrokerService, tmp_path: Path
+) -> None:
+    topics = await prepared(any_broker)
     first = WorkerProcess(
-        topics.env(broker.bootstrap, tmp_path / "a.sqlite3", replica_id="a"), tmp_path / "a.log"
+        topics.env(any_broker.bootstrap, tmp_path / "a.sqlite3", replica_id="a"), tmp_path / "a.log"
     )
     second: WorkerProcess | None = None
     stop = asyncio.Event()
-    stream = asyncio.create_task(stream_queries(broker.bootstrap, topics.queries, stop))
+    stream = asyncio.create_task(stream_queries(any_broker.bootstrap, topics.queries, stop))
     try:
-        async with TopicReader(broker.bootstrap, [topics.intents]) as reader:
+        async with TopicReader(any_broker.bootstrap, [topics.intents]) as reader:
             await reader.wait_for(lambda rs: len(rs) >= 50)
             second = WorkerProcess(
-                topics.env(broker.bootstrap, tmp_path / "b.sqlite3", replica_id="b"), tmp_path / "b.log"
+                topics.env(any_broker.bootstrap, tmp_path / "b.sqlite3", replica_id="b"), tmp_path / "b.log"
             )
             await second.wait_for_log("worker.pipeline.app: assigned", within=60)
             await reader.wait_for(lambda rs: any(i.worker == "b" for i in routed(rs, topics.intents)))
@@ -162,8 +166,8 @@ async def test_a_second_worker_joining_mid_stream_loses_nothing(broker: LocalBro
             intents = routed(reader.records, topics.intents)
         assert {i.query_id for i in intents} == wanted
         assert {i.worker for i in intents} == {"a", "b"}
-        assert await committed_offsets(broker.bootstrap, topics.group, topics.queries) == await log_end(
-            broker.bootstrap, topics.queries, len(wanted)
+        assert await committed_offsets(any_broker.bootstrap, topics.group, topics.queries) == await log_end(
+            any_broker.bootstrap, topics.queries, len(wanted)
         )
     finally:
         stop.set()
@@ -173,14 +177,16 @@ async def test_a_second_worker_joining_mid_stream_loses_nothing(broker: LocalBro
             second.close()
 
 
-async def test_a_routed_intent_continues_the_trace_of_its_query(broker: LocalBroker, tmp_path: Path) -> None:
-    topics = await prepared(broker)
-    worker = WorkerProcess(topics.env(broker.bootstrap, tmp_path / "store.sqlite3"), tmp_path / "w.log")
+async def test_a_routed_intent_continues_the_trace_of_its_query(
+    any_broker: BrokerService, tmp_path: Path
+) -> None:
+    topics = await prepared(any_broker)
+    worker = WorkerProcess(topics.env(any_broker.bootstrap, tmp_path / "store.sqlite3"), tmp_path / "w.log")
     try:
-        async with TopicReader(broker.bootstrap, [topics.intents]) as reader:
+        async with TopicReader(any_broker.bootstrap, [topics.intents]) as reader:
             traced = orjson.dumps({"id": "traced", "text": "will it rain in london tomorrow"})
             await produce(
-                broker.bootstrap,
+                any_broker.bootstrap,
                 topics.queries,
                 [(b"conv", traced, [("traceparent", UPSTREAM)]), *queries(0, 3)],
             )

@@ -26,7 +26,7 @@ from worker.contracts import DeadLetter, RoutedIntent
 from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
 from worker.errors import ErrorCode
-from worker.local.broker import LocalBroker
+from worker.local.capabilities import BrokerService
 from worker.pipeline import QueryPipeline
 from worker.routing import Router
 from worker.telemetry import Telemetry
@@ -55,10 +55,10 @@ def encoder(model_spec: ModelSpec) -> Iterator[EncoderPool]:
 
 
 async def test_malformed_queries_go_to_the_dlq_and_valid_ones_are_routed_once(
-    broker: LocalBroker, encoder: EncoderPool
+    any_broker: BrokerService, encoder: EncoderPool
 ) -> None:
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
+    await create_topics(any_broker.bootstrap, topics)
     rng = random.Random(7)
     records: list[Record] = []
     for i in range(1000):
@@ -70,19 +70,19 @@ async def test_malformed_queries_go_to_the_dlq_and_valid_ones_are_routed_once(
 
     telemetry = Telemetry(replica_id="dlq-test")
     pipeline = QueryPipeline(
-        topics.settings(broker.bootstrap),
+        topics.settings(any_broker.bootstrap),
         encoder=encoder,
         router=Router(build_table(encoder)),
         telemetry=telemetry,
     )
     running = asyncio.create_task(pipeline.run())
     try:
-        async with TopicReader(broker.bootstrap, [topics.intents, topics.dlq]) as reader:
-            await produce(broker.bootstrap, topics.queries, records)
-            ends = await log_end(broker.bootstrap, topics.queries, 2000)
+        async with TopicReader(any_broker.bootstrap, [topics.intents, topics.dlq]) as reader:
+            await produce(any_broker.bootstrap, topics.queries, records)
+            ends = await log_end(any_broker.bootstrap, topics.queries, 2000)
 
             async def all_committed() -> bool:
-                return await committed_offsets(broker.bootstrap, topics.group, topics.queries) == ends
+                return await committed_offsets(any_broker.bootstrap, topics.group, topics.queries) == ends
 
             async with asyncio.timeout(120):
                 while not await all_committed():

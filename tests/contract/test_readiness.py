@@ -17,8 +17,8 @@ from worker.config import Settings
 from worker.contracts import RoutedIntent
 from worker.embedding import EncoderPool
 from worker.embedding.model import ModelSpec
-from worker.local.broker import LocalBroker
-from worker.routing import RouteTable
+from worker.local.capabilities import BrokerService
+from worker.routing import RouteTable, self_fit
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
@@ -65,9 +65,11 @@ async def wait_for(condition: Any, within: float = 30) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, encoder_factory: Any) -> None:
+async def test_queries_wait_for_the_route_table_then_flow(
+    any_broker: BrokerService, encoder_factory: Any
+) -> None:
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
+    await create_topics(any_broker.bootstrap, topics)
     replicas: list[ScriptedReplica] = []
 
     def replica_factory(settings: Settings, encoder: Any) -> ScriptedReplica:
@@ -76,13 +78,13 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
 
     telemetry = Telemetry()
     worker = asyncio.create_task(
-        run_worker(topics.settings(broker.bootstrap), telemetry, replica_factory=replica_factory,
+        run_worker(topics.settings(any_broker.bootstrap), telemetry, replica_factory=replica_factory,
                    encoder_factory=encoder_factory)
     )  # fmt: skip
     try:
-        async with TopicReader(broker.bootstrap, [topics.intents]) as reader:
+        async with TopicReader(any_broker.bootstrap, [topics.intents]) as reader:
             query = orjson.dumps({"id": "early", "text": "play some music"})
-            await produce(broker.bootstrap, topics.queries, [(None, query, [])])
+            await produce(any_broker.bootstrap, topics.queries, [(None, query, [])])
             await wait_for(lambda: bool(replicas) and replicas[0].opened)
             await wait_for(lambda: "catching up" in telemetry.health.readiness()[1])
             assert telemetry.health.readiness()[0] is False
@@ -94,10 +96,13 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
                 True,
                 "ready: route table caught up, 2 partitions assigned",
             )
-            # the learned head is trained on the served table in the background and put in service
-            routes = len(replicas[0].table)
+            # a calibration applied to the table (as a replica applies one from the log) is served,
+            # and the head gauge says so
+            table = replicas[0].table
+            calibration = self_fit(list(table.snapshot().routes()))
+            table.apply([], [], table.version, calibration=calibration)
             await wait_for(
-                lambda: telemetry.registry.get_sample_value("routeworker_route_head_routes") == routes
+                lambda: telemetry.registry.get_sample_value("routeworker_route_head_routes") == len(table)
             )
     finally:
         if not worker.done():  # run_worker's own handler turns it into a graceful stop
@@ -106,10 +111,10 @@ async def test_queries_wait_for_the_route_table_then_flow(broker: LocalBroker, e
 
 
 async def test_a_failing_replica_stops_the_worker_with_a_non_zero_status(
-    broker: LocalBroker, encoder_factory: Any, caplog: pytest.LogCaptureFixture
+    any_broker: BrokerService, encoder_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     topics = Topics.fresh()
-    await create_topics(broker.bootstrap, topics)
+    await create_topics(any_broker.bootstrap, topics)
     replicas: list[ScriptedReplica] = []
 
     def replica_factory(settings: Settings, encoder: Any) -> ScriptedReplica:
@@ -119,7 +124,7 @@ async def test_a_failing_replica_stops_the_worker_with_a_non_zero_status(
 
     telemetry = Telemetry()
     worker = asyncio.create_task(
-        run_worker(topics.settings(broker.bootstrap), telemetry, replica_factory=replica_factory,
+        run_worker(topics.settings(any_broker.bootstrap), telemetry, replica_factory=replica_factory,
                    encoder_factory=encoder_factory)
     )  # fmt: skip
     await wait_for(lambda: telemetry.health.readiness()[0])

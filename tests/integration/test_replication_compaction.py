@@ -1,0 +1,196 @@
+"""Replicas against what Apache Kafka removes from the mutation log: compacted tombstones and deleted
+records. A replica must never resume past records it did not read (issue 13, item 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from replication_harness import (
+    RecordedEvents,
+    create_mutation_topic,
+    folded_digest,
+    mutation_settings,
+    produce_raw,
+    replica_running,
+)
+
+import worker.replication.replica as replica_module
+from worker.config import Settings
+from worker.contracts import RouteDefinition, RouteMutation, encode
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
+from worker.local.kafka import LocalKafka
+from worker.replication import (
+    MutationPublisher,
+    ReplayReason,
+    ResumeVerdict,
+    apply_routes,
+    read_routes,
+    with_embeddings,
+)
+from worker.replication.kafka import running
+from worker.replication.replica import index_dir_for
+
+pytestmark = pytest.mark.integration
+
+#: the log cleaner runs within a second or so, and drops a tombstone half a second after
+#: the cleaning that first saw it
+FAST_CLEANING = {
+    "segment.ms": "100",
+    "min.cleanable.dirty.ratio": "0.001",
+    "delete.retention.ms": "500",
+    "min.compaction.lag.ms": "0",
+}
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[EncoderPool]:
+    with hashing_pool(64) as made:
+        yield made
+
+
+def routes(count: int) -> list[RouteDefinition]:
+    return [
+        RouteDefinition(name=f"route-{i}", utterances=[f"route {i} alpha", f"question number {i}"])
+        for i in range(count)
+    ]
+
+
+async def raw_keys(settings: Settings) -> list[bytes | None]:
+    """Keys of every record of partition 0 now in the log, in order."""
+    tp = TopicPartition(settings.topic_mutations, 0)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    async with running(reader):
+        reader.assign([tp])
+        end = (await reader.end_offsets([tp]))[tp]
+        reader.seek(tp, (await reader.beginning_offsets([tp]))[tp])
+        keys: list[bytes | None] = []
+        async with asyncio.timeout(20):
+            while await reader.position(tp) < end:
+                batch = await reader.getmany(tp, timeout_ms=300)
+                keys += [r.key for r in batch.get(tp, [])]
+        return keys
+
+
+async def clean_until_gone(settings: Settings, key: bytes, timeout_s: float = 60.0) -> None:
+    """Keep the cleaner busy (a record rolls the active segment, which is never cleaned) until no
+    record of ``key`` is left in the log: its last one was a tombstone, now compacted away."""
+    tick = encode(RouteDefinition(name="tick", utterances=["the clock ticks"]))
+    deadline = time.monotonic() + timeout_s
+    while key in await raw_keys(settings):
+        assert time.monotonic() < deadline, f"{key!r} still in the log after {timeout_s} s"
+        await produce_raw(settings, [(b"tick", tick)])
+        await asyncio.sleep(0.3)
+
+
+def copy_store(store: Path, to: Path) -> Path:
+    shutil.copy(store, to)
+    if index_dir_for(store).exists():
+        shutil.copytree(index_dir_for(store), index_dir_for(to))
+    return to
+
+
+async def test_a_replica_offline_while_a_tombstone_is_compacted_away_replays_the_whole_log(
+    kafka_broker: LocalKafka,
+    pool: EncoderPool,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = mutation_settings(kafka_broker.bootstrap, resume_margin_s=0)
+    await create_mutation_topic(settings, 1, FAST_CLEANING)
+    await apply_routes(settings, routes(5), encoder=pool)
+    store = tmp_path / "offline.db"
+    async with replica_running(settings, pool, store) as replica:
+        assert "route-2" in replica.table.route_names()
+    # while the replica is offline: route-2 is deleted, route-1 edited, and the cleaner drops
+    # route-2's tombstone (and its definition), so the log no longer says route-2 ever existed
+    (edited,) = await with_embeddings(pool, [RouteDefinition(name="route-1", utterances=["edited"])])
+    async with MutationPublisher(settings) as publisher:
+        await publisher.publish([RouteMutation("route-2", None), RouteMutation("route-1", edited)])
+    await clean_until_gone(settings, b"route-2")
+    naive = copy_store(store, tmp_path / "naive.db")
+
+    events = RecordedEvents()
+    with caplog.at_level(logging.WARNING, logger="worker.replication.replica"):
+        async with replica_running(settings, pool, store, events=events) as restarted:
+            names = restarted.table.route_names()
+            digest = restarted.table.digest()
+            edited_live = restarted.table.snapshot().route("route-1")
+    assert "route-2" not in names
+    assert edited_live is not None
+    assert edited_live.route.utterances == ("edited",)
+    assert [reason for reason, _ in events.replays] == [ReplayReason.TOMBSTONE_HORIZON]
+    assert [reason for reason, _ in events.replays_done] == [ReplayReason.TOMBSTONE_HORIZON]
+    assert any("tombstone_horizon" in r.getMessage() for r in caplog.records)
+    state = await read_routes(settings)
+    async with replica_running(settings, pool, tmp_path / "fresh.db") as fresh:
+        assert fresh.table.digest() == digest
+    assert "route-2" not in state.routes
+
+    # control: the same store resumed without the check keeps the deleted route for ever
+    monkeypatch.setattr(replica_module, "judge_resume", lambda *_a, **_k: ResumeVerdict(None, "test"))
+    async with replica_running(settings, pool, naive) as resumed:
+        assert "route-2" in resumed.table.route_names()
+        assert resumed.table.digest() != digest
+
+
+async def test_a_replica_back_within_the_tombstone_retention_resumes(
+    kafka_broker: LocalKafka, pool: EncoderPool, tmp_path: Path
+) -> None:
+    settings = mutation_settings(kafka_broker.bootstrap)
+    await create_mutation_topic(settings, 2, {"delete.retention.ms": str(3_600_000)})
+    await apply_routes(settings, routes(6), encoder=pool)
+    store = tmp_path / "r.db"
+    async with replica_running(settings, pool, store):
+        pass
+    async with MutationPublisher(settings) as publisher:
+        await publisher.publish([RouteMutation("route-4", None)])
+    events = RecordedEvents()
+    async with replica_running(settings, pool, store, events=events) as restarted:
+        assert restarted.stats.replayed_on_start == 1  # only the tombstone
+        assert "route-4" not in restarted.table.route_names()
+    assert events.replays == []
+
+
+async def test_a_stored_offset_below_the_log_start_replays_the_whole_log(
+    kafka_broker: LocalKafka, pool: EncoderPool, tmp_path: Path
+) -> None:
+    # DeleteRecords (and time or size retention) move the log start; Kafka allows them only on a
+    # topic that also deletes ("compact,delete"), the misconfiguration this guards against
+    settings = mutation_settings(kafka_broker.bootstrap)
+    await create_mutation_topic(settings, 1, {"cleanup.policy": "compact,delete", "retention.ms": "-1"})
+    await apply_routes(settings, routes(5), encoder=pool)  # routes at offsets 0-4, their calibration at 5
+    store = tmp_path / "r.db"
+    async with replica_running(settings, pool, store) as replica:
+        assert len(replica.table) == 5
+    later = await with_embeddings(
+        pool, [RouteDefinition(name=n, utterances=[f"{n} words"]) for n in ("late-a", "late-b")]
+    )
+    async with MutationPublisher(settings) as publisher:
+        receipt = await publisher.publish([RouteMutation(d.name, d) for d in later])
+    tp = TopicPartition(settings.topic_mutations, 0)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        # the log is late-b alone (its last record)
+        await admin.delete_records({tp: RecordsToDelete(receipt.positions[0] - 1)})
+    finally:
+        await admin.close()
+    events = RecordedEvents()
+    async with replica_running(settings, pool, store, events=events) as restarted:
+        assert restarted.table.route_names() == ["late-b"]
+        digest = restarted.table.digest()
+    assert [reason for reason, _ in events.replays] == [ReplayReason.BELOW_LOG_START]
+    state = await read_routes(settings)
+    assert digest == folded_digest(state.routes, pool.fingerprint, pool.dim)

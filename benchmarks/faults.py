@@ -30,6 +30,7 @@ import logging
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -49,10 +50,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the harness of the integration tests
 
-from eos_faults import MALFORMED, Answers, Replicas, _produce_paced  # noqa: E402
+from eos_faults import MALFORMED, Answers, Replicas  # noqa: E402
 from pipeline_harness import QUERY_TEXTS, Topics, publish_routes, route_definitions  # noqa: E402
 
-from worker.contracts import DeadLetter  # noqa: E402
+from worker.contracts import DeadLetter, RouteDefinition  # noqa: E402
 from worker.local.kafka import LocalKafka  # noqa: E402
 from worker.local.redis import LocalRedis  # noqa: E402
 
@@ -60,6 +61,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 BROKER_DOWN_S = 20.0  # how long the killed broker stays down before its restart
 SMALL_INTENTS = 1500  # max.message.bytes of routed-intents in the poison scenario
 logger = logging.getLogger("faults")
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Row:
     sent_valid: int = 0
     sent_malformed: int = 0
     sent_special: int = 0  # queries of the scenario's own (too large an intent)
+    stored: int = 0  # queries the broker holds afterwards (less than sent: the upstream lost some)
     answered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -133,6 +136,7 @@ class Stack:
     workdir: Path
     redis: LocalRedis | None = None
     row: Row = field(default_factory=lambda: Row("", "", 0))
+    disk: SmallDisk | None = None
 
     async def at(self, fraction: float, started: float) -> None:
         """Sleep until ``fraction`` of the production window has passed."""
@@ -152,6 +156,7 @@ class Scenario:
     redis: bool = False
     intents_configs: dict[str, str] = field(default_factory=dict)
     big_every: int = 0  # every big_every-th valid query carries 2 kB of metadata (intent too large)
+    small_disk: bool = False  # replica 0's store on a small filesystem of the scenario's own
 
 
 # --- the faults --------------------------------------------------------------------------------
@@ -240,6 +245,62 @@ async def kill_the_busiest_leader(stack: Stack, started: float) -> None:
     stack.row.notes.append("it restarts on its log dir at 80%")
 
 
+class SmallDisk:
+    """A tmpfs of ``size`` mounted for the scenario (root only; None where the machine refuses)."""
+
+    def __init__(self, path: Path, size: str = "2m") -> None:
+        self.path = path
+        self.size = size
+        self.mounted = False
+
+    def mount(self) -> str | None:
+        """Mount it; the reason it cannot be, or None."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        self.mounted = done.returncode == 0
+        return None if self.mounted else (done.stderr.strip() or f"mount exited {done.returncode}")
+
+    def fill(self) -> int:
+        """Write a file until the filesystem is full; the bytes written."""
+        written = 0
+        with (self.path / "filler").open("wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+                    written += 65536
+            except OSError:
+                pass
+        return written
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+            self.mounted = False
+
+
+async def fill_the_disk(stack: Stack, started: float) -> None:
+    """Replica 0's store lives on a 2 MB tmpfs (its store path is a symlink there): filled at
+    30%, then routes are published, which that replica must write to SQLite."""
+    assert stack.disk is not None
+    await stack.at(0.3, started)
+    filled = await asyncio.to_thread(stack.disk.fill)
+    definitions = [
+        RouteDefinition(name=f"extra-{i}", utterances=[f"extra route {i} phrase {j}" for j in range(4)])
+        for i in range(20)
+    ]
+    await publish_routes(stack.kafka.bootstrap, stack.topics.mutations, definitions)
+    stack.row.notes.append(
+        f"replica 0's store filesystem filled at 30% ({filled / 1e6:.1f} MB written until ENOSPC), "
+        f"then {len(definitions)} routes published"
+    )
+
+
 SCENARIOS = [
     Scenario("worker-kill-9", "kill -9 of one of three workers", kill_a_worker, workers=3),
     Scenario("join-leave", "a worker joins, another leaves", join_and_leave, workers=2),
@@ -253,6 +314,7 @@ SCENARIOS = [
         intents_configs={"max.message.bytes": str(SMALL_INTENTS)},
         big_every=30,
     ),
+    Scenario("sqlite-disk-full", "replica 0's SQLite filesystem full", fill_the_disk, small_disk=True),
     Scenario(
         "leader-kill-rf3",
         "3 brokers, RF 3, min.insync 2: kill -9 of the busiest partition's leader",
@@ -263,6 +325,39 @@ SCENARIOS = [
 
 
 # --- the run -----------------------------------------------------------------------------------
+
+
+async def produce_paced(
+    bootstrap: str, topic: str, stream: list[tuple[bytes, bytes]], seconds: float
+) -> None:
+    """The upstream: ``stream`` at a steady pace over ``seconds``, idempotent and acks=all, so a
+    leader killed after acknowledging cannot lose a query before the workers see it (the
+    exactly-once harness's producer takes acks=1, enough for the faults it injects)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=True)
+    await producer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        pending = []
+        for i, (key, value) in enumerate(stream):
+            delay = start + i * seconds / len(stream) - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(await producer.send(topic, value, key=key))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def stored(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records the broker holds in ``topic`` (its partitions' end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
 
 
 def records(plan: Plan, big_every: int) -> tuple[list[tuple[bytes, bytes]], set[str], set[str], set[str]]:
@@ -318,6 +413,7 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
     kafka = LocalKafka(scenario.nodes, properties=properties)
     redis: LocalRedis | None = None
     replicas: Replicas | None = None
+    disk: SmallDisk | None = None
     try:
         await asyncio.to_thread(kafka.start)
         if scenario.redis:
@@ -338,17 +434,24 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
             **extra,
         )
         replicas = Replicas(env, workdir)
+        if scenario.small_disk:
+            disk = SmallDisk(workdir / "small-disk")
+            refused = disk.mount()
+            if refused is not None:
+                row.error = f"no small filesystem on this machine: {refused}"
+                return row, ""
+            (workdir / "store-0.sqlite3").symlink_to(disk.path / "store.sqlite3")  # SQLite follows it
         for _ in range(scenario.workers):
             replicas.start()
         async with asyncio.timeout(240):  # faults strike workers that serve, not ones starting
             while len(replicas.serving()) < scenario.workers:  # noqa: ASYNC110 - other processes' logs
                 await asyncio.sleep(0.2)
-        stack = Stack(kafka, topics, replicas, plan, random.Random(plan.seed), workdir, redis, row)
+        stack = Stack(kafka, topics, replicas, plan, random.Random(plan.seed), workdir, redis, row, disk)
         expected = valid | malformed | big
         async with Downstream(bootstrap, topics) as downstream:
             produced = time.monotonic()
             await asyncio.gather(
-                _produce_paced(bootstrap, topics.queries, stream, plan.seconds),
+                produce_paced(bootstrap, topics.queries, stream, plan.seconds),
                 scenario.fault(stack, produced),
             )
 
@@ -362,6 +465,7 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
             await downstream.read_until(expected, within=300, alive=alive)
             await replicas.stop_all()
             await downstream.read_to_end()
+        row.stored = await stored(bootstrap, topics.queries, plan.partitions)
         counts = downstream.counts
         row.answered = len(expected & counts.keys())
         row.lost = len(expected - counts.keys())
@@ -386,6 +490,8 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
             replicas.close()
         if redis is not None:
             redis.stop()
+        if disk is not None:
+            disk.unmount()
         await asyncio.to_thread(kafka.close)
 
 
@@ -394,8 +500,11 @@ def exit_reasons(replicas: Replicas) -> list[str]:
     reasons = []
     for worker in replicas.finished:
         if (worker.proc.returncode or 0) > 0:
-            errors = [line for line in worker.log().splitlines() if " ERROR " in line]
-            reasons.append(errors[-1][:300] if errors else f"exit {worker.proc.returncode}, no error logged")
+            lines = worker.log().splitlines()
+            raised = [line for line in lines if _RAISED.match(line)]  # a traceback's last line
+            errors = [line for line in lines if " ERROR " in line]
+            found = raised or errors
+            reasons.append(found[-1][:300] if found else f"exit {worker.proc.returncode}, no error logged")
     return reasons
 
 

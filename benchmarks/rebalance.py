@@ -34,8 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the harness of the integration tests
 
-from eos_faults import Replicas, _produce_paced  # noqa: E402
-from faults import Plan, records  # noqa: E402
+from eos_faults import Replicas  # noqa: E402
+from faults import Plan, produce_paced, records  # noqa: E402
 from pipeline_harness import Topics, create_topics, publish_routes, route_definitions  # noqa: E402
 
 from worker.local.kafka import LocalKafka  # noqa: E402
@@ -113,7 +113,7 @@ async def run(plan: Plan, rounds: int, workdir: Path) -> dict[str, Any]:
         replicas.start()
         await serving(replicas, 2)
         stream, _, _, _ = records(plan, 0)
-        load = asyncio.create_task(_produce_paced(bootstrap, topics.queries, stream, plan.seconds))
+        load = asyncio.create_task(produce_paced(bootstrap, topics.queries, stream, plan.seconds))
         results: list[Rebalance] = []
         await asyncio.sleep(plan.seconds * 0.1)
         for _ in range(rounds):

@@ -61,7 +61,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 BROKER_DOWN_S = 20.0  # how long the killed broker stays down before its restart
 SMALL_INTENTS = 1500  # max.message.bytes of routed-intents in the poison scenario
 logger = logging.getLogger("faults")
-_RAISED = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
+# a traceback's last line, also inside an exception group ("    | sqlite3.OperationalError: ...")
+_RAISED = re.compile(r"^[\s|+-]*([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b.*)")
 
 
 @dataclass
@@ -501,7 +502,7 @@ def exit_reasons(replicas: Replicas) -> list[str]:
     for worker in replicas.finished:
         if (worker.proc.returncode or 0) > 0:
             lines = worker.log().splitlines()
-            raised = [line for line in lines if _RAISED.match(line)]  # a traceback's last line
+            raised = [m.group(1) for line in lines if (m := _RAISED.match(line))]
             errors = [line for line in lines if " ERROR " in line]
             found = raised or errors
             reasons.append(found[-1][:300] if found else f"exit {worker.proc.returncode}, no error logged")
@@ -538,6 +539,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=Plan.seconds)
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the workers' logs and stores")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -567,7 +569,10 @@ async def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     finally:
-        shutil.rmtree(workroot, ignore_errors=True)
+        if args.keep:
+            print(f"kept {workroot}")
+        else:
+            shutil.rmtree(workroot, ignore_errors=True)
     print_table(rows)
     print(f"wrote {args.out}")
     return 1 if any(r.error or r.lost for r in rows) else 0

@@ -6,11 +6,12 @@
 One Apache Kafka, 6 partitions, real `routeworker run` processes with the default group settings
 (session timeout 10 s, heartbeat 1 s). Two workers serve while queries are produced at a steady
 pace; each round a third joins (2 -> 3), then one of the three leaves with SIGTERM (3 -> 2).
-A rebalance is timed from the workers' own log lines: from the first "partitions revoked" after
-the change to the last "assigned" line of every member of the new generation (this includes
-finishing and committing the in-flight batches of the revoked partitions). Each replica's own
-figure (revocation to its new assignment, also the routeworker_rebalance_duration metric) is kept
-too. Writes benchmarks/results/rebalance.json.
+A rebalance is timed from the workers' own log lines: from the earliest start of any member's
+rebalance after the change (its "partitions revoked" line, or its assignment less the duration it
+reports: a joining member starts at its JoinGroup) to the last member's new assignment. This
+includes finishing and committing the in-flight batches of the revoked partitions. Each replica's
+own figure (revocation to its new assignment, also the routeworker_rebalance_duration metric) is
+kept too. Writes benchmarks/results/rebalance.json.
 """
 
 from __future__ import annotations
@@ -78,9 +79,13 @@ async def measure(replicas: Replicas, change: str, since: float, within: float =
                 for slot, ls in lines.items()
             }
             if all(assigned.values()):
-                last = max(entries[0][0] for entries in assigned.values())
-                own = [float(m.group(1)) for e in assigned.values() if (m := _OWN.search(e[0][1]))]
-                return Rebalance(change, round(last - first, 3), own, len(assigned))
+                firsts = [entries[0] for entries in assigned.values()]
+                last = max(t for t, _ in firsts)
+                timed = [(t, float(m.group(1))) for t, msg in firsts if (m := _OWN.search(msg))]
+                # a joining member's rebalance starts at its JoinGroup, before the others notice
+                # it on their next heartbeat: each member's own figure says when its began
+                began = min([first, *(t - own for t, own in timed)])
+                return Rebalance(change, round(last - began, 3), [own for _, own in timed], len(assigned))
         if time.monotonic() > deadline:
             raise TimeoutError(f"{change}: no complete rebalance within {within}s")
         await asyncio.sleep(0.2)

@@ -273,6 +273,7 @@ class Answers:
 async def run_scenario(bootstrap: str, mode: str, plan: Plan, workdir: Path) -> tuple[Outcome, str]:
     """Run one scenario in ``mode`` (at_least_once / exactly_once); the outcome and the workers' logs."""
     started = time.monotonic()
+    await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)  # one per mode in one test
     rng = random.Random(plan.seed)
     topics = Topics.fresh()
     await create_topics(bootstrap, topics, partitions=plan.partitions)

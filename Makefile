@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup system model kafka test lint typecheck unit demo bench faults rebalance clean
+.PHONY: setup system model kafka test lint typecheck unit demo bench eos faults rebalance clean
 
 setup: $(STAMP) system model kafka
 
@@ -47,11 +47,17 @@ lint: $(STAMP)
 
 # the pipeline's test fakes are checked against the same protocols as aiokafka's clients
 typecheck: $(STAMP)
-	$(BIN)/mypy worker tests/unit/pipeline/pipeline_fakes.py
+	$(BIN)/mypy worker tests/unit/pipeline/pipeline_fakes.py tests/unit/pipeline/txn_fakes.py
 
 test: setup lint typecheck
 	$(BIN)/routeworker schemas check
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "not slow"
+
+# exactly once under faults on Apache Kafka (a few minutes): 5,000 queries, workers killed with
+# SIGKILL, one joining and one leaving, in both modes; the counts go to benchmarks/results
+eos: setup
+	HF_HUB_OFFLINE=1 ROUTEWORKER_EOS_RESULTS=benchmarks/results/exactly_once_faults.json \
+	  $(BIN)/pytest -q -s -m slow tests/integration/test_exactly_once_faults.py
 
 # the main job on embedded defaults: private broker + Redis, topics, routes, two replicas, traffic
 demo: setup

@@ -23,7 +23,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from worker.contracts.limits import MAX_TOP_N, Limits
+from worker.contracts.limits import MAX_TOP_N, ContractMode, Limits
 from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
@@ -61,11 +61,14 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
         None, description="Required with SASL_*."
     )
-    kafka_sasl_username: str | None = Field(None, description="SASL user.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user (required with SASL_*).")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
     kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
     kafka_ssl_keyfile: Path | None = Field(None, description="Client key (mutual TLS).")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key (secret)."
+    )
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100, description="Consumer heartbeat interval.")
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1_000, description="Longest gap between polls.")
@@ -90,6 +93,23 @@ class Settings(BaseSettings):
         100, ge=0, le=10_000, description="Longest a fetch waits at the broker for new records."
     )
     commit_interval_ms: int = Field(1_000, ge=10, description="Cadence of offset commits.")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="exactly_once: intents, dead letters and input offsets in one transaction "
+        "(needs a broker with transactions; readers set isolation.level=read_committed).",
+    )
+    transaction_interval_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description="exactly_once: how long a transaction stays open before it is committed "
+        "(more batches per commit, later visibility); 0 = at once.",
+    )
+    kafka_transaction_timeout_ms: int = Field(
+        30_000,
+        ge=1_000,
+        description="exactly_once: the broker aborts a transaction open longer (a frozen replica's).",
+    )
     # --- Redis (optional shared embedding cache) ---
     redis_url: SecretStr | None = Field(
         None, description="e.g. redis://:password@host:6379/0; unset = in-process LRU."
@@ -118,6 +138,11 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(4_000, ge=1, description="Longest query text accepted.")
     max_top_n: int = Field(20, ge=1, le=MAX_TOP_N, description="Most candidates a query may ask for.")
     max_mutation_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest route-mutation record.")
+    contract_mode: ContractMode = Field(
+        "tolerant",
+        description="Query fields this version does not know: tolerant ignores and counts them, strict "
+        "dead-letters the query (unknown_field). Route mutations are always read tolerantly.",
+    )
     # --- routing ---
     top_n: int = Field(3, ge=1, le=MAX_TOP_N, description="Candidates per routed intent by default.")
     explain_all: bool = Field(
@@ -182,6 +207,12 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and self.kafka_sasl_mechanism is None:
             raise ValueError("kafka_sasl_mechanism is required with a SASL security protocol")
+        if self.transaction_interval_ms * 2 > self.kafka_transaction_timeout_ms:
+            raise ValueError("transaction_interval_ms must be at most half of kafka_transaction_timeout_ms")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ValueError("kafka_sasl_username is required with a SASL security protocol")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mutual TLS)")
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError(
                 "kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms"
@@ -195,6 +226,7 @@ class Settings(BaseSettings):
             max_text_chars=self.max_text_chars,
             max_top_n=self.max_top_n,
             max_mutation_bytes=self.max_mutation_bytes,
+            contract_mode=self.contract_mode,
         )
 
     def redacted(self) -> dict[str, Any]:
@@ -265,4 +297,4 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"{CONFIG_FILE_ENV}: {' '.join(str(exc).split())}") from None
 
 
-_SECRET_FIELDS = frozenset({"kafka_sasl_password", "redis_url"})
+_SECRET_FIELDS = frozenset({"kafka_sasl_password", "kafka_ssl_key_password", "redis_url"})

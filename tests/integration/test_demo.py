@@ -44,6 +44,6 @@ def test_demo_runs_to_a_summary_and_cleans_up() -> None:
     for line in ("demo summary", "queries produced", "routed", "dead-lettered", "p99 latency ms"):
         assert line in out
     # 60 queries with every 20th malformed: three dead letters, each with its code
-    for code in ("invalid_json", "empty_text", "unknown_field"):
+    for code in ("invalid_json", "empty_text", "schema"):
         assert code in out
     assert _processes_with(marker.encode()) == [], "the demo left processes behind"

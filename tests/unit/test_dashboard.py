@@ -19,6 +19,7 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "routeworker_cache_hits_total",  # cache hit ratio
         "routeworker_replica_ready",  # readiness
         "routeworker_mutations_apply_lag_seconds_bucket",  # mutation-apply lag
+        "routeworker_contracts_unknown_fields_total",  # newer writers during a rolling upgrade
     } <= names
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     assert "by (topic, partition)" in exprs

@@ -17,7 +17,8 @@ from worker.errors import ConfigError
 
 SASL_PASSWORD = "s3cr3t-sasl-Pa55"
 REDIS_PASSWORD = "s3cr3t-redis-Pa55"
-SECRETS = (SASL_PASSWORD, REDIS_PASSWORD)
+KEY_PASSWORD = "s3cr3t-tls-key-Pa55"
+SECRETS = (SASL_PASSWORD, REDIS_PASSWORD, KEY_PASSWORD)
 
 logger = logging.getLogger("routeworker.test.secrets")
 
@@ -29,6 +30,7 @@ def secret_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("ROUTEWORKER_KAFKA_SASL_USERNAME", "routeworker")
     monkeypatch.setenv("ROUTEWORKER_KAFKA_SASL_PASSWORD", SASL_PASSWORD)
     monkeypatch.setenv("ROUTEWORKER_REDIS_URL", f"redis://:{REDIS_PASSWORD}@redis.cache.svc:6379/0")
+    monkeypatch.setenv("ROUTEWORKER_KAFKA_SSL_KEY_PASSWORD", KEY_PASSWORD)
     settings = load_settings()
     # the secrets did arrive: the test would prove nothing otherwise
     assert settings.kafka_sasl_password is not None
@@ -73,6 +75,7 @@ def test_config_show_reveals_no_secret(secret_settings: Settings, capsys: pytest
     assert main(["config", "show"]) == 0
     out, err = capsys.readouterr()
     assert "ROUTEWORKER_KAFKA_SASL_PASSWORD" in out
+    assert "ROUTEWORKER_KAFKA_SSL_KEY_PASSWORD" in out
     assert_clean(out + err)
 
 

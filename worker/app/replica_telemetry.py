@@ -22,6 +22,7 @@ class ReplicaTelemetry(ReplicaEvents):
         self._metrics = telemetry.metrics
         self._health = telemetry.health
         self._topic = topic
+        self._metrics.unknown_fields(topic, 0)  # exported from the start: rate() has a base
 
     def full_replay(self, reason: ReplayReason, detail: str) -> None:
         self._metrics.full_replay(reason.value)

@@ -1,7 +1,9 @@
 """Running one serving replica as a process: signals, exit status, telemetry shut down last.
 
 Exit status: 0 after a graceful stop (in-flight work finished and committed), 1 when anything
-failed or the grace period ran out (the traceback is logged). A second SIGTERM/SIGINT stops at once.
+failed or the grace period ran out (the traceback is logged); a :class:`ConfigError` (a setting the
+brokers cannot serve) is raised for the command line to print as one line (exit status 2). A
+second SIGTERM/SIGINT stops at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from worker.app import signals
 from worker.app.worker import EncoderFactory, ReplicaFactory, ReplicaWorker, route_replica
 from worker.config import Settings
 from worker.embedding import encoder_pool
+from worker.errors import ConfigError
+from worker.kafka_access import KafkaAccessError
 from worker.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -68,6 +72,12 @@ async def run_worker(
     except asyncio.CancelledError:
         if not forced:
             raise
+        return 1
+    except ConfigError:
+        raise  # one line and exit status 2 (the command line prints it)
+    except KafkaAccessError as error:  # TLS, SASL or a missing ACL: one line names it, no traceback
+        telemetry.health.fail(str(error))
+        logger.error("routeworker cannot start: Kafka refuses access: %s", error)
         return 1
     except Exception as error:  # the task boundary of the whole replica: log it all, exit non-zero
         telemetry.health.fail(str(error))

@@ -23,7 +23,9 @@ from worker.cache import CachedEncoder, make_cache
 from worker.config import Settings
 from worker.embedding import EncoderPool, encoder_pool
 from worker.health.server import HealthServer
+from worker.kafka_access import check_access, worker_needs
 from worker.pipeline import PipelineError, QueryPipeline
+from worker.pipeline.preflight import require_transactions
 from worker.replication import RouteReplica
 from worker.routing import RouteTable
 from worker.telemetry import Telemetry
@@ -94,7 +96,12 @@ class ReplicaWorker:
             self.pipeline.stop()
 
     async def run(self) -> None:
-        """Start everything, serve until stopped, then close everything in reverse order."""
+        """Start everything, serve until stopped, then close everything in reverse order.
+
+        Raises :class:`worker.errors.ConfigError` before the model is loaded when the brokers
+        cannot give the processing guarantee asked for (exactly_once without transactions); the
+        access check goes first, so TLS, SASL and topic ACL refusals are named as such.
+        """
         health = self.telemetry.health
         server = None
         if self.settings.health_port is not None:
@@ -107,6 +114,9 @@ class ReplicaWorker:
             )
             await server.start()
         try:
+            health.set_phase("checking Kafka access")
+            await check_access(self.settings, worker_needs(self.settings))
+            await require_transactions(self.settings)  # TransactionalId ACLs are checked here
             health.set_phase("loading the embedding model")
             encoder = await asyncio.to_thread(self._encoder_factory, self.settings)
             try:

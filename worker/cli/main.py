@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from worker import __version__
 from worker.cli import commands, logs
 from worker.errors import ConfigError
+from worker.kafka_access import KafkaAccessError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"routeworker: configuration error: {exc}", file=sys.stderr)
         return 2
+    except KafkaAccessError as exc:  # TLS, SASL or a missing ACL: one line naming it
+        print(f"routeworker: Kafka refuses access: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

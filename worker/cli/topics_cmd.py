@@ -13,9 +13,15 @@ import asyncio
 from aiokafka.errors import KafkaError
 
 from worker.cli.console import console, err_console, table
-from worker.config import load_settings
+from worker.config import Settings, load_settings
+from worker.kafka_access import check_access
 from worker.replication import ReplicationError, ensure_topics, topic_specs
-from worker.replication.topics import DEFAULT_REPLICATION_FACTOR, DEFAULT_TOMBSTONE_RETENTION_MS
+from worker.replication.topics import (
+    DEFAULT_REPLICATION_FACTOR,
+    DEFAULT_TOMBSTONE_RETENTION_MS,
+    TopicSpec,
+    TopicStatus,
+)
 
 
 def _create(args: argparse.Namespace) -> int:
@@ -24,7 +30,7 @@ def _create(args: argparse.Namespace) -> int:
         settings, args.partitions, args.mutation_partitions, int(args.tombstone_retention_hours * 3_600_000)
     )
     try:
-        statuses = asyncio.run(ensure_topics(settings, specs, args.replication_factor))
+        statuses = asyncio.run(_checked_create(settings, specs, args.replication_factor))
     except (KafkaError, ReplicationError) as error:
         message = " ".join(str(error).split())
         err_console.print(f"[red]routeworker:[/red] cannot create topics: {type(error).__name__}: {message}")
@@ -33,6 +39,13 @@ def _create(args: argparse.Namespace) -> int:
     columns = ("topic", "partitions", "replicas", "status", "note")
     console.print(table(f"Topics on {settings.kafka_bootstrap}", columns, rows))
     return 0
+
+
+async def _checked_create(
+    settings: Settings, specs: list[TopicSpec], replication_factor: int | None
+) -> list[TopicStatus]:
+    await check_access(settings)  # TLS and SASL; creating topics needs CREATE, said by the broker
+    return await ensure_topics(settings, specs, replication_factor)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,8 +19,9 @@ from typing import Literal, Self
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from worker.contracts.evolution import reader_config
 from worker.contracts.limits import MAX_ROUTE_NAME_CHARS
 
 #: keys of records that are not routes start with this; route names may not
@@ -34,7 +35,7 @@ _HEX_DIGEST = r"^[0-9a-f]{64}$"
 class HalfMatrix(BaseModel):
     """A float16 matrix: ``rows x columns`` little-endian values, row-major, base64."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = reader_config()
 
     rows: int = Field(ge=0, le=1 << 20)
     columns: int = Field(ge=0, le=1 << 20)
@@ -70,7 +71,7 @@ class ShippedHead(BaseModel):
     """The learned head: ``relu(scale * x @ hidden_weights + hidden_bias) @ weights + bias``, or
     ``scale * x @ weights + bias`` without a hidden layer; one output column per calibrated route."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = reader_config()
 
     scale: float = Field(gt=0)
     hidden_weights: HalfMatrix | None = Field(default=None, description="dim x hidden")
@@ -95,7 +96,7 @@ class ShippedHead(BaseModel):
 class CalibratedRoute(BaseModel):
     """A route the calibration was made for, as it was then."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = reader_config()
 
     name: str = Field(min_length=1, max_length=MAX_ROUTE_NAME_CHARS)
     training_digest: str = Field(
@@ -107,7 +108,7 @@ class CalibratedRoute(BaseModel):
 class ShippedEstimate(BaseModel):
     """How the calibration did on held-out answers where it was made (for people and logs)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = reader_config()
 
     held_out: str
     examples: int = Field(ge=0)
@@ -126,7 +127,7 @@ class RouteCalibrationRecord(BaseModel):
     Readers ignore fields they do not know, so a newer publisher may add some.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True, title="RouteCalibration")
+    model_config = reader_config("RouteCalibration")
 
     record: Literal["calibration"] = "calibration"
     format: Literal[1] = 1

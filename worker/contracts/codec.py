@@ -1,13 +1,20 @@
-"""Bytes <-> messages. Every malformed input becomes one :class:`ContractError` with a code."""
+"""Bytes <-> messages. Every malformed input becomes one :class:`ContractError` with a code.
+
+Fields a message's model does not know are ignored (see :mod:`worker.contracts.evolution`); a
+caller that passes ``unknown`` (a :class:`~collections.Counter`) gets their paths added to it, to
+count them. Only queries can be strict about them (``Limits.contract_mode``).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
 from worker.contracts.calibration import RouteCalibrationRecord
+from worker.contracts.evolution import unknown_fields
 from worker.contracts.limits import Limits
 from worker.contracts.mutation import RouteDefinition, RouteMutation
 from worker.contracts.query import Query
@@ -50,26 +57,49 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 def _validate(model: type[M], doc: dict[str, Any], what: str) -> M:
     try:
-        return model.model_validate(doc)
+        message = model.model_validate(doc)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         first = errors[0]
         kind = first["type"]
         code = ErrorCode.SCHEMA
-        if kind == "extra_forbidden":
-            code = ErrorCode.UNKNOWN_FIELD
-        elif kind == "string_too_long":
+        if kind == "string_too_long":
             code = ErrorCode.TOO_LARGE
         elif kind == "string_too_short" and first["loc"] == ("text",):
             code = ErrorCode.EMPTY_TEXT
         details = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors[:3])
         more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
         raise ContractError(code, f"{what} breaks its schema: {details}{more}") from None
+    return message
 
 
-def decode_query(raw: bytes | None, limits: Limits) -> Query:
-    """Parse and validate one ``queries`` record value."""
-    query = _validate(Query, _load_object(raw, limits.max_message_bytes, "query"), "query")
+def _count_unknown(model: type[BaseModel], doc: dict[str, Any], unknown: Counter[str] | None) -> None:
+    # after every other check: only accepted records count (a rejected one is dead-lettered whole)
+    if unknown is not None:
+        unknown.update(unknown_fields(model, doc))
+
+
+def _refuse_unknown(model: type[BaseModel], doc: dict[str, Any], what: str) -> None:
+    found = unknown_fields(model, doc)
+    if found:
+        shown = ", ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
+        raise ContractError(
+            ErrorCode.UNKNOWN_FIELD,
+            f"{what} has fields this version does not know: {shown} (contract mode strict)",
+        )
+
+
+def decode_query(raw: bytes | None, limits: Limits, unknown: Counter[str] | None = None) -> Query:
+    """Parse and validate one ``queries`` record value.
+
+    Fields :class:`Query` does not know are ignored (and added to ``unknown``), or, in strict
+    contract mode, make the query a :class:`ContractError` of code ``unknown_field``. They never
+    reach the routed intent: ``metadata`` is the field that passes through.
+    """
+    doc = _load_object(raw, limits.max_message_bytes, "query")
+    query = _validate(Query, doc, "query")
+    if limits.contract_mode == "strict":
+        _refuse_unknown(Query, doc, "query")
     if not query.text.strip():
         raise ContractError(ErrorCode.EMPTY_TEXT, "query text is empty after stripping white space")
     if len(query.text) > limits.max_text_chars:
@@ -78,11 +108,19 @@ def decode_query(raw: bytes | None, limits: Limits) -> Query:
         )
     if query.top_n is not None and query.top_n > limits.max_top_n:
         raise ContractError(ErrorCode.SCHEMA, f"top_n is {query.top_n}, limit {limits.max_top_n}")
+    _count_unknown(Query, doc, unknown)
     return query
 
 
-def decode_mutation(key: bytes | None, raw: bytes | None, limits: Limits) -> RouteMutation:
-    """Parse one ``route-mutations`` record. A null value is a tombstone for the key's route."""
+def decode_mutation(
+    key: bytes | None, raw: bytes | None, limits: Limits, unknown: Counter[str] | None = None
+) -> RouteMutation:
+    """Parse one ``route-mutations`` record. A null value is a tombstone for the key's route.
+
+    Always tolerant, whatever ``limits.contract_mode``: fields this version does not know are
+    left out of the definition (added to ``unknown``), so a replica of any version or mode builds
+    the same route from the same record (refusing it would delete the route on some replicas only).
+    """
     if not key:
         raise ContractError(ErrorCode.MISSING_KEY, "mutation record has no key (the route name)")
     try:
@@ -97,10 +135,16 @@ def decode_mutation(key: bytes | None, raw: bytes | None, limits: Limits) -> Rou
         raise ContractError(
             ErrorCode.KEY_MISMATCH, f"record key {name!r} differs from the route's name {definition.name!r}"
         )
+    _count_unknown(RouteDefinition, doc, unknown)
     return RouteMutation(name=name, definition=definition)
 
 
-def decode_calibration(raw: bytes, limits: Limits) -> RouteCalibrationRecord:
-    """Parse and validate the value of the calibration record of the ``route-mutations`` topic."""
+def decode_calibration(
+    raw: bytes, limits: Limits, unknown: Counter[str] | None = None
+) -> RouteCalibrationRecord:
+    """Parse and validate the value of the calibration record of the ``route-mutations`` topic
+    (always tolerant, as :func:`decode_mutation`)."""
     doc = _load_object(raw, limits.max_mutation_bytes, "calibration")
-    return _validate(RouteCalibrationRecord, doc, "calibration")
+    record = _validate(RouteCalibrationRecord, doc, "calibration")
+    _count_unknown(RouteCalibrationRecord, doc, unknown)
+    return record

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from worker.contracts.evolution import reader_config
 from worker.errors import ErrorCode
 
 
 class SourcePosition(BaseModel):
     """Where the bad record sits in its source topic."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     topic: str
     partition: int
@@ -20,7 +21,7 @@ class SourcePosition(BaseModel):
 class Header(BaseModel):
     """A Kafka record header; values are bytes, kept as base64."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     key: str
     value_b64: str | None
@@ -29,7 +30,7 @@ class Header(BaseModel):
 class DeadLetter(BaseModel):
     """An input the worker could not route, kept whole so it can be inspected and replayed."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="DeadLetter")
+    model_config = reader_config("DeadLetter")
 
     error_code: ErrorCode
     reason: str = Field(description="Human-readable explanation.")

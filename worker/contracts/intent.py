@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from worker.contracts.evolution import reader_config
 
 
 class CandidateScore(BaseModel):
     """One of the top-n routes for a query, best first."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     route: str
     score: float
@@ -19,7 +21,7 @@ class CandidateScore(BaseModel):
 class Timings(BaseModel):
     """Where the time went for the batch that carried this query, in milliseconds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     queue_ms: float = Field(description="From the query's broker timestamp to the start of its batch.")
     embed_ms: float
@@ -30,7 +32,7 @@ class Timings(BaseModel):
 class NearUtterance(BaseModel):
     """One of a route's utterances and its similarity with the query."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     utterance: str
     similarity: float
@@ -39,7 +41,7 @@ class NearUtterance(BaseModel):
 class RouteReason(BaseModel):
     """How one of the best routes got its score."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     route: str
     score: float = Field(description="The route's score as ranked (nearest utterances and head blended).")
@@ -55,7 +57,7 @@ class RouteReason(BaseModel):
 class Explanation(BaseModel):
     """Why the query got its answer (present when the query asked for it, or the worker explains all)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     rule: Literal["matched", "below_threshold", "within_margin", "no_candidates"] = Field(
         description="What decided: the winner passed, or (no match) the rule that rejected the best route."
@@ -71,7 +73,7 @@ class Explanation(BaseModel):
 class RoutedIntent(BaseModel):
     """The decision for one query. ``route`` is null when nothing matched well enough."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="RoutedIntent")
+    model_config = reader_config("RoutedIntent")
 
     query_id: str
     route: str | None

@@ -9,9 +9,10 @@ from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from worker.contracts.calibration import RESERVED_KEY_PREFIX
+from worker.contracts.evolution import reader_config
 from worker.contracts.limits import MAX_ROUTE_NAME_CHARS
 
 Utterance = str
@@ -24,7 +25,7 @@ class ShippedEmbeddings(BaseModel):
     Replicas use them only when ``fingerprint`` equals their own model's.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = reader_config()
 
     fingerprint: str = Field(min_length=1, description="Model fingerprint the vectors were made with.")
     dim: int = Field(ge=1, le=8192)
@@ -47,7 +48,7 @@ class ShippedEmbeddings(BaseModel):
 class RouteDefinition(BaseModel):
     """A route's complete current definition: each record replaces the previous one for its key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="RouteDefinition")
+    model_config = reader_config("RouteDefinition")
 
     name: str = Field(min_length=1, max_length=MAX_ROUTE_NAME_CHARS, pattern=r"^\S(.*\S)?$")
     utterances: list[Utterance] = Field(min_length=1, description="Examples of what users say.")

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from worker.contracts.evolution import reader_config
 from worker.contracts.limits import MAX_ID_CHARS, MAX_TOP_N
 
 
 class Query(BaseModel):
     """One user query to route. The record key (optional) keeps per-conversation order."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="Query")
+    model_config = reader_config("Query")
 
     id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="Caller's id; echoed as query_id.")
     text: str = Field(min_length=1, description="The user's words; must be non-empty after stripping.")

@@ -42,7 +42,6 @@ OFF_TOPIC = (
 MALFORMED: tuple[tuple[str, bytes], ...] = (
     ("invalid_json", b'{"id": "x", "text": '),
     ("empty_text", b'{"id": "e", "text": "   "}'),
-    ("unknown_field", b'{"id": "u", "text": "hello", "priority": "high"}'),
     ("schema", b'{"text": "no id here"}'),
     ("not_object", b'["a", "list"]'),
     ("invalid_utf8", b'{"id": "b", "text": "\xff\xfe"}'),

@@ -5,7 +5,8 @@ so topics can have three replicas. Each node formats its own log directory with 
 id on its first start and keeps it until :meth:`LocalKafka.close`: a node stopped (``stop``),
 killed (``kill``) or frozen (``freeze``/``thaw``) comes back on the same data and the same ports.
 Extra broker settings, extra listeners (with listener-scoped settings such as a JAAS config), extra
-``kafka-storage format`` arguments (``--add-scram``) and JVM options pass straight through.
+``kafka-storage format`` arguments (``--add-scram``) and JVM options pass straight through;
+:meth:`LocalKafka.secure` puts them together into a broker that enforces SASL/SCRAM over TLS and ACLs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +33,13 @@ from worker.local.kafka_node import DEFAULT_HEAP, KafkaNode
 from worker.local.kafka_runtime import KafkaRuntime, kafka_runtime
 from worker.local.process import free_port
 
-__all__ = ["DEFAULT_HEAP", "KafkaNode", "LocalKafka"]
+__all__ = ["DEFAULT_HEAP", "SECURE_LISTENER", "KafkaNode", "LocalKafka"]
 
 logger = logging.getLogger(__name__)
+
+#: the SASL_SSL listener of :meth:`LocalKafka.secure`
+SECURE_LISTENER = "SECURE"
+STANDARD_AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
 
 
 class LocalKafka:
@@ -102,6 +107,62 @@ class LocalKafka:
             )
             for node_id, node_ports in ports.items()
         ]
+
+    @classmethod
+    def secure(
+        cls,
+        *,
+        keystore: Path,
+        users: Mapping[str, str],
+        mechanism: str = "SCRAM-SHA-512",
+        truststore: Path | None = None,
+        super_users: Iterable[str] = (),
+        properties: Mapping[str, str] | None = None,
+        nodes: int = 1,
+        heap: str = DEFAULT_HEAP,
+        workdir: Path | None = None,
+    ) -> LocalKafka:
+        """A broker that enforces security on a ``SECURE`` listener: SASL/SCRAM over TLS, and ACLs.
+
+        ``keystore`` is a PEM file with the broker's private key (PKCS#8, unencrypted) and its
+        certificate chain; a ``truststore`` (PEM CA bundle) makes the listener ask clients for a
+        certificate too (mutual TLS, ``ssl.client.auth=requested``). ``users`` maps SCRAM user names
+        to passwords, created when the log directory is formatted (no password is written to
+        server.properties). ACLs go through KRaft's StandardAuthorizer; the PLAINTEXT listener
+        (``bootstrap``) stays for the brokers themselves and the test's administration: its
+        principal, ``User:ANONYMOUS``, is a super user with any ``super_users`` ("User:name").
+        """
+        tls = {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(keystore)}
+        if truststore is not None:
+            tls |= {
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(truststore),
+                "ssl.client.auth": "requested",
+            }
+        login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        listener = Listener(
+            SECURE_LISTENER,
+            "SASL_SSL",
+            {**tls, "sasl.enabled.mechanisms": mechanism, f"{mechanism.lower()}.sasl.jaas.config": login},
+        )
+        scram = [
+            arg
+            for name, password in users.items()
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+        authorization = {
+            "authorizer.class.name": STANDARD_AUTHORIZER,
+            "super.users": ";".join(["User:ANONYMOUS", *super_users]),
+            "allow.everyone.if.no.acl.found": "false",
+        }
+        return cls(
+            listeners=[listener],
+            properties={**authorization, **(properties or {})},
+            format_args=scram,
+            nodes=nodes,
+            heap=heap,
+            workdir=workdir,
+        )
 
     @property
     def bootstrap(self) -> str:

@@ -1,9 +1,11 @@
-"""The query pipeline of one replica: consume -> process -> produce -> commit, at least once.
+"""The query pipeline of one replica: consume -> process -> produce -> commit.
 
 Batches are processed concurrently (embedding of one overlaps the search and produce of another)
 within a window of ``max_in_flight_batches``; their output is handed to the producer in
-consumption order, and offsets advance only past batches whose every output is acknowledged
-(:class:`OffsetTracker`). All tasks live in one :class:`asyncio.TaskGroup`: a crash in any of
+consumption order. At least once (the default), offsets advance only past batches whose every
+output is acknowledged (:class:`OffsetTracker`). Exactly once, each batch's outputs go into the
+transactions of its input partitions, which commit them with the partitions' offsets
+(:class:`ExactlyOnceOutput`). All tasks live in one :class:`asyncio.TaskGroup`: a crash in any of
 them stops the pipeline with that error instead of vanishing.
 """
 
@@ -19,10 +21,12 @@ from worker.cache import AsyncEncoder
 from worker.config import Settings
 from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
 from worker.pipeline.batcher import Batcher
-from worker.pipeline.clients import output_producer, query_consumer, raw_fetch
+from worker.pipeline.clients import output_producer, query_consumer, raw_fetch, transactional_producer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
-from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer
+from worker.pipeline.exactly_once import ExactlyOnceOutput, Stamp
+from worker.pipeline.exactly_once import ProducerFactory as TransactionalProducers
+from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer, TransactionalProducer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery, DeliveryReport
@@ -30,7 +34,7 @@ from worker.pipeline.producer_session import ProducerSession
 from worker.pipeline.raw_fetch import RawFetch
 from worker.pipeline.rebalance import DrainOnRevoke
 from worker.pipeline.topic_limits import TopicLimits, read_topic_limits
-from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
+from worker.pipeline.types import InputRecord, Outbound, TopicPartition, next_offsets
 from worker.pipeline.undecodable import UndecodableBatch, UndecodableBatches
 from worker.routing import Router
 from worker.telemetry import Telemetry
@@ -42,8 +46,9 @@ class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
     ``consumer`` and ``producers`` default to aiokafka clients built from ``settings``; tests pass
-    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`ProducerFactory`), and
-    ``raw`` the undecoded fetches that find a batch the consumer cannot decode.
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`ProducerFactory`),
+    ``raw`` the undecoded fetches that find a batch the consumer cannot decode, and in
+    exactly-once mode ``transactional_producers`` (a transactional id -> an unstarted producer).
     ``topic_limits`` (the output topics' ``max.message.bytes``) is read from the broker at start
     unless given (stand-ins get the defaults). ``remember_decisions`` sizes the memo of decisions
     of repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
@@ -59,6 +64,7 @@ class QueryPipeline:
         consumer: QueryConsumer | None = None,
         producers: ProducerFactory | None = None,
         topic_limits: TopicLimits | None = None,
+        transactional_producers: TransactionalProducers | None = None,
         raw: RawFetch | None = None,
         remember_decisions: int = 0,
     ) -> None:
@@ -73,15 +79,30 @@ class QueryPipeline:
         self._undecodable = UndecodableBatches(
             self._consumer, raw if raw is not None else raw_fetch(settings), self._on_undecodable
         )
+        self.exactly_once: ExactlyOnceOutput | None = None
         self._batcher = Batcher(
             self._consumer, settings.batch_size, settings.batch_wait_ms / 1000, undecodable=self._undecodable
         )
+        if settings.processing_guarantee == "exactly_once":
+            self.exactly_once = ExactlyOnceOutput(
+                self._consumer,
+                transactional_producers or self._transactional_producer,
+                settings.group_id,
+                interval_s=settings.transaction_interval_ms / 1000,
+                on_rewind=self._batcher.discard_pending,
+                metrics=metrics,
+                start_timeout_s=settings.kafka_request_timeout_ms / 1000,
+                commit_timeout_s=settings.kafka_request_timeout_ms / 1000,
+            )
+            self._batcher.admits = self.exactly_once.admits
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
         self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self.processor = BatchProcessor(
             settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions
         )
+        # exactly once, the partitions' transactional producers replace the output producer: the
+        # session is then never opened
         self._session = ProducerSession(producers or self._output_producer, settings.kafka_idempotence)
         self.delivery = Delivery(
             self._session,
@@ -105,6 +126,9 @@ class QueryPipeline:
         """Whether the output producer is idempotent (known once :meth:`run` has started it)."""
         return self._session.idempotent
 
+    def _transactional_producer(self, transactional_id: str) -> TransactionalProducer:
+        return transactional_producer(self.settings, transactional_id)
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -120,19 +144,21 @@ class QueryPipeline:
         only when it is going to run.
         """
         try:
-            if self._topic_limits is None:
-                self._topic_limits = await read_topic_limits(
-                    self.settings, [self.settings.topic_intents, self.settings.topic_dlq]
-                )
-                self.delivery.limits = self._topic_limits
-            await self._session.open()
+            if self.exactly_once is None:
+                if self._topic_limits is None:
+                    self._topic_limits = await read_topic_limits(
+                        self.settings, [self.settings.topic_intents, self.settings.topic_dlq]
+                    )
+                    self.delivery.limits = self._topic_limits
+                await self._session.open()
             listener = DrainOnRevoke(self._on_revoked, self._on_assigned, self._on_listener_error)
             self._consumer.subscribe([self.settings.topic_queries], listener=listener)
             await self._consumer.start()
             await self._run_tasks()
         finally:
             await self._consumer.stop()  # leaves the group; the final commit is already done
-            await self._session.close(self.settings.shutdown_timeout_s)
+            if self.exactly_once is None:
+                await self._session.close(self.settings.shutdown_timeout_s)
             await self._undecodable.close()
             await asyncio.to_thread(self.processor.close)
 
@@ -140,14 +166,20 @@ class QueryPipeline:
         clean = False
         try:
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self.committer.run(), name="offset-committer")
-                tasks.create_task(self._recover_deliveries(), name="produce-recovery")
+                if self.exactly_once is not None:
+                    tasks.create_task(self.exactly_once.run(), name="transaction-committer")
+                else:
+                    tasks.create_task(self.committer.run(), name="offset-committer")
+                    tasks.create_task(self._recover_deliveries(), name="produce-recovery")
                 try:
                     await self._consume(tasks)
                     await self._drain()
                 finally:
                     self.committer.stop()
-                    self.delivery.stop()
+                    if self.exactly_once is not None:
+                        self.exactly_once.stop()
+                    else:
+                        self.delivery.stop()
             clean = True
         finally:
             await self._final_commit(clean)
@@ -164,6 +196,10 @@ class QueryPipeline:
         self.telemetry.health.fail(f"{type(error).__name__}: {error}")
 
     async def _final_commit(self, clean: bool) -> None:
+        if self.exactly_once is not None:
+            # on an error, abort: the partitions' next owners consume that input again
+            await self.exactly_once.close(commit=clean)
+            return
         # Finished work is acknowledged, so committing it is safe even when stopping on an error.
         try:
             await self.committer.commit_all("shutdown", self.settings.shutdown_timeout_s)
@@ -211,11 +247,17 @@ class QueryPipeline:
                 place.leave()
                 continue
             self._record_lag(records)
-            batch = self.tracker.start(next_offsets(records))
+            offsets = next_offsets(records)
+            # the transactions of the partitions, as they are now: a rewind or revocation later
+            # makes this batch's outputs void
+            stamp = self.exactly_once.stamp(offsets) if self.exactly_once is not None else {}
+            batch = self.tracker.start(offsets)
             self.telemetry.health.in_flight(len(self.tracker))
             previous, sent = self._last_sent, asyncio.Event()
             self._last_sent = sent
-            tasks.create_task(self._handle(batch, records, place, previous, sent), name=f"batch-{batch.seq}")
+            tasks.create_task(
+                self._handle(batch, records, stamp, place, previous, sent), name=f"batch-{batch.seq}"
+            )
         self.telemetry.health.stopping()
 
     def _on_undecodable(self, batch: UndecodableBatch) -> None:
@@ -237,6 +279,7 @@ class QueryPipeline:
         self,
         batch: InFlightBatch,
         records: list[InputRecord],
+        stamp: Stamp,
         place: EmbedPass,
         previous: asyncio.Event | None,
         sent: asyncio.Event,
@@ -254,9 +297,7 @@ class QueryPipeline:
                 with tracer.start_as_current_span(
                     "routeworker.produce", attributes={"records": len(outbounds)}
                 ):
-                    sending = await self.delivery.enqueue(outbounds)
-                    sent.set()
-                    report = await self.delivery.confirm(sending)
+                    report = await self._produce(records, stamp, outbounds, sent)
         except Exception as error:
             self._failing(error)
             raise
@@ -268,7 +309,22 @@ class QueryPipeline:
         self.tracker.finish(batch)
         self.telemetry.health.processed()
         self.telemetry.health.in_flight(len(self.tracker))
-        self._account(processed, report)
+        if report is not None:
+            self._account(processed, report)
+
+    async def _produce(
+        self, records: list[InputRecord], stamp: Stamp, outbounds: list[Outbound], sent: asyncio.Event
+    ) -> DeliveryReport | None:
+        """Hand the outputs over (``sent`` once they are, in order), then wait for them; None when
+        they were dropped (exactly once: their transaction was rewound or revoked meanwhile)."""
+        if self.exactly_once is not None:
+            # done once handed over: the commit checks every acknowledgement of its transaction
+            taken = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
+            sent.set()
+            return DeliveryReport() if taken else None
+        sending = await self.delivery.enqueue(outbounds)
+        sent.set()
+        return await self.delivery.confirm(sending)
 
     def _account(self, processed: ProcessedBatch, report: DeliveryReport) -> None:
         metrics = self.telemetry.metrics
@@ -291,6 +347,8 @@ class QueryPipeline:
         self.telemetry.health.rebalance_started()
         self._rebalance_started = time.monotonic()
         self._batcher.revoke(revoked)
+        if self.exactly_once is not None:
+            self.exactly_once.withdraw(revoked)
         if not revoked:
             return
         self._flow.forget(revoked)
@@ -302,11 +360,17 @@ class QueryPipeline:
                 await self.tracker.wait_until(
                     lambda: not self.tracker.holding(revoked) or self._fatal is not None
                 )
+            finished = self._fatal is None
         except TimeoutError:
+            finished = False
             logger.error(
                 "in-flight work did not finish before partitions were given up: their next owner "
                 "processes it again"
             )
+        if self.exactly_once is not None:
+            # every batch done: commit the partitions' transactions; else abort them
+            await self.exactly_once.revoke(revoked, finished=finished)
+            return
         await self.committer.commit("revoke")
         late = self.tracker.forget(revoked)
         if late:
@@ -319,6 +383,10 @@ class QueryPipeline:
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._batcher.assigned()
+        if self.exactly_once is not None:
+            # fence the previous owners, then read the committed offsets: before the health
+            # says so, since the partitions are not consumed until then
+            await self.exactly_once.assign(assigned)
         self.telemetry.health.partitions_assigned(assigned)
         if self._rebalance_started is None:
             logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))

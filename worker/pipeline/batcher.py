@@ -31,6 +31,10 @@ class Batcher:
     or when the error is not a bad batch, the error is raised.
     """
 
+    #: records of a partition it does not admit, when fetched, are dropped (exactly-once mode:
+    #: a partition whose transactional producer and position are not set yet)
+    admits: Callable[[TopicPartition], bool] | None = None
+
     def __init__(
         self,
         consumer: QueryConsumer,
@@ -52,6 +56,7 @@ class Batcher:
         # fetched in an epoch after the last revoke of its partition.
         self._epoch = 0
         self._revoked_in: dict[TopicPartition, int] = {}
+        self._discarded_in = 0
         self._undecodable = undecodable
         # per partition, the offset after the last record fetched for this assignment
         self._handed_out: dict[TopicPartition, int] = {}
@@ -63,6 +68,12 @@ class Batcher:
         for tp in partitions:
             self._revoked_in[tp] = self._epoch
             self._handed_out.pop(tp, None)
+
+    def discard_pending(self) -> None:
+        """Drop every record fetched so far and not yet handed over, of every partition (the
+        consumer is being moved back: exactly-once rewinds); later fetches are kept."""
+        self._epoch += 1
+        self._discarded_in = self._epoch
 
     def assigned(self) -> None:
         """The new assignment is in place: what is fetched from now on is the new owner's."""
@@ -76,13 +87,20 @@ class Batcher:
             if self._undecodable is None:
                 raise
             records = await self._undecodable.recover(error, self._handed_out)  # or raises it
+        admits = self.admits
+        if admits is not None:
+            records = [r for r in records if admits(r.topic_partition)]
         epoch = self._epoch  # when the records were handed over
         self._handed_out.update(next_offsets(self._kept([(epoch, r) for r in records])))
         return [(epoch, r) for r in records]
 
     def _kept(self, fetched: list[tuple[int, InputRecord]]) -> list[InputRecord]:
-        revoked_in = self._revoked_in
-        return [r for epoch, r in fetched if epoch > revoked_in.get(r.topic_partition, -1)]
+        revoked_in, discarded_in = self._revoked_in, self._discarded_in
+        return [
+            r
+            for epoch, r in fetched
+            if epoch > revoked_in.get(r.topic_partition, -1) and epoch >= discarded_in
+        ]
 
     async def next_batch(self) -> list[InputRecord]:
         """The next batch, or an empty list when nothing (still owned) arrived within one poll."""

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from worker.config import Settings
 from worker.kafka_client import client_options
-from worker.pipeline.kafka import OutputProducer, QueryConsumer
+from worker.pipeline.kafka import OutputProducer, QueryConsumer, TransactionalProducer
 from worker.pipeline.raw_fetch import RawFetch, RawFetcher
 
 
@@ -18,12 +18,15 @@ def query_consumer(settings: Settings) -> QueryConsumer:
 
     Auto-commit is off: offsets are committed only after the outputs are acknowledged. A group
     without committed offsets starts from the earliest query, so none produced before the first
-    replica joined is skipped.
+    replica joined is skipped. In exactly-once mode the consumer reads committed records only:
+    queries of an upstream transaction that aborted are never routed.
     """
+    exactly_once = settings.processing_guarantee == "exactly_once"
     return AIOKafkaConsumer(
         group_id=settings.group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed" if exactly_once else "read_uncommitted",
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
@@ -45,6 +48,21 @@ def output_producer(settings: Settings, *, idempotent: bool, max_batch_bytes: in
         enable_idempotence=idempotent,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=max_batch_bytes,
+        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        **client_options(settings),
+    )
+
+
+def transactional_producer(settings: Settings, transactional_id: str) -> TransactionalProducer:
+    """A transactional producer of routed intents and dead letters for one input partition
+    (exactly-once mode): idempotent, acks from all in-sync replicas, ``transactional_id`` from
+    :func:`worker.pipeline.transactions.transactional_id`."""
+    return AIOKafkaProducer(
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=settings.kafka_transaction_timeout_ms,
+        linger_ms=settings.kafka_linger_ms,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         **client_options(settings),
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.contracts import DeadLetter, Header, Limits, Query, SourcePosition, decode_query, encode
 from worker.errors import ContractError, ErrorCode
@@ -39,21 +40,24 @@ class DecodedBatch:
 
     accepted: list[Accepted]
     rejected: list[Rejected]
+    #: paths of fields this version does not know, ignored in the accepted queries, with counts
+    unknown_fields: Counter[str] = field(default_factory=Counter)
 
 
 def decode_batch(records: Sequence[InputRecord], limits: Limits) -> DecodedBatch:
     """Validate every record; a contract error rejects that record only."""
     accepted: list[Accepted] = []
     rejected: list[Rejected] = []
+    unknown: Counter[str] = Counter()
     for record in records:
         if record.undecodable is not None:  # a stand-in for a batch the client could not decode
             rejected.append(Rejected(record, ErrorCode.UNDECODABLE_BATCH, record.undecodable))
             continue
         try:
-            accepted.append(Accepted(record, decode_query(record.value, limits)))
+            accepted.append(Accepted(record, decode_query(record.value, limits, unknown)))
         except ContractError as error:
             rejected.append(Rejected(record, error.code, error.reason))
-    return DecodedBatch(accepted, rejected)
+    return DecodedBatch(accepted, rejected, unknown)
 
 
 def _b64(raw: bytes | None) -> str | None:
@@ -82,4 +86,4 @@ def dead_letter(rejected: Rejected, topic: str, worker: str, now_ms: int | None 
         worker=worker,
         failed_at_ms=int(time.time() * 1000) if now_ms is None else now_ms,
     )
-    return Outbound(topic, key, encode(letter))
+    return Outbound(topic, key, encode(letter), origin=record.topic_partition)

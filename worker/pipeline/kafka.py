@@ -3,9 +3,10 @@ its consumer and its producer.
 
 aiokafka's clients satisfy these protocols (mypy checks it in :mod:`worker.pipeline.clients`,
 against the typed stubs in ``stubs/aiokafka``, which stubtest checks against the installed
-library), and so do the in-memory fakes of the unit tests. A later step (a transactional
-producer, another client library) plugs in by satisfying them. Parameters are positional-only
-where implementations name them differently.
+library), and so do the in-memory fakes of the unit tests. The exactly-once output uses one
+:class:`TransactionalProducer` per input partition and sets the consumer's positions itself
+(``committed``/``seek``). Parameters are positional-only where implementations name them
+differently.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class QueryConsumer(Protocol):
         """Commit ``offsets`` (the next offset to read, per partition) for the group."""
         ...
 
-    # --- what moving past a batch that cannot be decoded needs (worker.pipeline.undecodable) ---
+    # --- what moving past a batch that cannot be decoded (worker.pipeline.undecodable) and owning
+    # --- a partition in exactly-once mode (worker.pipeline.exactly_once) need ---
 
     async def position(self, partition: TopicPartition, /) -> int:
         """The offset of the next record ``getmany`` would hand out of ``partition``."""
@@ -123,3 +125,26 @@ class ProducerFactory(Protocol):
     """
 
     def __call__(self, *, idempotent: bool) -> OutputProducer: ...
+
+
+class TransactionalProducer(OutputProducer, Protocol):
+    """A producer with a ``transactional_id``: :meth:`start` fences older producers of that id.
+
+    One transaction at a time: begin, send, add the consumed offsets, then commit or abort.
+    """
+
+    async def begin_transaction(self) -> None:
+        """Open a transaction (sends are allowed only inside one)."""
+        ...
+
+    async def send_offsets_to_transaction(self, offsets: dict[TopicPartition, int], group_id: str, /) -> None:
+        """Make committing the group's ``offsets`` part of the open transaction."""
+        ...
+
+    async def commit_transaction(self) -> None:
+        """Flush the transaction's records and commit them with its offsets, atomically."""
+        ...
+
+    async def abort_transaction(self) -> None:
+        """Abort the open transaction: its records stay invisible to read_committed readers."""
+        ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from opentelemetry.trace import Tracer
 from worker.cache import AsyncEncoder, CachedEncoder
 from worker.config import Settings
 from worker.contracts import encode
+from worker.contracts.evolution import FirstSightings
 from worker.errors import ErrorCode
 from worker.pipeline.decisions import DecisionMemo, RouterState, router_state, same_state
 from worker.pipeline.decode import Accepted, Rejected, dead_letter, decode_batch
@@ -90,6 +92,8 @@ class BatchProcessor:
         self._metrics = metrics
         self._search = SearchThread()
         self._memo = DecisionMemo(remember_decisions)
+        self._unknown_seen = FirstSightings()
+        metrics.unknown_fields(settings.topic_queries, 0)  # exported from the start: rate() has a base
 
     def close(self) -> None:
         """Stop the search thread."""
@@ -102,6 +106,16 @@ class BatchProcessor:
         return dead_letter(
             Rejected(record.source, code, reason), self._settings.topic_dlq, self._settings.replica_id
         )
+
+    def _count_unknown_fields(self, unknown: Counter[str]) -> None:
+        topic = self._settings.topic_queries
+        self._metrics.unknown_fields(topic, unknown.total())
+        for path in self._unknown_seen.new(unknown):
+            logger.info(
+                "queries on %s carry field %r, unknown to this version: ignored (contract mode tolerant)",
+                topic,
+                path,
+            )
 
     def _reject(self, out: ProcessedBatch, rejected: Rejected) -> None:
         out.dead_letters.append(dead_letter(rejected, self._settings.topic_dlq, self._settings.replica_id))
@@ -119,6 +133,8 @@ class BatchProcessor:
         self._metrics.batch_size(len(records))
         with self._tracer.start_as_current_span("routeworker.decode"):
             decoded = decode_batch(records, self._limits)
+        if decoded.unknown_fields:
+            self._count_unknown_fields(decoded.unknown_fields)
         for rejected in decoded.rejected:
             self._reject(out, rejected)
         accepted = decoded.accepted
@@ -239,7 +255,12 @@ class BatchProcessor:
         headers = out.trace.headers(accepted, decision)
         out.intents.append(
             Outbound(
-                self._settings.topic_intents, accepted.record.key, intent, headers, source=accepted.record
+                self._settings.topic_intents,
+                accepted.record.key,
+                intent,
+                headers,
+                source=accepted.record,
+                origin=accepted.record.topic_partition,
             )
         )
         out.routed_timestamps_ms.append(accepted.record.timestamp_ms)

@@ -60,7 +60,9 @@ class Outbound:
     """One record to produce: a routed intent or a dead letter.
 
     ``source`` is the query a routed intent answers: should the intent not fit its topic, that
-    query is dead-lettered instead. Dead letters have none.
+    query is dead-lettered instead. Dead letters have none. ``origin`` is the input partition of
+    the record it answers: in exactly-once mode it is produced in that partition's transaction,
+    with that partition's offsets.
     """
 
     topic: str
@@ -68,6 +70,7 @@ class Outbound:
     value: bytes
     headers: OutHeaders = field(default_factory=list)
     source: InputRecord | None = None
+    origin: TopicPartition | None = None
 
 
 def next_offsets(records: Iterable[InputRecord]) -> dict[TopicPartition, int]:

@@ -7,6 +7,10 @@ last record per key, so a replica replaying after a cleaning would never see tha
 definition and would disagree with one that kept it. A route's state depends only on its last
 record, on every replica, whatever it read before.
 
+Fields this version does not know are left out of the definitions, identically on every replica
+whatever its version or contract mode (see ``worker.contracts.evolution``), and counted in
+``unknown_fields``: a newer admin tool that adds one never makes an older replica skip the record.
+
 Keys in routeworker's reserved namespace are not routes: the calibration record is folded apart
 (its last value wins), any other reserved key is a record type this version does not know, skipped
 and counted like a malformed record. Pure and synchronous (decoding is CPU work): replicas call it
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -92,6 +97,8 @@ class FoldedMutations:
     positions: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: the last valid calibration record among these records (None: there was none)
     calibration: CalibrationChange | None = None
+    #: paths of fields this version does not know, ignored in the records folded in, with counts
+    unknown_fields: Counter[str] = field(default_factory=Counter)
 
     def add(self, record: LogRecord, limits: Limits, resolve: Resolver | None = None) -> None:
         """Fold one record in; an unusable record is logged with its position and skipped, and
@@ -101,8 +108,9 @@ class FoldedMutations:
         if record.key is not None and record.key.startswith(_RESERVED):
             self._add_reserved(record, limits)
             return
+        unknown: Counter[str] = Counter()
         try:
-            mutation = decode_mutation(record.key, record.value, limits)
+            mutation = decode_mutation(record.key, record.value, limits, unknown)
             vectors = None
             if mutation.definition is not None and resolve is not None:
                 vectors = resolve(mutation.definition)
@@ -110,6 +118,7 @@ class FoldedMutations:
             self.skip(record.topic, record.partition, record.offset, error, _route_name(record.key))
             return
         self._set(mutation.name, mutation.definition, (record.partition, record.offset))
+        self.unknown_fields.update(unknown)
         if vectors is not None:
             self.vectors[mutation.name] = vectors
 
@@ -140,16 +149,18 @@ class FoldedMutations:
         self.positions[name] = position
 
     def _add_reserved(self, record: LogRecord, limits: Limits) -> None:
+        unknown: Counter[str] = Counter()
         try:
             if record.key != _CALIBRATION:
                 raise ContractError(
                     ErrorCode.SCHEMA, f"record type {record.key!r} is unknown to this version"
                 )
-            decoded = None if record.value is None else decode_calibration(record.value, limits)
+            decoded = None if record.value is None else decode_calibration(record.value, limits, unknown)
         except ContractError as error:
             self.skip(record.topic, record.partition, record.offset, error, None)  # not a route
             return
         self.calibration = CalibrationChange(record.value, decoded)
+        self.unknown_fields.update({f"calibration.{path}": n for path, n in unknown.items()})
 
     def merge(self, later: FoldedMutations) -> None:
         """Fold ``later`` (records after these) into this one."""
@@ -163,6 +174,7 @@ class FoldedMutations:
         self.records += later.records
         self.skipped.extend(later.skipped)
         self.positions.update(later.positions)
+        self.unknown_fields.update(later.unknown_fields)
         if later.calibration is not None:
             self.calibration = later.calibration
 

@@ -21,6 +21,7 @@ import functools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from worker.background import background_executor
 from worker.config import Settings
 from worker.contracts import CALIBRATION_KEY
+from worker.contracts.evolution import FirstSightings
 from worker.embedding import EncoderPool
 from worker.errors import ContractError, ErrorCode
 from worker.replication.calibrations import (
@@ -92,6 +94,7 @@ class RouteReplica:
         self.stats = ReplicaStats()
         #: told of full replays and skipped records (the worker sets one that records metrics)
         self.events = events if events is not None else ReplicaEvents()
+        self._unknown_seen = FirstSightings()
         self._clock = clock
         self._margin_ms = int(settings.resume_margin_s * 1000)
         self._retention: TopicRetention = UNKNOWN_RETENTION
@@ -381,9 +384,22 @@ class RouteReplica:
         folded = fold(records, self.settings.limits, lambda d: shipped_vectors(d, fingerprint, dim))
         self.stats.records += folded.records
         self._report_skipped(folded.skipped)
+        self._report_unknown(folded.unknown_fields)
         change = folded.calibration
         install = installable(change, self._calibration_context()) if change is not None else None
         return folded, resolve_changes(folded, self._current, fingerprint, self.stats), install
+
+    def _report_unknown(self, unknown: Counter[str]) -> None:
+        if not unknown:
+            return
+        self.stats.unknown_fields += unknown.total()
+        self.events.unknown_fields(unknown.total())
+        for path in self._unknown_seen.new(unknown):
+            logger.info(
+                "route mutations on %s carry field %r, unknown to this version: ignored on every replica",
+                self.settings.topic_mutations,
+                path,
+            )
 
     def _report_skipped(self, skipped: Sequence[SkippedRecord]) -> None:
         self.stats.skipped_malformed += len(skipped)

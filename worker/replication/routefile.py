@@ -1,7 +1,9 @@
 """Route files (YAML or JSON): a list of routes, validated in full before anything is published.
 
 Every problem names its route (by name, or by position when the name itself is at fault) and the
-field, so a CI job that rejects a file says exactly what to fix.
+field, so a CI job that rejects a file says exactly what to fix. A field this version does not know
+is a problem here (a typo such as ``treshold`` would otherwise vanish): replicas tolerate unknown
+fields in published records, the tool that writes them does not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from worker.contracts import Limits, RouteDefinition, encode
+from worker.contracts.evolution import unknown_fields
 from worker.replication.errors import FILE, RouteFileError, RouteProblem
 
 
@@ -59,10 +62,16 @@ def parse_routes(document: Any, source: str, limits: Limits | None = None) -> li
         if not isinstance(item, dict):
             problems.append(RouteProblem(label, "(route)", f"expected a mapping, got {type(item).__name__}"))
             continue
+        unknown = [
+            RouteProblem(label, path, "unknown field") for path in unknown_fields(RouteDefinition, item)
+        ]
         try:
             route = RouteDefinition.model_validate(item)
         except ValidationError as error:
-            problems.extend(_problems(label, error))
+            problems.extend(_problems(label, error) + unknown)
+            continue
+        if unknown:
+            problems.extend(unknown)
             continue
         size = len(encode(route))
         if size > limits.max_mutation_bytes:
@@ -108,8 +117,5 @@ def _problems(label: str, error: ValidationError) -> list[RouteProblem]:
     found = []
     for detail in error.errors(include_url=False):
         field = ".".join(str(part) for part in detail["loc"]) or "(route)"
-        message = detail["msg"]
-        if detail["type"] == "extra_forbidden":
-            message = "unknown field"
-        found.append(RouteProblem(label, field, message))
+        found.append(RouteProblem(label, field, detail["msg"]))
     return found

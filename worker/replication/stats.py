@@ -39,6 +39,8 @@ class ReplicaStats:
     calibrations: int = 0
     #: calibration records made with another model's vectors (none is served then)
     calibrations_of_other_models: int = 0
+    #: fields this version does not know, ignored in applied records (a newer writer added them)
+    unknown_fields: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """The counters by name."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -20,7 +21,6 @@ MALFORMED: list[tuple[bytes | None, ErrorCode]] = [
     (b"{not json", ErrorCode.INVALID_JSON),
     (b"[1, 2]", ErrorCode.NOT_AN_OBJECT),
     (b'{"id": "q"}', ErrorCode.SCHEMA),
-    (b'{"id": "q", "text": "hi", "colour": "red"}', ErrorCode.UNKNOWN_FIELD),
     (b'{"id": "q", "text": "   "}', ErrorCode.EMPTY_TEXT),
     (orjson.dumps({"id": "q", "text": "x" * 101}), ErrorCode.TOO_LARGE),
     (b"{" + b" " * 2000 + b"}", ErrorCode.TOO_LARGE),
@@ -32,6 +32,22 @@ def record(
     value: bytes | None, offset: int = 7, headers: tuple[tuple[str, bytes | None], ...] = ()
 ) -> InputRecord:
     return InputRecord("queries", 1, offset, 1_700_000_000_000, b"conversation-9", value, headers)
+
+
+def test_unknown_fields_are_counted_in_tolerant_mode_and_dead_lettered_in_strict_mode() -> None:
+    newer = b'{"id": "q", "text": "hi", "colour": "red", "tags": {"a": 1}}'
+    bad = b'{"id": "q", "text": "   ", "colour": "red"}'  # rejected anyway: its fields are not counted
+    tolerant = decode_batch([record(newer, offset=1), record(newer, offset=2), record(bad, offset=3)], LIMITS)
+    assert [a.query.id for a in tolerant.accepted] == ["q", "q"]
+    assert [r.code for r in tolerant.rejected] == [ErrorCode.EMPTY_TEXT]
+    assert tolerant.unknown_fields == {"colour": 2, "tags": 2}
+
+    strict = decode_batch([record(newer)], replace(LIMITS, contract_mode="strict"))
+    assert strict.accepted == []
+    (rejected,) = strict.rejected
+    assert rejected.code is ErrorCode.UNKNOWN_FIELD
+    assert "colour, tags" in rejected.reason
+    assert not strict.unknown_fields
 
 
 @pytest.mark.parametrize(("value", "code"), MALFORMED)

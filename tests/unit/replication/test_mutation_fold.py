@@ -61,7 +61,6 @@ def test_a_tombstone_deletes_and_a_later_record_re_adds() -> None:
         (b"a", b"not json", "invalid_json"),
         (b"a", b"[1]", "not_object"),
         (b"a", b'{"name": "a", "utterances": []}', "schema"),
-        (b"a", b'{"name": "a", "utterances": ["x"], "extra": 1}', "unknown_field"),
         (b"a", b'{"name": "b", "utterances": ["x"]}', "key_mismatch"),
     ],
 )
@@ -128,3 +127,25 @@ def test_a_later_record_without_vectors_drops_the_earlier_resolved_ones() -> Non
     records = [Record(0, 0, b"a", encode(_shipped("a", "m:1", good))), upsert(0, 1, "a", "plain")]
     folded: FoldedMutations = fold(records, LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
     assert "a" not in folded.vectors
+
+
+def test_a_route_from_a_newer_writer_is_applied_without_its_unknown_fields_in_any_mode() -> None:
+    newer = Record(0, 0, b"a", b'{"name": "a", "utterances": ["x"], "priority": 3, "owner": {"team": "t"}}')
+    same = Record(0, 0, b"a", b'{"name": "a", "utterances": ["x"]}')
+    for limits in (LIMITS, Limits(contract_mode="strict")):  # the mode governs queries only
+        folded = fold([newer], limits)
+        assert folded.skipped == []
+        assert folded.changes == fold([same], limits).changes  # the same definition, field left out
+        definition = folded.changes["a"]
+        assert definition is not None
+        assert "priority" not in encode(definition).decode()
+        assert folded.unknown_fields == {"priority": 1, "owner": 1}
+    later = fold([Record(1, 0, b"b", b'{"name": "b", "utterances": ["y"], "priority": 1}')], LIMITS)
+    folded.merge(later)
+    assert folded.unknown_fields == {"priority": 2, "owner": 1}
+
+
+def test_unknown_fields_of_a_record_that_is_skipped_are_not_counted() -> None:
+    folded = fold([Record(0, 0, b"a", b'{"name": "b", "utterances": ["x"], "priority": 3}')], LIMITS)
+    assert [s.code for s in folded.skipped] == ["key_mismatch"]
+    assert not folded.unknown_fields

@@ -357,7 +357,8 @@ def grant(bootstrap: str, bindings: list[Any], *, revoke: bool = False) -> None:
 
 
 def worker_acls(topics: Topics) -> tuple[list[Any], Any]:
-    """The worker's ACLs (read queries, use its group, write intents and dead letters), and the
+    """The worker's ACLs (read queries and the mutation log, describe the log's configuration, use
+    its group, write intents and dead letters: what the start-up access check asks for), and the
     one that lets it write intents."""
     from confluent_kafka.admin import (
         AclBinding,
@@ -375,6 +376,8 @@ def worker_acls(topics: Topics) -> tuple[list[Any], Any]:
     write_intents = allow(ResourceType.TOPIC, topics.intents, AclOperation.WRITE)
     bindings = [
         allow(ResourceType.TOPIC, topics.queries, AclOperation.READ),
+        allow(ResourceType.TOPIC, topics.mutations, AclOperation.READ),
+        allow(ResourceType.TOPIC, topics.mutations, AclOperation.DESCRIBE_CONFIGS),
         allow(ResourceType.GROUP, topics.group, AclOperation.READ),
         allow(ResourceType.TOPIC, topics.dlq, AclOperation.WRITE),
         write_intents,

@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup system model kafka test lint typecheck unit demo bench eos clean
+.PHONY: setup system model kafka test lint typecheck unit demo bench eos faults rebalance clean
 
 setup: $(STAMP) system model kafka
 
@@ -62,6 +62,14 @@ eos: setup
 # the main job on embedded defaults: private broker + Redis, topics, routes, two replicas, traffic
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/routeworker demo
+
+# issue 13's fault suite (a real stack per scenario, ~10 min) and the rebalance timing; outside
+# make test. On a shared machine run them under a lock: flock LOCKFILE make faults
+faults: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/faults.py
+
+rebalance: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/rebalance.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "none", description="Compression of the records this replica produces."
     )
+    kafka_idempotence: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Idempotent producer (per-key order through retries): auto = where the broker allows it.",
+    )
+    produce_deadline_s: float = Field(
+        120.0,
+        gt=0,
+        description="Longest wait for an output record's acknowledgement (retries included) before stopping.",
+    )
     kafka_fetch_max_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Most bytes per fetch.")
     kafka_fetch_max_wait_ms: int = Field(
         100, ge=0, le=10_000, description="Longest a fetch waits at the broker for new records."

@@ -21,6 +21,8 @@ class ErrorCode(StrEnum):
     EMBEDDING_SHAPE = "embedding_shape"
     EMBEDDING_FAILED = "embedding_failed"
     PROCESSING = "processing"
+    ROUTING_FAILED = "routing_failed"
+    INTENT_TOO_LARGE = "intent_too_large"
     # a fetched record batch the Kafka client could not decode (corrupt, or an unknown codec)
     UNDECODABLE_BATCH = "undecodable_batch"
 

@@ -226,7 +226,7 @@ async def test_the_output_producer_writes_every_codec(any_broker: BrokerService,
     await create_topics(any_broker.bootstrap, topics)
     settings = topics.settings(any_broker.bootstrap, kafka_compression=codec)
     topic = topics.intents
-    producer = output_producer(settings)
+    producer = output_producer(settings, idempotent=any_broker.capabilities.supports_idempotence)
     await producer.start()
     try:
         values = [orjson.dumps({"n": i, "pad": "routed intent " * 20}) for i in range(5)]

@@ -24,13 +24,16 @@ from worker.pipeline.batcher import Batcher
 from worker.pipeline.clients import output_producer, query_consumer, raw_fetch, transactional_producer
 from worker.pipeline.commit import Committer
 from worker.pipeline.errors import ShutdownTimeout
-from worker.pipeline.exactly_once import ExactlyOnceOutput, ProducerFactory, Stamp
-from worker.pipeline.kafka import OutputProducer, QueryConsumer, TransactionalProducer
+from worker.pipeline.exactly_once import ExactlyOnceOutput, Stamp
+from worker.pipeline.exactly_once import ProducerFactory as TransactionalProducers
+from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer, TransactionalProducer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
-from worker.pipeline.produce import Delivery
+from worker.pipeline.produce import Delivery, DeliveryReport
+from worker.pipeline.producer_session import ProducerSession
 from worker.pipeline.raw_fetch import RawFetch
 from worker.pipeline.rebalance import DrainOnRevoke
+from worker.pipeline.topic_limits import TopicLimits, read_topic_limits
 from worker.pipeline.types import InputRecord, Outbound, TopicPartition, next_offsets
 from worker.pipeline.undecodable import UndecodableBatch, UndecodableBatches
 from worker.routing import Router
@@ -42,12 +45,13 @@ logger = logging.getLogger(__name__)
 class QueryPipeline:
     """Routes the queries topic into routed intents and dead letters until :meth:`stop`.
 
-    ``consumer`` and ``producer`` default to aiokafka clients built from ``settings``; tests pass
-    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`OutputProducer`),
+    ``consumer`` and ``producers`` default to aiokafka clients built from ``settings``; tests pass
+    stand-ins (anything that satisfies :class:`QueryConsumer` and :class:`ProducerFactory`),
     ``raw`` the undecoded fetches that find a batch the consumer cannot decode, and in
     exactly-once mode ``transactional_producers`` (a transactional id -> an unstarted producer).
-    ``remember_decisions`` sizes the memo of decisions of repeated texts
-    (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
+    ``topic_limits`` (the output topics' ``max.message.bytes``) is read from the broker at start
+    unless given (stand-ins get the defaults). ``remember_decisions`` sizes the memo of decisions
+    of repeated texts (:class:`worker.pipeline.decisions.DecisionMemo`; 0 = off).
     """
 
     def __init__(
@@ -58,8 +62,9 @@ class QueryPipeline:
         router: Router,
         telemetry: Telemetry,
         consumer: QueryConsumer | None = None,
-        producer: OutputProducer | None = None,
-        transactional_producers: ProducerFactory | None = None,
+        producers: ProducerFactory | None = None,
+        topic_limits: TopicLimits | None = None,
+        transactional_producers: TransactionalProducers | None = None,
         raw: RawFetch | None = None,
         remember_decisions: int = 0,
     ) -> None:
@@ -67,6 +72,9 @@ class QueryPipeline:
         self.telemetry = telemetry
         metrics = telemetry.metrics
         self._consumer = consumer if consumer is not None else query_consumer(settings)
+        if topic_limits is None and producers is not None:
+            topic_limits = TopicLimits()
+        self._topic_limits = topic_limits
         self.tracker = OffsetTracker()
         self._undecodable = UndecodableBatches(
             self._consumer, raw if raw is not None else raw_fetch(settings), self._on_undecodable
@@ -87,21 +95,36 @@ class QueryPipeline:
                 commit_timeout_s=settings.kafka_request_timeout_ms / 1000,
             )
             self._batcher.admits = self.exactly_once.admits
-        # exactly once, the partitions' transactional producers replace the output producer
-        self._producer: OutputProducer | None = None
-        self._delivery: Delivery | None = None
-        if self.exactly_once is None:
-            self._producer = producer if producer is not None else output_producer(settings)
-            self._delivery = Delivery(self._producer, on_retry=metrics.produce_retries)
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
         self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self.processor = BatchProcessor(
             settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions
         )
+        # exactly once, the partitions' transactional producers replace the output producer: the
+        # session is then never opened
+        self._session = ProducerSession(producers or self._output_producer, settings.kafka_idempotence)
+        self.delivery = Delivery(
+            self._session,
+            metrics,
+            dead_letter=self.processor.dead_letter_of,
+            deadline_s=settings.produce_deadline_s,
+            limits=topic_limits,
+        )
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._last_sent: asyncio.Event | None = None
+        self._rebalance_started: float | None = None
+
+    def _output_producer(self, *, idempotent: bool) -> OutputProducer:
+        return output_producer(
+            self.settings, idempotent=idempotent, max_batch_bytes=self.delivery.limits.batch_bytes()
+        )
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the output producer is idempotent (known once :meth:`run` has started it)."""
+        return self._session.idempotent
 
     def _transactional_producer(self, transactional_id: str) -> TransactionalProducer:
         return transactional_producer(self.settings, transactional_id)
@@ -121,16 +144,21 @@ class QueryPipeline:
         only when it is going to run.
         """
         try:
-            if self._producer is not None:
-                await self._producer.start()
+            if self.exactly_once is None:
+                if self._topic_limits is None:
+                    self._topic_limits = await read_topic_limits(
+                        self.settings, [self.settings.topic_intents, self.settings.topic_dlq]
+                    )
+                    self.delivery.limits = self._topic_limits
+                await self._session.open()
             listener = DrainOnRevoke(self._on_revoked, self._on_assigned, self._on_listener_error)
             self._consumer.subscribe([self.settings.topic_queries], listener=listener)
             await self._consumer.start()
             await self._run_tasks()
         finally:
             await self._consumer.stop()  # leaves the group; the final commit is already done
-            if self._producer is not None:
-                await self._producer.stop()
+            if self.exactly_once is None:
+                await self._session.close(self.settings.shutdown_timeout_s)
             await self._undecodable.close()
             await asyncio.to_thread(self.processor.close)
 
@@ -142,6 +170,7 @@ class QueryPipeline:
                     tasks.create_task(self.exactly_once.run(), name="transaction-committer")
                 else:
                     tasks.create_task(self.committer.run(), name="offset-committer")
+                    tasks.create_task(self._recover_deliveries(), name="produce-recovery")
                 try:
                     await self._consume(tasks)
                     await self._drain()
@@ -149,9 +178,22 @@ class QueryPipeline:
                     self.committer.stop()
                     if self.exactly_once is not None:
                         self.exactly_once.stop()
+                    else:
+                        self.delivery.stop()
             clean = True
         finally:
             await self._final_commit(clean)
+
+    async def _recover_deliveries(self) -> None:
+        try:
+            await self.delivery.run()
+        except Exception as error:
+            self._failing(error)
+            raise
+
+    def _failing(self, error: BaseException) -> None:
+        """A fatal error: /livez fails at once, while the pipeline is still closing."""
+        self.telemetry.health.fail(f"{type(error).__name__}: {error}")
 
     async def _final_commit(self, clean: bool) -> None:
         if self.exactly_once is not None:
@@ -255,7 +297,10 @@ class QueryPipeline:
                 with tracer.start_as_current_span(
                     "routeworker.produce", attributes={"records": len(outbounds)}
                 ):
-                    delivered = await self._produce(records, stamp, outbounds, sent)
+                    report = await self._produce(records, stamp, outbounds, sent)
+        except Exception as error:
+            self._failing(error)
+            raise
         finally:
             place.leave()
             sent.set()
@@ -264,47 +309,57 @@ class QueryPipeline:
         self.tracker.finish(batch)
         self.telemetry.health.processed()
         self.telemetry.health.in_flight(len(self.tracker))
-        if delivered:
-            self._account(processed)
+        if report is not None:
+            self._account(processed, report)
 
     async def _produce(
         self, records: list[InputRecord], stamp: Stamp, outbounds: list[Outbound], sent: asyncio.Event
-    ) -> bool:
-        """Hand the outputs over (``sent`` once they are, in order), then wait for them; False when
+    ) -> DeliveryReport | None:
+        """Hand the outputs over (``sent`` once they are, in order), then wait for them; None when
         they were dropped (exactly once: their transaction was rewound or revoked meanwhile)."""
         if self.exactly_once is not None:
             # done once handed over: the commit checks every acknowledgement of its transaction
             taken = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
             sent.set()
-            return taken
-        assert self._delivery is not None
-        futures = await self._delivery.enqueue(outbounds)
+            return DeliveryReport() if taken else None
+        sending = await self.delivery.enqueue(outbounds)
         sent.set()
-        await self._delivery.confirm(outbounds, futures)
-        return True
+        return await self.delivery.confirm(sending)
 
-    def _account(self, processed: ProcessedBatch) -> None:
+    def _account(self, processed: ProcessedBatch, report: DeliveryReport) -> None:
         metrics = self.telemetry.metrics
-        metrics.decisions(processed.routed, processed.no_match)
-        for code in processed.dead_codes:
+        # intents come first in the outbounds: those positions dead-lettered at produce time
+        replaced = {i for i in report.dead_lettered if i < len(processed.intents)}
+        matched = [m for i, m in enumerate(processed.matched) if i not in replaced]
+        metrics.decisions(sum(matched), len(matched) - sum(matched))
+        for code in [*processed.dead_codes, *(code.value for code in report.dead_lettered.values())]:
             metrics.dead_lettered(code)
         now_ms = time.time() * 1000
-        metrics.end_to_end_ms(now_ms - ts for ts in processed.routed_timestamps_ms)
+        metrics.end_to_end_ms(
+            now_ms - ts for i, ts in enumerate(processed.routed_timestamps_ms) if i not in replaced
+        )
 
     # --- rebalancing -------------------------------------------------------------------------
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        # called at the start of every rebalance, with nothing revoked on joining
+        # called at the start of every rebalance, with nothing revoked on joining; fetching for
+        # the revoked partitions stops at once: no record of theirs starts a batch from here on
         self.telemetry.health.rebalance_started()
-        self._batcher.discard_pending()
+        self._rebalance_started = time.monotonic()
+        self._batcher.revoke(revoked)
         if self.exactly_once is not None:
             self.exactly_once.withdraw(revoked)
         if not revoked:
             return
-        logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), len(self.tracker))
+        self._flow.forget(revoked)
+        self._consumer.pause(*revoked)
+        holding = self.tracker.holding(revoked)
+        logger.info("%d partitions revoked: finishing %d in-flight batches", len(revoked), holding)
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
-                await self.tracker.wait_until(lambda: not len(self.tracker) or self._fatal is not None)
+                await self.tracker.wait_until(
+                    lambda: not self.tracker.holding(revoked) or self._fatal is not None
+                )
             finished = self._fatal is None
         except TimeoutError:
             finished = False
@@ -317,17 +372,34 @@ class QueryPipeline:
             await self.exactly_once.revoke(revoked, finished=finished)
             return
         await self.committer.commit("revoke")
-        self.tracker.forget(revoked)
+        late = self.tracker.forget(revoked)
+        if late:
+            logger.warning(
+                "%d in-flight batches finish after the revocation: they commit no revoked partition", late
+            )
+        if self._rebalance_started is not None:
+            took = time.monotonic() - self._rebalance_started
+            logger.info("revoked partitions finished and committed in %.3fs", took)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
+        self._batcher.assigned()
         if self.exactly_once is not None:
             # fence the previous owners, then read the committed offsets: before the health
             # says so, since the partitions are not consumed until then
             await self.exactly_once.assign(assigned)
         self.telemetry.health.partitions_assigned(assigned)
+        if self._rebalance_started is None:
+            logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
+            return
+        took = time.monotonic() - self._rebalance_started
+        self._rebalance_started = None
+        self.telemetry.metrics.rebalance_ms(took * 1000)
+        logger.info(
+            "assigned %d partitions after a rebalance of %.3fs: %s", len(assigned), took, sorted(assigned)
+        )
 
     def _on_listener_error(self, error: BaseException) -> None:
         logger.error("rebalance handling failed: %s", error)
+        self._failing(error)
         self._fatal = error
         self.tracker.poke()

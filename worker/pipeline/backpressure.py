@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from worker.pipeline.kafka import QueryConsumer
 from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.types import TopicPartition
 from worker.telemetry import PipelineMetrics
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class FlowControl:
         self._tracker = tracker
         self.max_in_flight = max_in_flight
         self._metrics = metrics
+        self._paused: set[TopicPartition] = set()
 
     def has_room(self) -> bool:
         """Whether another batch may start."""
@@ -39,18 +41,23 @@ class FlowControl:
         """Return when another batch may start (or the worker is stopping); pause meanwhile."""
         if self.has_room():
             return
-        paused = set(self._consumer.assignment())
-        self._consumer.pause(*paused)
+        self._paused = set(self._consumer.assignment())
+        self._consumer.pause(*self._paused)
         self._metrics.paused()
         logger.debug(
-            "in-flight window full (%d batches): paused %d partitions", len(self._tracker), len(paused)
+            "in-flight window full (%d batches): paused %d partitions", len(self._tracker), len(self._paused)
         )
         try:
             await self._tracker.wait_until(lambda: self.has_room() or stopping())
         finally:
             # a rebalance meanwhile may have taken some away (resuming those would raise)
-            still_owned = paused & set(self._consumer.assignment())
+            still_owned = self._paused & set(self._consumer.assignment())
+            self._paused = set()
             self._consumer.resume(*still_owned)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions being revoked stay paused: never resume them when the window drains."""
+        self._paused -= set(partitions)
 
 
 class EmbedGate:

@@ -8,7 +8,7 @@ most, and under load batches fill at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from worker.pipeline.kafka import QueryConsumer
 from worker.pipeline.types import InputRecord, TopicPartition, next_offsets
@@ -21,9 +21,10 @@ DEFAULT_POLL_S = 0.2
 class Batcher:
     """Pulls records from the consumer into batches.
 
-    :meth:`discard_pending` (called when partitions are revoked) drops the records of the batch
-    being filled that were fetched before the revocation: they were not processed, and whoever owns
-    their partitions next reads them again from the committed offset.
+    :meth:`revoke` (called when partitions are revoked) drops, from the batch being filled and
+    from every fetch until the partitions are assigned again, the records of those partitions:
+    they were not processed, and whoever owns the partitions next reads them again from the
+    committed offset. Records fetched once the new assignment is in place are kept.
 
     A fetch that fails on a batch the client cannot decode is handed to ``undecodable``, whose
     records (a stand-in for the bad batch among them) take the failed fetch's place; without it,
@@ -51,17 +52,34 @@ class Batcher:
         self.batch_wait_s = max(batch_wait_s, 0.0)
         self._poll_ms = max(int(poll_s * 1000), 1)
         self._clock = clock
-        self._generation = 0
+        # Every revoke and every assignment opens a new epoch; a record is kept only if it was
+        # fetched in an epoch after the last revoke of its partition.
+        self._epoch = 0
+        self._revoked_in: dict[TopicPartition, int] = {}
+        self._discarded_in = 0
         self._undecodable = undecodable
-        # per partition, the offset after the last record handed out since the assignment
+        # per partition, the offset after the last record fetched for this assignment
         self._handed_out: dict[TopicPartition, int] = {}
 
-    def discard_pending(self) -> None:
-        """Drop the batch being filled (partitions were revoked under it)."""
-        self._generation += 1
-        self._handed_out.clear()
+    def revoke(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions are being given up: their records fetched so far, or until :meth:`assigned`,
+        are dropped."""
+        self._epoch += 1
+        for tp in partitions:
+            self._revoked_in[tp] = self._epoch
+            self._handed_out.pop(tp, None)
 
-    async def _fetch(self, timeout_ms: int, max_records: int) -> list[InputRecord]:
+    def discard_pending(self) -> None:
+        """Drop every record fetched so far and not yet handed over, of every partition (the
+        consumer is being moved back: exactly-once rewinds); later fetches are kept."""
+        self._epoch += 1
+        self._discarded_in = self._epoch
+
+    def assigned(self) -> None:
+        """The new assignment is in place: what is fetched from now on is the new owner's."""
+        self._epoch += 1
+
+    async def _fetch(self, timeout_ms: int, max_records: int) -> list[tuple[int, InputRecord]]:
         try:
             fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
             records = [InputRecord.from_kafka(r) for records in fetched.values() for r in records]
@@ -72,25 +90,27 @@ class Batcher:
         admits = self.admits
         if admits is not None:
             records = [r for r in records if admits(r.topic_partition)]
-        self._handed_out.update(next_offsets(records))
-        return records
+        epoch = self._epoch  # when the records were handed over
+        self._handed_out.update(next_offsets(self._kept([(epoch, r) for r in records])))
+        return [(epoch, r) for r in records]
+
+    def _kept(self, fetched: list[tuple[int, InputRecord]]) -> list[InputRecord]:
+        revoked_in, discarded_in = self._revoked_in, self._discarded_in
+        return [
+            r
+            for epoch, r in fetched
+            if epoch > revoked_in.get(r.topic_partition, -1) and epoch >= discarded_in
+        ]
 
     async def next_batch(self) -> list[InputRecord]:
-        """The next batch, or an empty list when nothing arrived within one poll."""
-        records = await self._fetch(self._poll_ms, self.batch_size)
-        if not records:
+        """The next batch, or an empty list when nothing (still owned) arrived within one poll."""
+        fetched = await self._fetch(self._poll_ms, self.batch_size)
+        if not fetched:
             return []
-        generation = self._generation
         deadline = self._clock() + self.batch_wait_s
-        while len(records) < self.batch_size:
+        while len(fetched) < self.batch_size:
             left_ms = int((deadline - self._clock()) * 1000)
             if left_ms <= 0:
                 break
-            more = await self._fetch(left_ms, self.batch_size - len(records))
-            if generation != self._generation:
-                # fetched under the revoked assignment; ``more`` arrived after the new one
-                records, generation = [], self._generation
-            records += more
-        if generation != self._generation:
-            return []
-        return records
+            fetched += await self._fetch(left_ms, self.batch_size - len(fetched))
+        return self._kept(fetched)

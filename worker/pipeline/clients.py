@@ -37,16 +37,17 @@ def query_consumer(settings: Settings) -> QueryConsumer:
     )
 
 
-def output_producer(settings: Settings) -> OutputProducer:
+def output_producer(settings: Settings, *, idempotent: bool, max_batch_bytes: int = 16_384) -> OutputProducer:
     """The producer of routed intents and dead letters: acks from all in-sync replicas.
 
-    Idempotence is off because some Kafka-protocol brokers (Tansu) reject idempotent producers;
-    duplicates a retry might cause are within the at-least-once contract.
+    ``idempotent`` where the broker takes it (:mod:`worker.pipeline.producer_session` decides);
+    ``max_batch_bytes`` keeps record batches within what the output topics take.
     """
     return AIOKafkaProducer(
         acks="all",
-        enable_idempotence=False,
+        enable_idempotence=idempotent,
         linger_ms=settings.kafka_linger_ms,
+        max_batch_size=max_batch_bytes,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
         **client_options(settings),
     )

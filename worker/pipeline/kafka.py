@@ -117,6 +117,16 @@ class OutputProducer(Protocol):
         ...
 
 
+class ProducerFactory(Protocol):
+    """Makes an (unstarted) output producer; ``idempotent`` asks for an idempotent one.
+
+    The produce step opens one at start, and a new one when an idempotent producer's sequence
+    broke (:mod:`worker.pipeline.producer_session`).
+    """
+
+    def __call__(self, *, idempotent: bool) -> OutputProducer: ...
+
+
 class TransactionalProducer(OutputProducer, Protocol):
     """A producer with a ``transactional_id``: :meth:`start` fences older producers of that id.
 

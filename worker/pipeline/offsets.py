@@ -79,10 +79,24 @@ class OffsetTracker:
             if offset > self._committable.get(tp, -1):
                 self._committable[tp] = offset
 
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Drop committable offsets of partitions this consumer no longer owns."""
-        for tp in partitions:
+    def forget(self, partitions: Iterable[TopicPartition]) -> int:
+        """Drop the offsets of partitions this consumer no longer owns: the committable ones, and
+        those of batches still in flight, so a batch finishing after the revocation never commits
+        over the partition's next owner. Returns how many in-flight batches lost offsets."""
+        gone = set(partitions)
+        for tp in gone:
             self._committable.pop(tp, None)
+        late = 0
+        for batch in self._queue:
+            if gone & batch.offsets.keys():
+                late += 1
+                batch.offsets = {tp: o for tp, o in batch.offsets.items() if tp not in gone}
+        return late
+
+    def holding(self, partitions: Iterable[TopicPartition]) -> int:
+        """In-flight batches with records of any of ``partitions``."""
+        wanted = set(partitions)
+        return sum(1 for batch in self._queue if wanted & batch.offsets.keys())
 
     def pending(self) -> list[InFlightBatch]:
         """The in-flight window, oldest first (for logs and tests)."""

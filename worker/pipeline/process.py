@@ -37,20 +37,33 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ProcessedBatch:
-    """A batch's output records and what is needed to account for them once acknowledged."""
+    """A batch's output records and what is needed to account for them once acknowledged.
+
+    ``matched`` and ``routed_timestamps_ms`` run parallel to ``intents`` (whether the intent names
+    a route, and its query's timestamp), so an intent dead-lettered at produce time can be left out.
+    """
 
     trace: QueryTracer
     intents: list[Outbound] = field(default_factory=list)
     dead_letters: list[Outbound] = field(default_factory=list)
     routed_timestamps_ms: list[int] = field(default_factory=list)
-    routed: int = 0
-    no_match: int = 0
+    matched: list[bool] = field(default_factory=list)
     dead_codes: list[str] = field(default_factory=list)
 
     @property
     def outbounds(self) -> list[Outbound]:
         """Every record to produce, intents first (both in consumption order)."""
         return self.intents + self.dead_letters
+
+    @property
+    def routed(self) -> int:
+        """Intents that name a route."""
+        return sum(self.matched)
+
+    @property
+    def no_match(self) -> int:
+        """Intents with no match."""
+        return len(self.matched) - self.routed
 
 
 def _ms_since(start: float) -> float:
@@ -85,6 +98,14 @@ class BatchProcessor:
     def close(self) -> None:
         """Stop the search thread."""
         self._search.close()
+
+    def dead_letter_of(self, record: Outbound, code: ErrorCode, reason: str) -> Outbound | None:
+        """The dead letter of the query a routed intent answers (None for a record without one)."""
+        if record.source is None:
+            return None
+        return dead_letter(
+            Rejected(record.source, code, reason), self._settings.topic_dlq, self._settings.replica_id
+        )
 
     def _count_unknown_fields(self, unknown: Counter[str]) -> None:
         topic = self._settings.topic_queries
@@ -140,23 +161,24 @@ class BatchProcessor:
             embed_ms = _ms_since(clock)
         on_embedded()
         self._metrics.embed_ms(embed_ms)
-        failed = {wanted[j]: reason for j, reason in embedded.failed.items()}
+        failed = {wanted[j]: (ErrorCode.PROCESSING, reason) for j, reason in embedded.failed.items()}
         explanations: dict[int, Explanation] = {}
         routable = [j for j in range(len(wanted)) if j not in embedded.failed]
         with self._tracer.start_as_current_span("routeworker.search", attributes={"queries": len(routable)}):
             clock = time.perf_counter()
             if routable:
-                vectors = embedded.vectors[routable]
-                decided = await self._search.decide(
-                    self.router, vectors, [top_n[wanted[j]] for j in routable]
+                searched = await self._search.decide_isolating(
+                    self.router, embedded.vectors[routable], [top_n[wanted[j]] for j in routable]
                 )
                 unchanged = same_state(state, router_state(self.router))
-                for j, decision in zip(routable, decided, strict=True):
-                    i = wanted[j]
+                for row, reason in searched.failed.items():
+                    failed[wanted[routable[row]]] = (ErrorCode.ROUTING_FAILED, reason)
+                for row, decision in searched.decisions.items():
+                    i = wanted[routable[row]]
                     decisions[i] = decision
                     if unchanged and i not in explained:
                         self._memo.put((unique.texts[i], top_n[i]), decision, state)
-                why = [j for j in routable if wanted[j] in explained]
+                why = [j for j in routable if wanted[j] in explained and wanted[j] in decisions]
                 if why:
                     try:
                         reasons = await self._search.explain(
@@ -175,7 +197,8 @@ class BatchProcessor:
         facts = _BatchFacts(self._encoder.fingerprint, started_ns / 1e6, embed_ms, search_ms)
         for a, i in zip(accepted, unique.index, strict=True):
             if i in failed:
-                self._reject(out, Rejected(a.record, ErrorCode.PROCESSING, failed[i]))
+                code, reason = failed[i]
+                self._reject(out, Rejected(a.record, code, reason))
             else:
                 why_this = explanations.get(i) if self._wants_explanation(a) else None
                 self._route(out, a, decisions[i], facts, why_this)
@@ -209,32 +232,39 @@ class BatchProcessor:
         batch: _BatchFacts,
         explanation: Explanation | None = None,
     ) -> None:
-        intent = build_intent(
-            accepted,
-            decision,
-            accepted.query.top_n or self._settings.top_n,
-            model=batch.model,
-            worker=self._settings.replica_id,
-            batch_started_ms=batch.started_ms,
-            embed_ms=batch.embed_ms,
-            search_ms=batch.search_ms,
-            explanation=explanation,
-        )
+        try:
+            intent = encode(
+                build_intent(
+                    accepted,
+                    decision,
+                    accepted.query.top_n or self._settings.top_n,
+                    model=batch.model,
+                    worker=self._settings.replica_id,
+                    batch_started_ms=batch.started_ms,
+                    embed_ms=batch.embed_ms,
+                    search_ms=batch.search_ms,
+                    explanation=explanation,
+                )
+            )
+        # an intent that cannot be built (a decision the contract refuses) is that query's
+        # failure alone: it is dead-lettered, the batch goes on
+        except Exception as error:  # noqa: BLE001
+            reason = f"routing failed: the routed intent cannot be built: {type(error).__name__}: {error}"
+            self._reject(out, Rejected(accepted.record, ErrorCode.ROUTING_FAILED, reason))
+            return
         headers = out.trace.headers(accepted, decision)
         out.intents.append(
             Outbound(
                 self._settings.topic_intents,
                 accepted.record.key,
-                encode(intent),
+                intent,
                 headers,
+                source=accepted.record,
                 origin=accepted.record.topic_partition,
             )
         )
         out.routed_timestamps_ms.append(accepted.record.timestamp_ms)
-        if decision.route is None:
-            out.no_match += 1
-        else:
-            out.routed += 1
+        out.matched.append(decision.route is not None)
 
 
 @dataclass(frozen=True, slots=True)

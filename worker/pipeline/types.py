@@ -59,14 +59,17 @@ class InputRecord:
 class Outbound:
     """One record to produce: a routed intent or a dead letter.
 
-    ``origin`` is the input partition of the record it answers: in exactly-once mode it is
-    produced in that partition's transaction, with that partition's offsets.
+    ``source`` is the query a routed intent answers: should the intent not fit its topic, that
+    query is dead-lettered instead. Dead letters have none. ``origin`` is the input partition of
+    the record it answers: in exactly-once mode it is produced in that partition's transaction,
+    with that partition's offsets.
     """
 
     topic: str
     key: bytes | None
     value: bytes
     headers: OutHeaders = field(default_factory=list)
+    source: InputRecord | None = None
     origin: TopicPartition | None = None
 
 

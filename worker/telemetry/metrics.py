@@ -105,6 +105,10 @@ class PipelineMetrics:
         """Count output records sent again."""
         self._add(MetricName.PRODUCE_RETRIES, count)
 
+    def produce_error(self, remedy: str, error: str) -> None:
+        """Count one failed send of an output record: what was done about it, and the error class."""
+        self._add(MetricName.PRODUCE_ERRORS, 1, {"remedy": remedy, "error": error})
+
     def paused(self) -> None:
         """Count one pause of consumption under backpressure."""
         self._add(MetricName.PARTITIONS_PAUSED, 1)
@@ -116,6 +120,10 @@ class PipelineMetrics:
     def committed(self, reason: str) -> None:
         """Count one offset commit (``reason``: cadence, revoke, shutdown)."""
         self._add(MetricName.COMMITS, 1, {"reason": reason})
+
+    def rebalance_ms(self, value: float) -> None:
+        """Record one rebalance of this replica, from its revocation to its new assignment."""
+        self._record(MetricName.REBALANCE_DURATION, value / 1000)
 
     def undecodable_batch(self, topic: str, partition: int) -> None:
         """Count one record batch the client could not decode (dead-lettered and skipped)."""

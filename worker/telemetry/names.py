@@ -32,8 +32,10 @@ class MetricName(StrEnum):
     CACHE_HIT_RATIO = "routeworker.cache.hit_ratio"
     CACHE_UNAVAILABLE = "routeworker.cache.unavailable"
     PRODUCE_RETRIES = "routeworker.produce.retries"
+    PRODUCE_ERRORS = "routeworker.produce.errors"
     PARTITIONS_PAUSED = "routeworker.consumer.paused"
     COMMITS = "routeworker.offsets.committed"
+    REBALANCE_DURATION = "routeworker.rebalance.duration"
     DECISIONS_REMEMBERED = "routeworker.decisions.remembered"
     HEAD_ROUTES = "routeworker.route_head.routes"
     READY = "routeworker.replica.ready"
@@ -114,10 +116,22 @@ METRICS: dict[MetricName, MetricSpec] = {
     MetricName.PRODUCE_RETRIES: MetricSpec(
         "counter", "{record}", "Output records sent again after a failure."
     ),
+    MetricName.PRODUCE_ERRORS: MetricSpec(
+        "counter",
+        "{error}",
+        "Failed sends of output records, by remedy (retry, dead_letter, reset, stop) and error class.",
+    ),
     MetricName.PARTITIONS_PAUSED: MetricSpec(
         "counter", "{event}", "Times consumption paused because in-flight work hit its bound."
     ),
     MetricName.COMMITS: MetricSpec("counter", "{commit}", "Offset commits, by reason."),
+    MetricName.REBALANCE_DURATION: MetricSpec(
+        "histogram",
+        "s",
+        "From the start of a rebalance (in-flight work of revoked partitions finished and committed) "
+        "to the new assignment.",
+        APPLY_LAG_S_BUCKETS,
+    ),
     MetricName.DECISIONS_REMEMBERED: MetricSpec(
         "counter", "{text}", "Texts routed from the decision memo (same text, unchanged route table)."
     ),

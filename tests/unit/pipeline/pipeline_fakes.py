@@ -9,16 +9,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import (
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
+    UnknownError,
+)
 from aiokafka.structs import RecordMetadata, TopicPartition
 
-from worker.pipeline.kafka import OutputProducer, QueryConsumer
+from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer
 from worker.routing import l2_normalise
 from worker.routing.types import Vectors
 
@@ -202,24 +208,43 @@ class Sent:
     value: bytes
     key: bytes | None
     headers: list[tuple[str, bytes]] | None
+    partition: int = 0
 
 
 @dataclass
 class FakeProducer:
     """Acknowledges every send on the next loop iteration unless ``fail`` says otherwise.
 
-    ``fail(record, attempt)`` returning True makes that send fail (with a timeout error).
-    ``hold`` (when set) delays every acknowledgement until it is set.
+    It is also its own factory (``producer(idempotent=...)`` returns it, to be started again), so
+    a pipeline or a producer session can open and reopen it; ``opened`` lists the idempotence of
+    each start. ``refuse_idempotence`` makes an idempotent start fail the way Tansu's does.
+
+    ``fail(record, attempt)`` returning True makes that send fail with a timeout error, returning
+    an exception makes it fail with that. ``hold`` (when set) delays every acknowledgement until
+    it is set. ``max_bytes`` is the broker's limit per topic (key + value): a larger record is
+    refused, and when idempotent that breaks its partition's sequence as on Apache Kafka, every
+    later send to it failing with OutOfOrderSequenceNumber until the producer is reopened.
+    Records are spread over ``partitions`` by key.
     """
 
     sent: list[Sent] = field(default_factory=list)
     acked: list[Sent] = field(default_factory=list)
-    fail: Callable[[Sent, int], bool] = lambda record, attempt: False
+    fail: Callable[[Sent, int], bool | BaseException] = lambda record, attempt: False
     hold: asyncio.Event | None = None
     attempts: dict[bytes, int] = field(default_factory=dict)
     started: bool = False
+    idempotent: bool = False
+    refuse_idempotence: bool = False
+    opened: list[bool] = field(default_factory=list)
+    max_bytes: dict[str, int] = field(default_factory=dict)
+    partitions: int = 1
+    broken: set[tuple[str, int]] = field(default_factory=set)
     _settling: set[asyncio.Task[None]] = field(default_factory=set)
     _sent_more: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, *, idempotent: bool) -> FakeProducer:
+        self.idempotent = idempotent
+        return self
 
     async def sent_count(self, count: int) -> None:
         """Return once ``count`` sends were made (wrap it in a timeout)."""
@@ -228,10 +253,31 @@ class FakeProducer:
             await self._sent_more.wait()
 
     async def start(self) -> None:
+        if self.idempotent and self.refuse_idempotence:
+            raise UnknownError()
+        self.broken = set()  # a new producer id: a fresh sequence everywhere
+        self.opened.append(self.idempotent)
         self.started = True
 
     async def stop(self) -> None:
         self.started = False
+
+    def partition_of(self, key: bytes | None) -> int:
+        return 0 if key is None else zlib.crc32(key) % self.partitions
+
+    def _outcome(self, record: Sent, attempt: int) -> BaseException | None:
+        where = (record.topic, record.partition)
+        if where in self.broken:
+            return OutOfOrderSequenceNumber()
+        limit = self.max_bytes.get(record.topic)
+        if limit is not None and len(record.value) + len(record.key or b"") > limit:
+            if self.idempotent:
+                self.broken.add(where)
+            return MessageSizeTooLargeError()
+        failure = self.fail(record, attempt)
+        if failure is True:
+            return KafkaTimeoutError("simulated broker timeout")
+        return failure or None
 
     async def send(
         self,
@@ -240,7 +286,8 @@ class FakeProducer:
         key: bytes | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[RecordMetadata]:
-        record = Sent(topic, value, key, headers)
+        assert self.started, "send on a producer that is not started"
+        record = Sent(topic, value, key, headers, self.partition_of(key))
         self.sent.append(record)
         self._sent_more.set()
         attempt = self.attempts.get(value, 0)
@@ -250,12 +297,14 @@ class FakeProducer:
         async def settle() -> None:
             if self.hold is not None:
                 await self.hold.wait()
-            if self.fail(record, attempt):
-                future.set_exception(KafkaTimeoutError("simulated broker timeout"))
+            error = self._outcome(record, attempt)
+            if error is not None:
+                future.set_exception(error)
             else:
-                offset = sum(acked.topic == topic for acked in self.acked)
+                tp = TopicPartition(topic, record.partition)
+                offset = sum(a.topic == topic and a.partition == record.partition for a in self.acked)
                 self.acked.append(record)
-                future.set_result(RecordMetadata(topic, 0, TopicPartition(topic, 0), offset, None, 0, None))
+                future.set_result(RecordMetadata(topic, record.partition, tp, offset, None, 0, None))
 
         task = asyncio.get_running_loop().create_task(settle())
         self._settling.add(task)
@@ -268,3 +317,4 @@ if TYPE_CHECKING:
     # clients are checked against the same protocols in worker/pipeline/clients.py).
     _consumer: QueryConsumer = FakeConsumer()
     _producer: OutputProducer = FakeProducer()
+    _producers: ProducerFactory = FakeProducer()

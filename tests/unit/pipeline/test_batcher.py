@@ -69,9 +69,25 @@ async def test_records_fetched_before_a_revocation_are_dropped_later_ones_kept()
         nonlocal calls
         calls += 1
         if calls == 2:
-            batcher.discard_pending()
+            batcher.revoke(consumer.assignment())
+            batcher.assigned()
             consumer.append(1, b"{}")  # fetched under the new assignment
         return await original(timeout_ms=timeout_ms, max_records=max_records)
 
     consumer.getmany = revoke_during_fill  # type: ignore[method-assign]
     assert [(r.partition, r.offset) for r in await batcher.next_batch()] == [(1, 0)]
+
+
+async def test_records_of_a_partition_being_revoked_are_dropped_until_the_new_assignment() -> None:
+    consumer = FakeConsumer()
+    await consumer.start()
+    p0, _p1 = TopicPartition("queries", 0), TopicPartition("queries", 1)
+    batcher = Batcher(consumer, batch_size=10, batch_wait_s=0.0)
+    batcher.revoke({p0})  # the revocation is under way; p1 stays
+    consumer.append(0, b"{}")
+    consumer.append(1, b"{}")
+    # a client that still hands over records of the partition being revoked: they never start a batch
+    assert [(r.partition, r.offset) for r in await batcher.next_batch()] == [(1, 0)]
+    batcher.assigned()  # p0 assigned again: read again from its committed offset
+    consumer.positions[p0] = 0
+    assert [(r.partition, r.offset) for r in await batcher.next_batch()] == [(0, 0)]

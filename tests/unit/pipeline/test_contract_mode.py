@@ -36,7 +36,7 @@ async def _drain(settings: Settings, router: Router, telemetry: Telemetry, *valu
         router=router,
         telemetry=telemetry,
         consumer=consumer,
-        producer=producer,
+        producers=producer,
     )
     task = asyncio.create_task(pipeline.run())
     try:

@@ -70,7 +70,7 @@ async def test_repeated_texts_skip_embedding_and_search_until_a_mutation(
         router=Router(table),
         telemetry=telemetry,
         consumer=consumer,
-        producer=producer,
+        producers=producer,
         remember_decisions=100,
     )
 

@@ -30,7 +30,7 @@ async def routed(
         router=Router(table),
         telemetry=telemetry,
         consumer=consumer,
-        producer=producer,
+        producers=producer,
         remember_decisions=100,
     )
     task = asyncio.create_task(pipeline.run())

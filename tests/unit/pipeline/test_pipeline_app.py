@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from aiokafka.structs import TopicPartition
@@ -15,6 +17,7 @@ from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder
 from worker.config import Settings
 from worker.contracts import DeadLetter, RoutedIntent
 from worker.pipeline import QueryPipeline
+from worker.pipeline.search import RouterBroken
 from worker.routing import Router
 from worker.telemetry import Telemetry
 
@@ -72,7 +75,7 @@ def pipeline(
     producer: FakeProducer,
 ) -> QueryPipeline:
     return QueryPipeline(
-        settings, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producer=producer
+        settings, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producers=producer
     )
 
 
@@ -137,21 +140,26 @@ async def test_nothing_is_committed_past_an_unacknowledged_output(
 async def test_a_failed_produce_is_retried_and_holds_back_later_commits(
     pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, telemetry: Telemetry
 ) -> None:
-    failing = query(0)
     give_up_failing = asyncio.Event()
     producer.fail = lambda record, attempt: (
         record.value.startswith(b'{"query_id":"q0"') and not give_up_failing.is_set()
     )
     for i in range(12):
         consumer.append(0, query(i))
-    assert failing
     with running(pipeline) as task:
-        await until(lambda: len(intents(producer)) == 11)
-        assert all(max(c.values()) <= 0 for c in consumer.commits)  # q0 is at offset 0: nothing passes it
+        await until(lambda: bool(producer.sent) and producer.attempts[producer.sent[0].value] >= 3)
+        others = [s for s in producer.sent if not s.value.startswith(b'{"query_id":"q0"')]
+        await until(lambda: producer.attempts[producer.sent[0].value] >= 5)
+        assert consumer.commits == []  # q0 is at offset 0: nothing passes it
+        # while q0 is being retried, later batches wait: nothing more is sent but q0
+        assert [s for s in producer.sent if not s.value.startswith(b'{"query_id":"q0"')] == others
         give_up_failing.set()
         await until(lambda: consumer.committed == {P0: 12})
     await asyncio.wait_for(task, 5)
-    assert "routeworker_produce_retries_total" in telemetry.metrics_text()
+    assert sorted(int(i.query_id[1:]) for i in intents(producer)) == list(range(12))
+    text = telemetry.metrics_text()
+    assert "routeworker_produce_retries_total" in text
+    assert 'error="KafkaTimeoutError",remedy="retry"' in text
 
 
 async def test_partitions_pause_while_the_in_flight_window_is_full(
@@ -216,8 +224,12 @@ async def test_stop_finishes_in_flight_work_then_commits_and_closes(
     assert consumer.assigned == set()
 
 
-async def test_a_crash_in_a_batch_stops_the_pipeline_loudly(
-    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, router: Router
+async def test_a_router_that_fails_on_every_query_stops_the_pipeline_loudly(
+    pipeline: QueryPipeline,
+    consumer: FakeConsumer,
+    producer: FakeProducer,
+    router: Router,
+    telemetry: Telemetry,
 ) -> None:
     def broken(*args: object) -> list[object]:
         raise ZeroDivisionError("bug in the router")
@@ -226,9 +238,49 @@ async def test_a_crash_in_a_batch_stops_the_pipeline_loudly(
     consumer.append(0, query(0))
     with pytest.raises(ExceptionGroup) as caught:
         await asyncio.wait_for(pipeline.run(), 5)
-    assert caught.group_contains(ZeroDivisionError)
+    # the probe query fails too: a broken router, not a poison query
+    assert caught.group_contains(RouterBroken, match="bug in the router")
     assert consumer.commits == []
+    assert producer.sent == []  # nothing dead-lettered: the whole stream would have been
     assert not producer.started
+    assert not telemetry.health.liveness()[0]
+
+
+async def test_a_query_the_router_fails_on_is_dead_lettered_and_the_rest_of_its_batch_routed(
+    pipeline: QueryPipeline,
+    consumer: FakeConsumer,
+    producer: FakeProducer,
+    router: Router,
+    encoder: HashingEncoder,
+    telemetry: Telemetry,
+) -> None:
+    poison = encoder.embed_sync(["poison pill"])[0]
+    decide = router.decide
+
+    def fails_on_the_poison(vectors: Any, top_n: Any) -> Any:
+        if any(np.array_equal(row, poison) for row in vectors):
+            raise IndexError("a bug this one query trips")
+        return decide(vectors, top_n)
+
+    router.decide = fails_on_the_poison  # type: ignore[method-assign]
+    consumer.append(0, query(0, "play some jazz music"))
+    consumer.append(0, query(1, "poison pill"), key=b"bad")
+    consumer.append(0, query(2, "send money"))
+    consumer.append(0, query(3, "what is the weather today"))
+    with running(pipeline) as task:
+        await until(lambda: consumer.committed == {P0: 4})
+        consumer.append(0, query(4, "poison pill"))  # alone in its batch: a probe tells it apart
+        consumer.append(1, query(5, "play music"))
+        await until(lambda: consumer.committed == {P0: 5, P1: 1})
+    await asyncio.wait_for(task, 5)
+    assert sorted(i.query_id for i in intents(producer)) == ["q0", "q2", "q3", "q5"]
+    dead = letters(producer)
+    assert [(d.error_code.value, d.source.offset) for d in dead] == [
+        ("routing_failed", 1),
+        ("routing_failed", 4),
+    ]
+    assert "IndexError: a bug this one query trips" in dead[0].reason
+    assert 'error_code="routing_failed"} 2' in telemetry.metrics_text()
 
 
 async def test_a_failing_rebalance_handler_stops_the_pipeline(
@@ -356,7 +408,7 @@ async def test_work_unfinished_within_the_grace_period_fails_the_stop_and_stays_
 
     hurried = settings.model_copy(update={"shutdown_timeout_s": 0.2})
     pipeline = QueryPipeline(
-        hurried, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producer=producer
+        hurried, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producers=producer
     )
     producer.hold = asyncio.Event()  # the broker never acknowledges
     consumer.append(0, query(0))
@@ -368,3 +420,62 @@ async def test_work_unfinished_within_the_grace_period_fails_the_stop_and_stays_
     assert caught.group_contains(ShutdownTimeout)
     assert consumer.commits == []
     producer.hold.set()
+
+
+async def test_partitions_being_revoked_start_no_batch_and_nothing_is_processed_twice(
+    pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer
+) -> None:
+    producer.hold = asyncio.Event()
+    consumer.append(0, query(0))
+    with running(pipeline) as task:
+        await until(lambda: len(producer.sent) == 1)
+        # an eager rebalance: everything is revoked, then the same partitions come back
+        rebalance = asyncio.create_task(consumer.rebalance({P0, P1}))
+        await until(lambda: consumer.paused() == {P0, P1})  # fetching for them stopped at once
+        for i in range(1, 5):  # arrive while the revoke waits for the batch in flight
+            consumer.append(i % 2, query(i))
+        await until(lambda: consumer.fetches > 3)  # the consume loop keeps polling meanwhile
+        assert len(pipeline.tracker) == 1
+        assert len(producer.sent) == 1
+        producer.hold.set()
+        await asyncio.wait_for(rebalance, 5)
+        await until(lambda: consumer.committed == {P0: 3, P1: 2})
+    await asyncio.wait_for(task, 5)
+    sent_ids = [RoutedIntent.model_validate_json(s.value).query_id for s in producer.sent]
+    assert sorted(sent_ids) == [f"q{i}" for i in range(5)]  # each once
+
+
+async def test_a_batch_finishing_after_its_partition_was_revoked_never_commits_it(
+    settings: Settings,
+    encoder: HashingEncoder,
+    router: Router,
+    telemetry: Telemetry,
+    consumer: FakeConsumer,
+    producer: FakeProducer,
+) -> None:
+    """The revoke gives up waiting for a batch (it takes longer than the grace period); the
+    partition's next owner commits further; this replica gets the partition back; then the late
+    batch finishes. Its offset is below the new owner's: committing it would go backwards."""
+    hurried = settings.model_copy(update={"shutdown_timeout_s": 0.2})
+    pipeline = QueryPipeline(
+        hurried, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producers=producer
+    )
+    producer.hold = asyncio.Event()
+    for i in range(3):
+        consumer.append(0, query(i))
+    with running(pipeline) as task:
+        await until(lambda: len(producer.sent) == 3)
+        await asyncio.wait_for(consumer.rebalance({P1}), 5)  # P0 goes while its batch is in flight
+        for i in range(3, 6):
+            consumer.append(0, query(i))
+        consumer.committed[P0] = 6  # its next owner processed everything and committed
+        await asyncio.wait_for(consumer.rebalance({P0, P1}), 5)  # and P0 comes back
+        producer.hold.set()  # the late batch finishes now
+        await until(lambda: len(pipeline.tracker) == 0)
+        assert await pipeline.committer.commit("test") == {}  # it releases no offset of P0
+        consumer.append(0, query(6))
+        await until(lambda: consumer.committed.get(P0) == 7)
+    await asyncio.wait_for(task, 5)
+    p0_commits = [c[P0] for c in consumer.commits if P0 in c]
+    assert p0_commits == sorted(p0_commits), consumer.commits  # never backwards
+    assert min(p0_commits) > 6, consumer.commits  # never below the new owner's

@@ -53,7 +53,7 @@ async def test_a_produce_that_never_completes_fails_liveness_until_batches_finis
     consumer, producer = FakeConsumer(), FakeProducer()
     producer.hold = asyncio.Event()  # the broker stops acknowledging
     pipeline = QueryPipeline(
-        settings, encoder=encoder, router=router, telemetry=watched, consumer=consumer, producer=producer
+        settings, encoder=encoder, router=router, telemetry=watched, consumer=consumer, producers=producer
     )
     health = watched.health
     task = asyncio.create_task(pipeline.run())
@@ -85,7 +85,7 @@ async def test_readiness_follows_assignment_and_rebalances(
 ) -> None:
     consumer, producer = FakeConsumer(), FakeProducer()
     pipeline = QueryPipeline(
-        settings, encoder=encoder, router=router, telemetry=watched, consumer=consumer, producer=producer
+        settings, encoder=encoder, router=router, telemetry=watched, consumer=consumer, producers=producer
     )
     health = watched.health
     assert health.readiness() == (False, "no partitions of the queries topic assigned")

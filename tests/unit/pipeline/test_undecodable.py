@@ -152,7 +152,7 @@ async def test_the_pipeline_dead_letters_a_bad_batch_commits_past_it_and_loses_n
     raw = FakeRawFetch(consumer)
     producer = FakeProducer()
     pipeline = QueryPipeline(
-        settings, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producer=producer,
+        settings, encoder=encoder, router=router, telemetry=telemetry, consumer=consumer, producers=producer,
         raw=raw,
     )  # fmt: skip
     task = asyncio.create_task(pipeline.run())

@@ -50,7 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the harness of the integration tests
 
-from eos_faults import MALFORMED, Answers, Replicas  # noqa: E402
+from eos_faults import MALFORMED, Answers, Replicas, produce_paced  # noqa: E402
 from pipeline_harness import QUERY_TEXTS, Topics, publish_routes, route_definitions  # noqa: E402
 
 from worker.contracts import DeadLetter, RouteDefinition  # noqa: E402
@@ -326,28 +326,6 @@ SCENARIOS = [
 
 
 # --- the run -----------------------------------------------------------------------------------
-
-
-async def produce_paced(
-    bootstrap: str, topic: str, stream: list[tuple[bytes, bytes]], seconds: float
-) -> None:
-    """The upstream: ``stream`` at a steady pace over ``seconds``, idempotent and acks=all, so a
-    leader killed after acknowledging cannot lose a query before the workers see it (the
-    exactly-once harness's producer takes acks=1, enough for the faults it injects)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=True)
-    await producer.start()
-    try:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        pending = []
-        for i, (key, value) in enumerate(stream):
-            delay = start + i * seconds / len(stream) - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            pending.append(await producer.send(topic, value, key=key))
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
 
 
 async def stored(bootstrap: str, topic: str, partitions: int) -> int:

@@ -172,10 +172,12 @@ class Replicas:
         return "\n".join(f"--- {w.log_path.name}\n{w.log()[-3000:]}" for w in self.finished)
 
 
-async def _produce_paced(
+async def produce_paced(
     bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], seconds: float
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    """The upstream: ``records`` at a steady pace over ``seconds``, idempotent and acks=all, so a
+    leader killed after acknowledging cannot lose a query before the workers see it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=True)
     await producer.start()
     try:
         loop = asyncio.get_running_loop()
@@ -295,7 +297,7 @@ async def run_scenario(bootstrap: str, mode: str, plan: Plan, workdir: Path) -> 
             replicas.start()
         async with Answers(bootstrap, topics) as answers:
             await asyncio.gather(
-                _produce_paced(bootstrap, topics.queries, records, plan.seconds),
+                produce_paced(bootstrap, topics.queries, records, plan.seconds),
                 _chaos(replicas, plan, rng, outcome),
             )
 

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from worker.cache import AsyncEncoder
 from worker.config import Settings
+from worker.errors import ErrorCode
 from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.clients import output_producer, query_consumer, raw_fetch, transactional_producer
@@ -30,6 +31,7 @@ from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer
 from worker.pipeline.offsets import InFlightBatch, OffsetTracker
 from worker.pipeline.process import BatchProcessor, ProcessedBatch
 from worker.pipeline.produce import Delivery, DeliveryReport
+from worker.pipeline.produce_policy import Remedy
 from worker.pipeline.producer_session import ProducerSession
 from worker.pipeline.raw_fetch import RawFetch
 from worker.pipeline.rebalance import DrainOnRevoke
@@ -72,7 +74,7 @@ class QueryPipeline:
         self.telemetry = telemetry
         metrics = telemetry.metrics
         self._consumer = consumer if consumer is not None else query_consumer(settings)
-        if topic_limits is None and producers is not None:
+        if topic_limits is None and (producers is not None or transactional_producers is not None):
             topic_limits = TopicLimits()
         self._topic_limits = topic_limits
         self.tracker = OffsetTracker()
@@ -144,12 +146,12 @@ class QueryPipeline:
         only when it is going to run.
         """
         try:
+            if self._topic_limits is None:
+                self._topic_limits = await read_topic_limits(
+                    self.settings, [self.settings.topic_intents, self.settings.topic_dlq]
+                )
+                self.delivery.limits = self._topic_limits
             if self.exactly_once is None:
-                if self._topic_limits is None:
-                    self._topic_limits = await read_topic_limits(
-                        self.settings, [self.settings.topic_intents, self.settings.topic_dlq]
-                    )
-                    self.delivery.limits = self._topic_limits
                 await self._session.open()
             listener = DrainOnRevoke(self._on_revoked, self._on_assigned, self._on_listener_error)
             self._consumer.subscribe([self.settings.topic_queries], listener=listener)
@@ -318,13 +320,36 @@ class QueryPipeline:
         """Hand the outputs over (``sent`` once they are, in order), then wait for them; None when
         they were dropped (exactly once: their transaction was rewound or revoked meanwhile)."""
         if self.exactly_once is not None:
+            report = DeliveryReport()
+            outbounds = self._fitting(outbounds, report)
             # done once handed over: the commit checks every acknowledgement of its transaction
             taken = await self.exactly_once.enqueue(stamp, outbounds, next_offsets(records))
             sent.set()
-            return DeliveryReport() if taken else None
+            return report if taken else None
         sending = await self.delivery.enqueue(outbounds)
         sent.set()
         return await self.delivery.confirm(sending)
+
+    def _fitting(self, outbounds: list[Outbound], report: DeliveryReport) -> list[Outbound]:
+        """Exactly once, an intent too large for its topic (as far as the limits read at start
+        tell) is replaced by its query's dead letter before it joins a transaction: a refused
+        record would abort the transaction, and the same input would be refused again for ever.
+        (At least once, :class:`Delivery` does this as it sends.)"""
+        limits = self.delivery.limits
+        fitting: list[Outbound] = []
+        for i, record in enumerate(outbounds):
+            reason = limits.too_large(record)
+            dead = None
+            if reason is not None:
+                dead = self.processor.dead_letter_of(record, ErrorCode.INTENT_TOO_LARGE, reason)
+            if dead is None or limits.too_large(dead) is not None:
+                fitting.append(record)  # fits, or a dead letter that cannot: the commit fails loudly
+                continue
+            logger.warning("a routed intent cannot be produced (%s): its query goes to the DLQ", reason)
+            self.telemetry.metrics.produce_error(Remedy.DEAD_LETTER.value, "max.message.bytes")
+            report.dead_lettered[i] = ErrorCode.INTENT_TOO_LARGE
+            fitting.append(dead)
+        return fitting
 
     def _account(self, processed: ProcessedBatch, report: DeliveryReport) -> None:
         metrics = self.telemetry.metrics

@@ -89,7 +89,7 @@ async def test_runs_out_of_arrival_order_leave_outputs_and_commits_in_consumptio
     consumer, producer = FakeConsumer(), FakeProducer()
     settings = settings.model_copy(update={"batch_size": 8})
     pipeline = QueryPipeline(
-        settings, encoder=pool, router=router, telemetry=telemetry, consumer=consumer, producer=producer
+        settings, encoder=pool, router=router, telemetry=telemetry, consumer=consumer, producers=producer
     )
     texts: dict[str, str] = {}
     for i in range(32):

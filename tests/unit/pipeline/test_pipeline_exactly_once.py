@@ -16,6 +16,7 @@ from txn_fakes import FakeTransactions
 from worker.config import Settings
 from worker.contracts import DeadLetter, RoutedIntent
 from worker.pipeline import QueryPipeline
+from worker.pipeline.topic_limits import TopicLimits
 from worker.pipeline.transaction_errors import TransactionFatal
 from worker.pipeline.transactions import transactional_id
 from worker.routing import Router
@@ -155,3 +156,37 @@ async def test_a_fenced_replica_stops(
     assert fatal is not None
     assert "fenced" in str(fatal.exceptions[0])
     assert answered(cluster) == ["q0"]
+
+
+async def test_an_intent_too_large_for_its_topic_is_dead_lettered_inside_the_transaction(
+    settings: Settings,
+    encoder: HashingEncoder,
+    router: Router,
+    telemetry: Telemetry,
+    consumer: FakeConsumer,
+    cluster: FakeTransactions,
+) -> None:
+    # a refused record would abort the transaction, and the same input come back for ever
+    exactly_once = settings.model_copy(
+        update={"processing_guarantee": "exactly_once", "transaction_interval_ms": 0}
+    )
+    pipeline = QueryPipeline(
+        exactly_once,
+        encoder=encoder,
+        router=router,
+        telemetry=telemetry,
+        consumer=consumer,
+        transactional_producers=cluster.producer,
+        topic_limits=TopicLimits({"routed-intents": 120}),
+    )
+    for i in range(6):
+        consumer.append(0, query(i))
+    with running(pipeline) as task:
+        await until(lambda: consumer.committed == consumer.end_offsets())
+    await asyncio.wait_for(task, 5)
+    assert cluster.values("routed-intents") == []
+    letters = [DeadLetter.model_validate_json(v) for v in cluster.values("queries.dlq")]
+    assert sorted(letter.source.offset for letter in letters) == list(range(6))
+    assert {letter.error_code for letter in letters} == {"intent_too_large"}
+    assert pipeline.exactly_once is not None
+    assert pipeline.exactly_once.rewinds == 0

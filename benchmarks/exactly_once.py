@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from pipeline import (
+from pipeline_kit import (
     BATCH,
     Worker,
     create_topics,

@@ -29,6 +29,7 @@ from worker.routing.build_layout import is_sorted, take
 from worker.routing.builder import build_main
 from worker.routing.calibration import calibrate_probes
 from worker.routing.errors import IndexBuildFailed
+from worker.routing.index import holds_raw_vectors
 from worker.routing.index_file import MANIFEST
 from worker.routing.native import faiss
 
@@ -37,6 +38,8 @@ FP = "hashing-bow@test:0"
 RandomRoute = Callable[..., RouteVectors]
 #: every table of these tests is approximate, with a few vectors per inverted list
 IVF = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2)
+#: the same with raw float32 lists (a rebuild can read unchanged rows back from them)
+IVF_RAW = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2, ivf_codes="float32")
 
 
 def _routes(count: int, seed: int) -> list[RouteVectors]:
@@ -187,7 +190,7 @@ def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_i
     tmp_path: Path, sent: list[int]
 ) -> None:
     routes = _routes(90, seed=21)
-    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
+    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF_RAW, tmp_path)
     sent.clear()
     extra = _routes(95, seed=22)[90:]  # new names, sorted among and after the others
     renamed = [
@@ -210,9 +213,26 @@ def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_i
     table.rebuild(block=True)
     assert sent == [3 * 5 + 3 + 3 * 2]  # only the changed routes' vectors went to the build process
     rebuilt = table.snapshot().main
-    from_scratch = build_main(ordered, DIM, IVF)
+    from_scratch = build_main(ordered, DIM, IVF_RAW)
     assert rebuilt.names == from_scratch.names
     assert np.array_equal(faiss.serialize_index(rebuilt.index), faiss.serialize_index(from_scratch.index))
+
+
+def test_a_rebuild_over_float16_lists_sends_every_vector_and_builds_the_same_index(
+    tmp_path: Path, sent: list[int]
+) -> None:
+    # float16 codes are not the vectors: the build process cannot read rows back from them
+    routes = _routes(90, seed=21)
+    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
+    assert not holds_raw_vectors(table.snapshot().main.index)
+    sent.clear()
+    table.apply(_routes(95, seed=22)[90:], ["r000"], ((0, 91),))
+    table.rebuild(block=True)
+    assert sent == [94 * 3]
+    assert np.array_equal(
+        faiss.serialize_index(table.snapshot().main.index),
+        faiss.serialize_index(build_main(table.snapshot().ordered_routes(), DIM, IVF).index),
+    )
 
 
 def test_a_rebuild_whose_old_index_file_is_gone_sends_every_vector(tmp_path: Path, sent: list[int]) -> None:

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,8 @@ class RouteStore:
         to None to forget it.
         """
         records = records or {}
-        rows = [_route_row(rv) for rv in upserts]
+        # in name order: neighbouring keys land on neighbouring pages of the name index
+        rows = sorted(map(_route_row, upserts), key=itemgetter(0))
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:

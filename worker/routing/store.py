@@ -10,6 +10,7 @@ used from any thread, SQLite's WAL journal lets readers run while one writer com
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import orjson
 
 from worker.routing.errors import OffsetRegression, SchemaTooNew, StoreError
+from worker.routing.native import collector_paused
 from worker.routing.types import Route, RouteVectors, TableVersion, Vectors, make_version
 
 logger = logging.getLogger(__name__)
@@ -173,7 +175,10 @@ class RouteStore:
                     # table order, not name order: a sequential scan is what makes a cold start fast
                     "FROM routes"
                 )
-                routes = tuple(_route_from_row(*row) for row in cursor)
+                # 200k routes are 1M+ new objects without cycles: collections while they are
+                # made only re-scan them (the load took twice as long)
+                with collector_paused():
+                    routes = tuple(_route_from_row(*row) for row in cursor)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
                 caught_up = _caught_up_at(conn)
                 records = {
@@ -259,11 +264,27 @@ def _route_from_row(
     definition: str, fingerprint: str, dim: int, utterances: bytes, negatives: bytes, digest: str
 ) -> RouteVectors:
     route = Route.stored(orjson.loads(definition))
-    utterance_vectors = np.frombuffer(utterances, dtype="<f4").reshape(-1, dim)
-    negative_vectors = np.frombuffer(negatives, dtype="<f4").reshape(-1, dim)
-    if utterance_vectors.shape[0] != len(route.utterances) or negative_vectors.shape[0] != len(
-        route.negative_utterances
-    ):
+    utterance_vectors = _stored_vectors(utterances, len(route.utterances), dim)
+    negative_vectors = _stored_vectors(negatives, len(route.negative_utterances), dim)
+    if utterance_vectors is None or negative_vectors is None:
         raise StoreError(f"route {route.name!r}: stored vectors do not match its utterances")
-    # frombuffer over bytes: already read-only float32 rows, as RouteVectors would make them
+    # read-only float32 rows over bytes, as RouteVectors would make them
     return RouteVectors.trusted(route, utterance_vectors, negative_vectors, fingerprint, digest)
+
+
+def _stored_vectors(blob: bytes, rows: int, dim: int) -> Vectors | None:
+    """``rows`` x ``dim`` float32 over ``blob`` (no copy), None when its size differs."""
+    if len(blob) != rows * dim * 4:
+        return None
+    if not rows:
+        return _no_vectors(dim)
+    # one constructor call over the bytes (frombuffer + reshape was two, 200k times a restart)
+    return np.ndarray((rows, dim), dtype="<f4", buffer=blob)
+
+
+@functools.cache
+def _no_vectors(dim: int) -> Vectors:
+    """One shared read-only empty matrix per dimension (most routes have no negatives)."""
+    empty = np.zeros((0, dim), dtype=np.float32)
+    empty.flags.writeable = False
+    return empty

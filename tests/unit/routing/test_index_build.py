@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from worker.routing import (
@@ -142,6 +144,42 @@ def test_a_persisted_ivf_index_is_mapped_and_reused(tmp_path: Path) -> None:
     rebuilt = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, other, tmp_path)
     assert faiss.extract_index_ivf(rebuilt.snapshot().main.index).nlist == other.lists_for(300)
     assert [p.name for p in tmp_path.glob("main-*.faiss")] != [index_file.name]
+
+
+def test_a_persisted_index_of_other_codes_is_ignored_and_rebuilt(tmp_path: Path) -> None:
+    routes = _routes(100, seed=3)
+    RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF_RAW, tmp_path)
+    (raw_file,) = tmp_path.glob("main-ivf-*.faiss")
+    assert holds_raw_vectors(faiss.read_index(str(raw_file)))
+    # settings now want float16 lists: the float32 index on disk is not served, a new one is built
+    rebuilt = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF, tmp_path).snapshot().main
+    assert rebuilt.path != raw_file
+    assert not holds_raw_vectors(rebuilt.index)
+    assert rebuilt.path is not None
+    assert rebuilt.path.parent == tmp_path
+    assert orjson.loads((tmp_path / MANIFEST).read_bytes())["codes"] == "float16"
+    # and back: the float16 one is not taken for float32 lists either
+    again = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF_RAW, tmp_path).snapshot().main
+    assert holds_raw_vectors(again.index)
+    assert again.path != rebuilt.path
+
+
+def test_float16_lists_give_exact_similarities_of_the_rows_they_find() -> None:
+    routes = _routes(120, seed=41)
+    vectors = np.concatenate([rv.utterance_vectors for rv in routes])
+    queries = l2_normalise(vectors[:40] + 0.1 * np.random.default_rng(42).normal(size=(40, DIM)))
+    coded = build_main(routes, DIM, dataclasses.replace(IVF, probe_lists=10**6))
+    assert not holds_raw_vectors(coded.index)
+    sims, rows = coded.search_rows(queries, 10)
+    exact_sims, exact_rows = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    # every list probed: the re-scored shortlist is exact search, similarities to float32 precision
+    assert np.array_equal(rows, exact_rows)
+    assert np.allclose(sims, exact_sims, atol=1e-6)
+    assert np.allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[rows]), atol=1e-6)
+    # a float16 similarity alone is further off than that
+    _, shortlist = coded.index.search(queries, 10)
+    coded_sims = coded.index.search(queries, 10)[0]
+    assert not np.allclose(coded_sims, np.einsum("qd,qkd->qk", queries, vectors[shortlist]), atol=1e-6)
 
 
 def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path: Path) -> None:

@@ -224,6 +224,17 @@ def exact_top(snapshot: Any, queries: np.ndarray, k: int) -> np.ndarray:
     return best_rows
 
 
+def index_shape(main: Any) -> dict[str, Any]:
+    """Lists and list codes of an IVF main index (what a search scans)."""
+    if main.kind != "ivf" or main.index is None:
+        return {}
+    from worker.routing.index import holds_raw_vectors
+    from worker.routing.native import faiss
+
+    raw = holds_raw_vectors(main.index)
+    return {"lists": int(faiss.extract_index_ivf(main.index).nlist), "codes": "float32" if raw else "float16"}
+
+
 def measure_search(replica: Any, pool: Any, texts: list[str], rounds: int) -> dict[str, Any]:
     """Search + decide of ``texts`` against encoding them, alternated; recall@10 of the main index."""
     from worker.routing import Router
@@ -259,6 +270,7 @@ def measure_search(replica: Any, pool: Any, texts: list[str], rounds: int) -> di
             "rows": main.rows,
             "probe_lists": main.probe_lists,
             "overlay_rows": snapshot.overlay.rows,
+            **index_shape(main),
         },
     }
     # the replica's memory while serving, before this benchmark's exact search adds its own

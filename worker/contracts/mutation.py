@@ -10,6 +10,7 @@ from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
+import pybase64
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from worker.contracts.calibration import RESERVED_KEY_PREFIX
@@ -44,7 +45,9 @@ class ShippedEmbeddings(BaseModel):
             decoded = _DECODED.setdefault(self, {})
         matrix = decoded.get(field)
         if matrix is None:
-            raw = base64.b64decode(getattr(self, field), validate=True)
+            # pybase64 (SIMD): the standard library's decoder was a third of a shipped route's
+            # decoding (45 us of 10 KB each, 200k of them in a 1M-vector replay); same errors
+            raw = pybase64.b64decode(getattr(self, field), validate=True)
             if len(raw) % (self.dim * 4):
                 raise ValueError(f"embeddings.{field} holds {len(raw)} bytes, not rows of {self.dim} float32")
             # read-only, no copy

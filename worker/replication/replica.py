@@ -136,8 +136,13 @@ class RouteReplica:
         store = await asyncio.to_thread(RouteStore, self.store_path)
         state = await asyncio.to_thread(store.load)
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
-        routes = [rv for rv in state.routes if rv.fingerprint == fingerprint and rv.dim == dim]
-        stale = [rv.route for rv in state.routes if rv.fingerprint != fingerprint or rv.dim != dim]
+        # one pass over what may be 200k routes
+        routes, stale = [], []
+        for rv in state.routes:
+            if rv.fingerprint == fingerprint and rv.utterance_vectors.shape[1] == dim:
+                routes.append(rv)
+            else:
+                stale.append(rv.route)
         if stale:
             # The model changed since these were stored: vectors of two models are not comparable.
             logger.warning("re-embedding %d stored routes made by another model", len(stale))

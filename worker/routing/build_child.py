@@ -34,7 +34,8 @@ def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any
         index = faiss.IndexFlatIP(dim)
     else:
         lists = settings.lists_for(rows)
-        index = faiss.index_factory(dim, f"IVF{lists},Flat", faiss.METRIC_INNER_PRODUCT)
+        codes = "SQfp16" if settings.ivf_codes == "float16" else "Flat"
+        index = faiss.index_factory(dim, f"IVF{lists},{codes}", faiss.METRIC_INNER_PRODUCT)
         index.cp.max_points_per_centroid = settings.train_rows_per_list
         index.cp.min_points_per_centroid = 1  # a deliberately small sample is no cause for a warning
         index.cp.niter = settings.kmeans_iterations

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from worker.routing.index import MainIndex
+from worker.routing.index import MainIndex, holds_raw_vectors
 from worker.routing.native import SLICE, in_slices, pause
 from worker.routing.types import Int64s, RouteVectors
 
@@ -36,10 +36,12 @@ class Carried:
     slots: Int64s
 
     def usable_for(self, routes: int) -> bool:
-        """Whether the child process can read the carried rows from ``previous``'s file."""
+        """Whether the child process can read the carried rows from ``previous``'s file (only
+        raw float32 lists hold them exactly; from float16 codes every row is sent instead)."""
         path = self.previous.path
         return (
             self.previous.kind == "ivf"
+            and holds_raw_vectors(self.previous.index)
             and path is not None
             and path.is_file()
             and self.slots.shape == (routes,)

@@ -2,8 +2,10 @@
 
 Rows are laid out route by route in name order, so the same routes always give the same index.
 Exact inner-product search (``IndexFlatIP``) by default; an inverted-file index (IVF) above a size
-threshold (:mod:`worker.routing.index_settings`). Building is in :mod:`worker.routing.builder`,
-persisting and loading in :mod:`worker.routing.index_file`.
+threshold (:mod:`worker.routing.index_settings`). An IVF index whose lists hold float16 codes finds
+a shortlist, re-scored exactly from the routes' own float32 vectors: the similarities it returns are
+those of exact search. Building is in :mod:`worker.routing.builder`, persisting and loading in
+:mod:`worker.routing.index_file`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import bisect
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +35,23 @@ def table_digest(route_digests: Iterable[tuple[str, str]]) -> str:
         sha.update(encoded)
         sha.update(bytes.fromhex(digest))
     return sha.hexdigest()
+
+
+#: an approximate-code search fetches this many rows per wanted row (at least ``k + _SHORTLIST_MIN``)
+#: and keeps the best ``k`` by exact similarity: float16 similarities are off by about 1e-3, so the
+#: shortlist must hold every row that close to the k-th
+_SHORTLIST_FACTOR = 2
+_SHORTLIST_MIN = 16
+
+
+def shortlist_size(k: int, rows: int) -> int:
+    """Rows an approximate-code search fetches to keep the best ``k`` by exact similarity."""
+    return max(k, min(max(k * _SHORTLIST_FACTOR, k + _SHORTLIST_MIN), rows))
+
+
+def holds_raw_vectors(index: Any) -> bool:
+    """Whether an IVF index's lists hold the float32 vectors themselves (not lossy codes)."""
+    return int(faiss.extract_index_ivf(index).code_size) == 4 * int(index.d)
 
 
 def map_index(path: Path) -> Any:
@@ -148,12 +168,57 @@ class MainIndex:
         return sims, slots
 
     def search_rows(self, queries: Vectors, k: int) -> tuple[Vectors, Int64s]:
-        """The raw Faiss answer: top-``k`` ``(similarities, rows)`` per query, masks ignored."""
+        """Top-``k`` ``(similarities, rows)`` per query, masks ignored, similarities exact."""
         use_faiss_threads(self.threads)
-        if self.kind == "ivf":
-            # Per-call parameters: setting index.nprobe would race with concurrent searches.
-            params = faiss.SearchParametersIVF(nprobe=self.probe_lists)
-            distances, rows = self.index.search(queries, k, params=params)
-        else:
+        if self.kind != "ivf":
             distances, rows = self.index.search(queries, k)
-        return distances, rows
+            return distances, rows
+        # Per-call parameters: setting index.nprobe would race with concurrent searches.
+        params = faiss.SearchParametersIVF(nprobe=self.probe_lists)
+        if not self._rescored:
+            distances, rows = self.index.search(queries, k, params=params)
+            return distances, rows
+        wanted = shortlist_size(k, self.rows)
+        approximate, rows = self.index.search(queries, wanted, params=params)
+        return _best_exact(queries, approximate, rows, self._exact_rows(rows), k)
+
+    @cached_property
+    def _rescored(self) -> bool:
+        return self.kind == "ivf" and self.index is not None and not holds_raw_vectors(self.index)
+
+    @cached_property
+    def _first_rows(self) -> Int64s:
+        first: Int64s = np.cumsum(self.counts) - self.counts
+        return first
+
+    def _exact_rows(self, rows: Int64s) -> tuple[Vectors, Bools]:
+        """The float32 vectors of ``rows`` (n, s) as (n, s, dim), and which rows have one (not
+        padding, nor in a slot whose route is unknown: such slots are masked by every search)."""
+        found = rows >= 0
+        slots = self.row_slot[np.where(found, rows, 0)]
+        usable = found & self.known[slots]
+        out = np.zeros((*rows.shape, self.dim), dtype=np.float32)
+        picked = np.flatnonzero(usable)
+        if not picked.size:
+            return out, usable
+        wanted_slots = slots.ravel()[picked]
+        unique, inverse = np.unique(wanted_slots, return_inverse=True)
+        routes = cast(tuple[RouteVectors, ...], self.slot_routes)
+        stacked = np.concatenate([routes[slot].utterance_vectors for slot in unique.tolist()])
+        counts = self.counts[unique]
+        starts = np.cumsum(counts) - counts
+        within = rows.ravel()[picked] - self._first_rows[wanted_slots]
+        out.reshape(-1, self.dim)[picked] = stacked[starts[inverse] + within]
+        return out, usable
+
+
+def _best_exact(
+    queries: Vectors, approximate: Vectors, rows: Int64s, exact: tuple[Vectors, Bools], k: int
+) -> tuple[Vectors, Int64s]:
+    """The ``k`` best of a shortlist by exact similarity (the approximate one where there is no
+    vector to re-score from), best first, ties in shortlist order; padding stays ``-inf`` / ``-1``."""
+    vectors, usable = exact
+    sims = np.einsum("qd,qsd->qs", queries, vectors, dtype=np.float32)
+    sims = np.where(usable, sims, np.where(rows >= 0, approximate, -np.inf)).astype(np.float32)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(rows, order, axis=1)

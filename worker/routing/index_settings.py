@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 IndexKind = Literal["flat", "ivf"]
+#: how an IVF index's lists hold the vectors: raw float32, or float16 codes re-scored exactly
+IvfCodes = Literal["float32", "float16"]
 
 
 @dataclass(frozen=True)
@@ -21,12 +23,11 @@ class IndexSettings:
     #: most ``max_lists``), so a search scans about ``probe_lists * list_rows`` vectors up to
     #: ``list_rows * max_lists`` rows, and proportionally more beyond.
     list_rows: int = 64
-    #: inverted lists scanned per query, at least. 16 of 4096 lists at 250k vectors (before
-    #: ``max_lists``; 2048 lists there now): recall@10 1.00
-    #: on the clustered benchmark data; decide32 5.9 ms, 0.17x the encoder's 35 ms. Real MiniLM
-    #: vectors are harder (0.96 at 16 lists), so each build raises it for its own data, see
-    #: ``recall_target``.
-    probe_lists: int = 16
+    #: inverted lists scanned per query, at least (each build calibrates its own count upwards from
+    #: here, see ``recall_target``). 4 of 512 lists is the same share of a table as 16 of 2048 was.
+    #: (Before ``max_lists`` was 512: 16 of 4096 lists at 250k vectors gave recall@10 1.00 on the
+    #: clustered benchmark data; real MiniLM vectors are harder, 0.96 at 16 lists.)
+    probe_lists: int = 4
     #: each IVF build measures recall@10 against exact search on a sample of its own vectors used
     #: as queries (each one left out of its own answer) and scans more lists until it reaches this
     #: (at most ``max_probe_lists``). Deterministic: every replica picks the same count. Stored
@@ -38,9 +39,15 @@ class IndexSettings:
     max_probe_lists: int = 256
     #: at most this many lists: k-means and the list assignment of every row cost rows x lists,
     #: so past ``list_rows * max_lists`` rows the lists grow longer instead of more numerous. A
-    #: 1M-vector table has 2048 lists of ~490 rows; more (16384 at 64 rows) made its one-thread
-    #: build take many minutes (benchmarks/million.py).
-    max_lists: int = 2_048
+    #: 1M-vector table has 512 lists of ~1950 rows: assigning its rows to them is 0.4 TFLOP, 2048
+    #: lists were 1.6 TFLOP and most of a 56 s build (benchmarks/million.py). A search scans the
+    #: same share of the table for the same recall either way.
+    max_lists: int = 512
+    #: what the lists hold: float16 codes halve the bytes a search streams (it is bound by memory
+    #: bandwidth: 32 queries scanned 770 MB of float32 rows in 114 ms at 1M vectors) and the index
+    #: file; the shortlist they give is re-scored exactly from the routes' float32 vectors, so the
+    #: similarities served are exact. float32 keeps raw vectors in the lists.
+    ivf_codes: IvfCodes = "float16"
     #: k-means learns the lists from at most this many sampled vectors per list (faiss's seeded sample)
     train_rows_per_list: int = 16
     #: k-means iterations of an IVF build (faiss's default is 25): the lists only need to be

@@ -7,9 +7,11 @@ slices with a pause between them that hands the GIL to a waiting search.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import faiss as _faiss
@@ -58,3 +60,16 @@ def in_slices(items: Sequence[_Item], size: int = SLICE) -> Iterator[Sequence[_I
         if start:
             pause()
         yield items[start : start + size]
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a bulk of long-lived, acyclic objects is made
+    (routes read from the store): each collection meanwhile would only scan them again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

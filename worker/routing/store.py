@@ -10,11 +10,13 @@ used from any thread, SQLite's WAL journal lets readers run while one writer com
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import numpy as np
 import orjson
 
 from worker.routing.errors import OffsetRegression, SchemaTooNew, StoreError
+from worker.routing.native import collector_paused
 from worker.routing.types import Route, RouteVectors, TableVersion, Vectors, make_version
 
 logger = logging.getLogger(__name__)
@@ -123,16 +126,13 @@ class RouteStore:
         to None to forget it.
         """
         records = records or {}
-        rows = [_route_row(rv) for rv in upserts]
+        # in name order: neighbouring keys land on neighbouring pages of the name index
+        rows = sorted(map(_route_row, upserts), key=itemgetter(0))
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._check_offsets(conn, offsets)
-                conn.executemany(
-                    "INSERT OR REPLACE INTO routes (name, definition, fingerprint, dim, utterance_vectors, "
-                    "negative_vectors, digest) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                _insert_routes(conn, rows)
                 conn.executemany("DELETE FROM routes WHERE name = ?", [(name,) for name in deletes])
                 conn.executemany(
                     "INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)",
@@ -171,7 +171,10 @@ class RouteStore:
                     # table order, not name order: a sequential scan is what makes a cold start fast
                     "FROM routes"
                 )
-                routes = tuple(_route_from_row(*row) for row in cursor)
+                # 200k routes are 1M+ new objects without cycles: collections while they are
+                # made only re-scan them (the load took twice as long)
+                with collector_paused():
+                    routes = tuple(_route_from_row(*row) for row in cursor)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
                 caught_up = _caught_up_at(conn)
                 records = {
@@ -226,6 +229,27 @@ class RouteStore:
 
 _CAUGHT_UP_KEY = "caught_up_at_ms"
 
+#: routes written per INSERT statement at most (7 parameters each; fewer where the SQLite build
+#: allows fewer parameters per statement: 999 before 3.32)
+_ROWS_PER_STATEMENT = 2_048
+_COLUMNS = 7
+_INSERT = (
+    "INSERT OR REPLACE INTO routes (name, definition, fingerprint, dim, utterance_vectors, "
+    "negative_vectors, digest) VALUES "
+)
+
+
+def _insert_routes(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` up to 2,048 per statement, not one by one (``executemany``): each row's
+    step gave up the GIL and waited to take it back from the thread decoding the next batch,
+    which made writing four times slower beside a busy thread (a 200k-route replay decodes the
+    next batch meanwhile)."""
+    step = max(1, min(_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS))
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
+        placeholders = ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        conn.execute(_INSERT + placeholders, [value for row in part for value in row])
+
 
 def _caught_up_at(conn: sqlite3.Connection) -> int | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (_CAUGHT_UP_KEY,)).fetchone()
@@ -257,11 +281,27 @@ def _route_from_row(
     definition: str, fingerprint: str, dim: int, utterances: bytes, negatives: bytes, digest: str
 ) -> RouteVectors:
     route = Route.stored(orjson.loads(definition))
-    utterance_vectors = np.frombuffer(utterances, dtype="<f4").reshape(-1, dim)
-    negative_vectors = np.frombuffer(negatives, dtype="<f4").reshape(-1, dim)
-    if utterance_vectors.shape[0] != len(route.utterances) or negative_vectors.shape[0] != len(
-        route.negative_utterances
-    ):
+    utterance_vectors = _stored_vectors(utterances, len(route.utterances), dim)
+    negative_vectors = _stored_vectors(negatives, len(route.negative_utterances), dim)
+    if utterance_vectors is None or negative_vectors is None:
         raise StoreError(f"route {route.name!r}: stored vectors do not match its utterances")
-    # frombuffer over bytes: already read-only float32 rows, as RouteVectors would make them
+    # read-only float32 rows over bytes, as RouteVectors would make them
     return RouteVectors.trusted(route, utterance_vectors, negative_vectors, fingerprint, digest)
+
+
+def _stored_vectors(blob: bytes, rows: int, dim: int) -> Vectors | None:
+    """``rows`` x ``dim`` float32 over ``blob`` (no copy), None when its size differs."""
+    if len(blob) != rows * dim * 4:
+        return None
+    if not rows:
+        return _no_vectors(dim)
+    # one constructor call over the bytes (frombuffer + reshape was two, 200k times a restart)
+    return np.ndarray((rows, dim), dtype="<f4", buffer=blob)
+
+
+@functools.cache
+def _no_vectors(dim: int) -> Vectors:
+    """One shared read-only empty matrix per dimension (most routes have no negatives)."""
+    empty = np.zeros((0, dim), dtype=np.float32)
+    empty.flags.writeable = False
+    return empty

@@ -56,6 +56,22 @@ def test_unusable_vectors_of_this_model_are_a_contract_error() -> None:
         shipped_vectors(attach_embeddings(route, rv), "m:1", 8)
 
 
+@pytest.mark.parametrize(
+    ("scale", "usable"),
+    [(1.0, True), (np.sqrt(1.0019), True), (np.sqrt(0.9981), True), (np.sqrt(1.0021), False),
+     (np.sqrt(0.9979), False), (np.inf, False), (0.0, False)],
+)  # fmt: skip
+def test_shipped_vectors_must_be_unit_length_within_the_tolerance(scale: float, usable: bool) -> None:
+    route = definition("a", "x", "y")
+    vectors = np.array([[1, 0, 0, 0], [0, scale, 0, 0]], dtype=np.float32)
+    rv = RouteVectors(route_of(route), vectors, np.zeros((0, 4), np.float32), "m:1")
+    if usable:
+        assert shipped_vectors(attach_embeddings(route, rv), "m:1", 4) is not None
+    else:
+        with pytest.raises(ContractError, match="not finite unit vectors"):
+            shipped_vectors(attach_embeddings(route, rv), "m:1", 4)
+
+
 def test_resolving_uses_shipped_keeps_unchanged_texts_and_embeds_the_rest() -> None:
     dim = 4
     unit = l2_normalise(np.eye(2, dim))

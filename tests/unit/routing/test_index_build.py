@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from worker.routing import (
@@ -29,6 +31,7 @@ from worker.routing.build_layout import is_sorted, take
 from worker.routing.builder import build_main
 from worker.routing.calibration import calibrate_probes
 from worker.routing.errors import IndexBuildFailed
+from worker.routing.index import holds_raw_vectors
 from worker.routing.index_file import MANIFEST
 from worker.routing.native import faiss
 
@@ -37,6 +40,8 @@ FP = "hashing-bow@test:0"
 RandomRoute = Callable[..., RouteVectors]
 #: every table of these tests is approximate, with a few vectors per inverted list
 IVF = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2)
+#: the same with raw float32 lists (a rebuild can read unchanged rows back from them)
+IVF_RAW = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2, ivf_codes="float32")
 
 
 def _routes(count: int, seed: int) -> list[RouteVectors]:
@@ -141,6 +146,42 @@ def test_a_persisted_ivf_index_is_mapped_and_reused(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.glob("main-*.faiss")] != [index_file.name]
 
 
+def test_a_persisted_index_of_other_codes_is_ignored_and_rebuilt(tmp_path: Path) -> None:
+    routes = _routes(100, seed=3)
+    RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF_RAW, tmp_path)
+    (raw_file,) = tmp_path.glob("main-ivf-*.faiss")
+    assert holds_raw_vectors(faiss.read_index(str(raw_file)))
+    # settings now want float16 lists: the float32 index on disk is not served, a new one is built
+    rebuilt = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF, tmp_path).snapshot().main
+    assert rebuilt.path != raw_file
+    assert not holds_raw_vectors(rebuilt.index)
+    assert rebuilt.path is not None
+    assert rebuilt.path.parent == tmp_path
+    assert orjson.loads((tmp_path / MANIFEST).read_bytes())["codes"] == "float16"
+    # and back: the float16 one is not taken for float32 lists either
+    again = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF_RAW, tmp_path).snapshot().main
+    assert holds_raw_vectors(again.index)
+    assert again.path != rebuilt.path
+
+
+def test_float16_lists_give_exact_similarities_of_the_rows_they_find() -> None:
+    routes = _routes(120, seed=41)
+    vectors = np.concatenate([rv.utterance_vectors for rv in routes])
+    queries = l2_normalise(vectors[:40] + 0.1 * np.random.default_rng(42).normal(size=(40, DIM)))
+    coded = build_main(routes, DIM, dataclasses.replace(IVF, probe_lists=10**6))
+    assert not holds_raw_vectors(coded.index)
+    sims, rows = coded.search_rows(queries, 10)
+    exact_sims, exact_rows = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    # every list probed: the re-scored shortlist is exact search, similarities to float32 precision
+    assert np.array_equal(rows, exact_rows)
+    assert np.allclose(sims, exact_sims, atol=1e-6)
+    assert np.allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[rows]), atol=1e-6)
+    # a float16 similarity alone is further off than that
+    _, shortlist = coded.index.search(queries, 10)
+    coded_sims = coded.index.search(queries, 10)[0]
+    assert not np.allclose(coded_sims, np.einsum("qd,qkd->qk", queries, vectors[shortlist]), atol=1e-6)
+
+
 def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path: Path) -> None:
     routes = _routes(60, seed=5)
     table = RouteTable.from_routes(routes, ((0, 60),), DIM, FP, IVF, tmp_path)
@@ -187,7 +228,7 @@ def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_i
     tmp_path: Path, sent: list[int]
 ) -> None:
     routes = _routes(90, seed=21)
-    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
+    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF_RAW, tmp_path)
     sent.clear()
     extra = _routes(95, seed=22)[90:]  # new names, sorted among and after the others
     renamed = [
@@ -210,9 +251,26 @@ def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_i
     table.rebuild(block=True)
     assert sent == [3 * 5 + 3 + 3 * 2]  # only the changed routes' vectors went to the build process
     rebuilt = table.snapshot().main
-    from_scratch = build_main(ordered, DIM, IVF)
+    from_scratch = build_main(ordered, DIM, IVF_RAW)
     assert rebuilt.names == from_scratch.names
     assert np.array_equal(faiss.serialize_index(rebuilt.index), faiss.serialize_index(from_scratch.index))
+
+
+def test_a_rebuild_over_float16_lists_sends_every_vector_and_builds_the_same_index(
+    tmp_path: Path, sent: list[int]
+) -> None:
+    # float16 codes are not the vectors: the build process cannot read rows back from them
+    routes = _routes(90, seed=21)
+    table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
+    assert not holds_raw_vectors(table.snapshot().main.index)
+    sent.clear()
+    table.apply(_routes(95, seed=22)[90:], ["r000"], ((0, 91),))
+    table.rebuild(block=True)
+    assert sent == [94 * 3]
+    assert np.array_equal(
+        faiss.serialize_index(table.snapshot().main.index),
+        faiss.serialize_index(build_main(table.snapshot().ordered_routes(), DIM, IVF).index),
+    )
 
 
 def test_a_rebuild_whose_old_index_file_is_gone_sends_every_vector(tmp_path: Path, sent: list[int]) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from worker.routing import OffsetRegression, RouteStore, RouteTable, RouteVectors, SchemaTooNew, StoreError
+from worker.routing import store as store_module
 from worker.routing.store import SCHEMA_VERSION
 
 MakeRoute = Callable[..., RouteVectors]
@@ -35,6 +36,20 @@ def test_apply_then_load_round_trips(tmp_path: Path, make_route: MakeRoute) -> N
     assert [rv.name for rv in state.routes] == ["billing"]
     assert _same(state.routes[0], billing)
     assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_many_routes_are_written_several_statements_at_a_time(
+    tmp_path: Path, make_route: MakeRoute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "_ROWS_PER_STATEMENT", 3)  # 10 routes: statements of 3, 3, 3, 1
+    store = RouteStore(tmp_path / "routes.db")
+    routes = [make_route(f"r{i:02d}", [f"text {i}", "other"], ["no"] if i % 2 else []) for i in range(10)]
+    store.apply(list(reversed(routes)), [], {0: 10})
+    store.apply([make_route("r03", ["changed"])], ["r04"], {0: 12})
+    loaded = {rv.name: rv for rv in store.load().routes}
+    assert sorted(loaded) == [rv.name for rv in routes if rv.name != "r04"]
+    assert loaded["r03"].route.utterances == ("changed",)
+    assert all(_same(loaded[rv.name], rv) for rv in routes if rv.name not in ("r03", "r04"))
 
 
 def test_a_failure_mid_apply_writes_nothing(tmp_path: Path, make_route: MakeRoute) -> None:

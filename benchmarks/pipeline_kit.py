@@ -195,8 +195,8 @@ def breakdown(reader: IntentReader, sent: dict[str, int]) -> dict[str, dict[str,
     embedding stage), embedding, search, the rest of processing until the intent is built, built
     -> handed to the producer (the intent's record timestamp: waiting for earlier batches' output,
     the send), and the intent's record -> read here."""
-    parts: dict[str, list[float]] = {k: [] for k in
-                                     ("to_batch", "embed", "search", "build", "to_send", "to_reader")}  # fmt: skip
+    names = ("to_batch", "embed", "search", "build", "to_send", "to_reader")
+    parts: dict[str, list[float]] = {k: [] for k in names}
     for q, ts in sent.items():
         t = reader.timings.get(q)
         if not t:

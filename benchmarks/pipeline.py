@@ -51,7 +51,9 @@ from pipeline_kit import (
     IntentReader,
     Worker,
     backlog,
+    broker_floor,
     cpu_jiffies,
+    create_topic,
     create_topics,
     load_average,
     paced,
@@ -233,9 +235,16 @@ async def measure_worker(
     finally:
         code = worker.stop()
         await reader.stop()
+    # the same rate through the broker alone, the worker stopped: what no worker setting can save
+    floor_topic = f"floor-{names['group']}"
+    await create_topic(bootstrap, floor_topic, args.partitions)
+    floor = await broker_floor(
+        bootstrap, floor_topic, rate, min(args.seconds, 5.0), int(env["ROUTEWORKER_KAFKA_FETCH_MAX_WAIT_MS"])
+    )
     return {
         "sustained": sustained,
         "latency_at_half_load": latency,
+        "broker_alone_at_half_load": floor,
         "top1_accuracy_through_kafka": round(float(np.mean(right)), 4),
         "steal_share": steal,
         "worker_exit_code": code,

@@ -107,6 +107,15 @@ async def create_topics(bootstrap: str, names: dict[str, str], partitions: int) 
         await admin.close()
 
 
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
 async def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5,
                                 max_request_size=4 * 1024 * 1024)  # fmt: skip
@@ -412,6 +421,57 @@ async def paced(
         "produce_to_consumer_ms": percentiles(observed),
         "breakdown_ms": breakdown(reader, sent),
         "worker": worker_side(before, await scrape(port)),
+        "load_average_before_after": [load_before, load_average()],
+    }
+
+
+async def broker_floor(
+    bootstrap: str, topic: str, rate: float, seconds: float, fetch_max_wait_ms: int
+) -> dict[str, Any]:
+    """The broker's own share of the latency: queries produced at ``rate`` as :func:`paced` does,
+    read straight back by a consumer fetching as the worker's does (no worker in between);
+    produce -> consumed, from the records' timestamps."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=fetch_max_wait_ms)  # fmt: skip
+    await consumer.start()
+    arrived: dict[bytes, float] = {}
+    stamps: dict[bytes, int] = {}
+    count = int(rate * seconds)
+    everything = asyncio.Event()
+
+    async def read() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.time() * 1000
+                for r in records:
+                    arrived.setdefault(r.value, now)
+                    stamps.setdefault(r.value, r.timestamp)
+            if len(arrived) >= count:
+                everything.set()
+
+    reading = asyncio.create_task(read())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=0)
+    await producer.start()
+    load_before = load_average()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        for i in range(count):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await producer.send(topic, f"floor-{i}".encode(), timestamp_ms=int(time.time() * 1000))
+        await producer.flush()
+        await asyncio.wait_for(everything.wait(), 60)
+    finally:
+        await producer.stop()
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        await consumer.stop()
+    return {
+        "offered_per_second": round(rate, 1),
+        "records": count,
+        "produce_to_consumer_ms": percentiles([arrived[v] - stamps[v] for v in arrived]),
         "load_average_before_after": [load_before, load_average()],
     }
 

@@ -136,12 +136,12 @@ class IntentReader:
     query id -> the route it was given (None: no match), and query id -> the intent's own timings
     (where the worker says the time went)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = 5) -> None:
         self.seen: dict[str, tuple[int, float]] = {}
         self.routes: dict[str, str | None] = {}
         self.timings: dict[str, dict[str, float]] = {}
         self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                          fetch_max_wait_ms=5)  # fmt: skip
+                                          fetch_max_wait_ms=fetch_max_wait_ms)  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

@@ -450,7 +450,9 @@ def main() -> int:
         "--fetch-max-wait-ms",
         type=int,
         default=load_settings().kafka_fetch_max_wait_ms,
-        help="the workers' ROUTEWORKER_KAFKA_FETCH_MAX_WAIT_MS (default: the served default)",
+        help="the workers' ROUTEWORKER_KAFKA_FETCH_MAX_WAIT_MS (default: the served default). Apache "
+        "Kafka answers a waiting fetch when a record lands; Tansu holds it (produce -> consumer p50 "
+        "27 ms at 100, 130 ms at 500, 3.6 ms at 5), so run Tansu with 5",
     )
     parser.add_argument("--quick", action="store_true", help="small runs, to check the benchmark itself")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -134,14 +134,6 @@ class Settings(BaseSettings):
         1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
     )
     encoder_max_pending: int = Field(8, ge=1, description="Embedding batches queued before callers wait.")
-    encoder_batches_ahead: int = Field(
-        1,
-        ge=0,
-        le=16,
-        description="Batches formed while every encoder session is busy, ready for the next free one: "
-        "1 keeps the sessions fed back to back; 0 forms each batch when a session frees (a batch "
-        "less of queueing per query at moderate load, a short gap per batch at full load).",
-    )
     encoder_run_tokens: int = Field(
         DEFAULT_RUN_TOKENS,
         ge=1,

@@ -98,7 +98,7 @@ class QueryPipeline:
             )
             self._batcher.admits = self.exactly_once.admits
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
-        self.embed_gate = EmbedGate(settings.encoder_threads + settings.encoder_batches_ahead)
+        self.embed_gate = EmbedGate(settings.encoder_threads + 1)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self.processor = BatchProcessor(
             settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions

@@ -63,13 +63,11 @@ class FlowControl:
 class EmbedGate:
     """At most ``places`` batches in the embedding stage; the next batch is fetched only when one frees.
 
-    The pipeline gives it one place per encoder session plus ``encoder_batches_ahead`` (1 by
-    default): every session is busy, one batch waits ready (decoded, looked up in the cache) so no
-    session idles between batches, and the queries arriving meanwhile stay in the consumer's buffer
-    until a place frees, to be taken all at once. With none ahead, a batch is formed only when a
-    session frees: a query then waits behind one batch less, and each batch starts a little later.
-    Batches grow with the load (embedding per text is cheapest in big batches), and a query
-    arriving at an idle worker is embedded at once, never behind a queue of tiny batches.
+    The pipeline gives it one place per encoder session plus one: every session is busy, one batch
+    waits ready (decoded, looked up in the cache) so no session idles between batches, and the
+    queries arriving meanwhile stay in the consumer's buffer until a place frees, to be taken all
+    at once. Batches grow with the load (embedding per text is cheapest in big batches), and a
+    query arriving at an idle worker is embedded at once, never behind a queue of tiny batches.
     """
 
     def __init__(self, places: int) -> None:

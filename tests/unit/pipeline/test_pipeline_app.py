@@ -376,48 +376,6 @@ async def test_queries_arriving_while_the_encoder_is_busy_wait_to_form_one_batch
     assert calls == [1, 1, 3]
 
 
-async def test_with_no_batch_ahead_everything_queued_behind_the_busy_encoder_is_one_batch(
-    settings: Settings,
-    encoder: HashingEncoder,
-    router: Router,
-    telemetry: Telemetry,
-    consumer: FakeConsumer,
-    producer: FakeProducer,
-) -> None:
-    pipeline = QueryPipeline(
-        settings.model_copy(update={"encoder_batches_ahead": 0}),
-        encoder=encoder,
-        router=router,
-        telemetry=telemetry,
-        consumer=consumer,
-        producers=producer,
-    )
-    busy = asyncio.Event()
-    release = asyncio.Event()
-    calls: list[int] = []
-    original = encoder.embed
-
-    async def slow_embed(texts: list[str]) -> object:
-        calls.append(len(texts))
-        busy.set()
-        await release.wait()
-        return await original(texts)
-
-    encoder.embed = slow_embed  # type: ignore[method-assign]
-    consumer.append(0, query(0, "first query alone"))
-    with running(pipeline) as task:
-        await asyncio.wait_for(busy.wait(), 5)
-        # the only session is busy and no batch is formed ahead: the consume loop waits at the
-        # gate, and every query arriving meanwhile stays in the consumer
-        await until(lambda: pipeline.embed_gate.waiting == 1)
-        for i in range(1, 5):
-            consumer.append(0, query(i, f"queued query {i}"))
-        release.set()
-        await until(lambda: consumer.committed == {P0: 5})
-    await asyncio.wait_for(task, 5)
-    assert calls == [1, 4]  # batch_size is 4: the four queued queries are the next batch
-
-
 async def test_a_query_the_model_cannot_embed_is_dead_lettered_and_the_rest_routed(
     pipeline: QueryPipeline, consumer: FakeConsumer, producer: FakeProducer, encoder: HashingEncoder
 ) -> None:

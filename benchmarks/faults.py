@@ -52,14 +52,29 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the harness of the in
 
 from eos_faults import MALFORMED, Answers, Replicas, produce_paced  # noqa: E402
 from pipeline_harness import QUERY_TEXTS, Topics, publish_routes, route_definitions  # noqa: E402
+from replication_harness import FAST_CLEANING, clean_until_gone, produce_raw, raw_keys  # noqa: E402
+from small_disk import SmallDisk  # noqa: E402
 
-from worker.contracts import DeadLetter, RouteDefinition  # noqa: E402
+from worker.contracts import DeadLetter, RouteDefinition, RoutedIntent  # noqa: E402
 from worker.local.kafka import LocalKafka  # noqa: E402
 from worker.local.redis import LocalRedis  # noqa: E402
+from worker.pipeline.failpoints import ROUTE_QUERY_ENV  # noqa: E402
+from worker.replication import read_routes  # noqa: E402
+from worker.routing.index import table_digest  # noqa: E402
+from worker.routing.store import RouteStore  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 BROKER_DOWN_S = 20.0  # how long the killed broker stays down before its restart
 SMALL_INTENTS = 1500  # max.message.bytes of routed-intents in the poison scenario
+# the poison-query scenario: the workers' route failpoint names this text (worker.pipeline.failpoints)
+POISON_MARKER = "poison-query-failpoint"
+POISON_EVERY = 50  # every 50th valid query carries it
+# the compaction scenario: routes deleted while a replica is offline, their tombstones compacted away
+DELETED_ROUTES = ("music", "travel")
+# tombstones live 5 s past the cleaning that first sees them: long enough that the replicas that
+# stay up poll the log well within it (they never need a replay), short enough for the scenario
+COMPACTING = {**FAST_CLEANING, "delete.retention.ms": "5000"}
+AFTER_RETURN = 300  # queries produced once the replica is back, so it answers some
 logger = logging.getLogger("faults")
 # a traceback's last line, also inside an exception group ("    | sqlite3.OperationalError: ...")
 _RAISED = re.compile(r"^[\s|+-]*([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b.*)")
@@ -93,6 +108,8 @@ class Row:
     duplicated: int = 0
     unexpected: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)  # code -> queries
+    # the scenario's own checks beyond the counts (e.g. the replicas agree); a failed one is an error
+    checks: list[str] = field(default_factory=list)
     longest_stall_s: float = 0.0
     exits: dict[str, int] = field(default_factory=dict)  # exit status -> replicas
     exit_reasons: list[str] = field(default_factory=list)  # the last error line of each failed exit
@@ -109,6 +126,8 @@ class Downstream(Answers):
         self._dlq = topics.dlq
         self.stamps: list[float] = []
         self.codes: dict[str, str] = {}  # answer key -> dead letter code
+        self.reasons: dict[str, str] = {}  # answer key -> dead letter reason
+        self.routes: Counter[tuple[str, str | None]] = Counter()  # (replica, route) -> intents
 
     def _take(self, record: Any) -> None:
         super()._take(record)
@@ -117,6 +136,10 @@ class Downstream(Answers):
             letter = DeadLetter.model_validate_json(record.value)
             key = record.key.decode() if record.key is not None else f"?{letter.source.offset}"
             self.codes[key] = letter.error_code.value
+            self.reasons[key] = letter.reason
+        else:
+            intent = RoutedIntent.model_validate_json(record.value)
+            self.routes[(intent.worker, intent.route)] += 1
 
     def longest_stall(self) -> float:
         """The longest time between two answers produced (by the replicas' clocks, so the reader's
@@ -138,6 +161,9 @@ class Stack:
     redis: LocalRedis | None = None
     row: Row = field(default_factory=lambda: Row("", "", 0))
     disk: SmallDisk | None = None
+    poison: set[str] = field(default_factory=set)  # keys of the queries the failpoint names
+    extra: set[str] = field(default_factory=set)  # queries the fault itself produced (answers expected)
+    returned: str | None = None  # the replica id of a replica the fault brought back
 
     async def at(self, fraction: float, started: float) -> None:
         """Sleep until ``fraction`` of the production window has passed."""
@@ -145,6 +171,11 @@ class Stack:
 
 
 Fault = Callable[[Stack, float], Awaitable[None]]
+Check = Callable[[Stack, "Downstream"], Awaitable[None]]
+
+
+async def no_check(stack: Stack, downstream: Downstream) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -158,6 +189,10 @@ class Scenario:
     intents_configs: dict[str, str] = field(default_factory=dict)
     big_every: int = 0  # every big_every-th valid query carries 2 kB of metadata (intent too large)
     small_disk: bool = False  # replica 0's store on a small filesystem of the scenario's own
+    poison_every: int = 0  # every poison_every-th valid query names the workers' route failpoint
+    env: dict[str, str] = field(default_factory=dict)  # the workers' extra environment
+    mutations_configs: dict[str, str] = field(default_factory=dict)
+    check: Check = no_check  # after the replicas stopped: the scenario's own checks (Row.checks)
 
 
 # --- the faults --------------------------------------------------------------------------------
@@ -246,45 +281,6 @@ async def kill_the_busiest_leader(stack: Stack, started: float) -> None:
     stack.row.notes.append("it restarts on its log dir at 80%")
 
 
-class SmallDisk:
-    """A tmpfs of ``size`` mounted for the scenario (root only; None where the machine refuses)."""
-
-    def __init__(self, path: Path, size: str = "2m") -> None:
-        self.path = path
-        self.size = size
-        self.mounted = False
-
-    def mount(self) -> str | None:
-        """Mount it; the reason it cannot be, or None."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        self.mounted = done.returncode == 0
-        return None if self.mounted else (done.stderr.strip() or f"mount exited {done.returncode}")
-
-    def fill(self) -> int:
-        """Write a file until the filesystem is full; the bytes written."""
-        written = 0
-        with (self.path / "filler").open("wb") as filler:
-            try:
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
-                    written += 65536
-            except OSError:
-                pass
-        return written
-
-    def unmount(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "-l", str(self.path)], check=False)
-            self.mounted = False
-
-
 async def fill_the_disk(stack: Stack, started: float) -> None:
     """Replica 0's store lives on a 2 MB tmpfs (its store path is a symlink there): filled at
     30%, then routes are published, which that replica must write to SQLite."""
@@ -300,6 +296,145 @@ async def fill_the_disk(stack: Stack, started: float) -> None:
         f"replica 0's store filesystem filled at 30% ({filled / 1e6:.1f} MB written until ENOSPC), "
         f"then {len(definitions)} routes published"
     )
+
+
+async def poison_queries(stack: Stack, started: float) -> None:
+    """Nothing to do on a schedule: the poison queries are in the stream (see :func:`records`)."""
+    stack.row.notes.append(
+        f"every {POISON_EVERY}th valid query contains {POISON_MARKER!r}, which the workers' route "
+        f"failpoint names ({ROUTE_QUERY_ENV}): routing raises for it inside the worker process"
+    )
+
+
+def checked(row: Row, ok: bool, text: str) -> None:
+    """Record one of the scenario's own checks; a failed one makes the scenario an error."""
+    row.checks.append(f"{'ok' if ok else 'FAILED'}: {text}")
+    if not ok:
+        row.error = row.error or f"check failed: {text}"
+
+
+async def check_poison_queries(stack: Stack, downstream: Downstream) -> None:
+    row = stack.row
+    codes = Counter(downstream.codes.get(key, "no dead letter") for key in stack.poison)
+    checked(
+        row,
+        codes == {"routing_failed": len(stack.poison)},
+        f"each of the {len(stack.poison)} poison queries is a dead letter routing_failed ({dict(codes)})",
+    )
+    reasons = {downstream.reasons.get(key, "") for key in stack.poison}
+    checked(row, all("FailpointHit" in r for r in reasons), "their reasons name the failpoint")
+    if reasons:
+        row.notes.append(f"a poison query's reason: {sorted(reasons)[0][:160]}")
+    logs = [w.log() for w in stack.replicas.finished]
+    batches = [
+        tuple(map(int, m))
+        for log in logs
+        for m in re.findall(r"routing failed on (\d+) of (\d+) queries", log)
+    ]
+    shared = sum(1 for failed, of in batches if of > failed)
+    checked(
+        row,
+        shared > 0,
+        f"{shared} of {len(batches)} batches with a poison query routed the rest of the batch",
+    )
+    statuses = [w.proc.returncode for w in stack.replicas.finished]
+    checked(
+        row,
+        len(statuses) == stack.row.workers and set(statuses) == {0},
+        f"no crash loop: the {stack.row.workers} replicas ran to the end and exited 0 ({statuses})",
+    )
+    armed = sum("fault injection is ON" in log for log in logs)
+    checked(row, armed == len(logs), f"{armed} of {len(logs)} replicas logged that the failpoint is on")
+
+
+async def compact_tombstones_while_offline(stack: Stack, started: float) -> None:
+    """Replica 0 is killed; routes are deleted and the cleaner drops their tombstones; replica 0
+    comes back on its store, must replay the whole log, and then answers queries of its own."""
+    row, replicas, bootstrap = stack.row, stack.replicas, stack.kafka.bootstrap
+    await stack.at(0.15, started)
+    await replicas.kill(stack.rng, slot=0)
+    offline = time.monotonic()
+    settings = stack.topics.settings(bootstrap)
+    await produce_raw(settings, [(name.encode(), None) for name in DELETED_ROUTES])  # tombstones
+    for name in DELETED_ROUTES:
+        await clean_until_gone(settings, name.encode(), timeout_s=120)
+    left = {key for key in await raw_keys(settings) if key is not None}
+    checked(
+        row,
+        not left & {n.encode() for n in DELETED_ROUTES},
+        f"the log holds no record of {', '.join(DELETED_ROUTES)} (tombstones compacted away)",
+    )
+    row.notes.append(
+        f"replica 0 SIGKILLed at 15%; {', '.join(DELETED_ROUTES)} deleted and their tombstones compacted "
+        f"away (delete.retention.ms {COMPACTING['delete.retention.ms']}) "
+        f"{time.monotonic() - offline:.1f} s later"
+    )
+    slot = replicas.start(0)  # on its own store: it would resume from its stored offsets
+    worker = replicas.running[slot]
+    stack.returned = worker_id(worker)
+    async with asyncio.timeout(240):
+        while "assigned " not in worker.log():  # noqa: ASYNC110 - another process's log
+            await asyncio.sleep(0.2)
+    row.notes.append(f"replica 0 back {time.monotonic() - offline:.1f} s after the kill, serving")
+    after = [
+        (f"conv-{i % 53}".encode(), f"after-{i}", QUERY_TEXTS[i % len(QUERY_TEXTS)])
+        for i in range(AFTER_RETURN)
+    ]
+    stream = [
+        (key, orjson.dumps({"id": qid, "text": f"{text} #{i}"})) for i, (key, qid, text) in enumerate(after)
+    ]
+    stack.extra |= {qid for _, qid, _ in after}
+    row.sent_special += len(stream)
+    await produce_paced(bootstrap, stack.topics.queries, stream, 5.0)
+
+
+def worker_id(worker: Any) -> str:
+    """The replica id a worker of :class:`eos_faults.Replicas` routes as: its log is
+    ``worker-SLOT-N.log``, its id ``replica-SLOT-N``."""
+    return "replica-" + Path(worker.log_path).stem.removeprefix("worker-")
+
+
+async def check_replicas_agree(stack: Stack, downstream: Downstream) -> None:
+    row = stack.row
+    logs = {worker_id(w): w.log() for w in stack.replicas.finished}
+    back = logs.get(stack.returned or "", "")
+    checked(
+        row,
+        "(tombstone_horizon)" in back,
+        "the returned replica found its stored offsets untrusted and replayed the whole log "
+        "(tombstone_horizon)",
+    )
+    others = sum("replaying all of" in log for rid, log in logs.items() if rid != stack.returned)
+    row.notes.append(f"full replays logged by the replicas that stayed up: {others}")
+    answered = sum(n for (rid, _), n in downstream.routes.items() if rid == stack.returned)
+    wrong = sum(
+        n
+        for (rid, route), n in downstream.routes.items()
+        if rid == stack.returned and route in DELETED_ROUTES
+    )
+    checked(
+        row,
+        answered > 0 and wrong == 0,
+        f"the returned replica answered {answered} queries, {wrong} of them with a deleted route",
+    )
+    log = await read_routes(stack.topics.settings(stack.kafka.bootstrap))
+    tables = {}
+    for slot in range(row.workers):
+        stored = await asyncio.to_thread(RouteStore(stack.workdir / f"store-{slot}.sqlite3").load)
+        tables[slot] = (
+            sorted(r.name for r in stored.routes),
+            table_digest((r.name, r.digest) for r in stored.routes),
+        )
+    names = {tuple(names) for names, _ in tables.values()}
+    digests = {digest for _, digest in tables.values()}
+    checked(
+        row,
+        len(digests) == 1 and names == {tuple(sorted(log.routes))},
+        f"the {len(tables)} replicas' stores hold the same table ({len(digests)} digest(s)), "
+        f"the log's routes {sorted(log.routes)}",
+    )
+    deleted_kept = sorted({n for names_of, _ in tables.values() for n in names_of} & set(DELETED_ROUTES))
+    checked(row, not deleted_kept, f"no replica keeps a deleted route ({deleted_kept or 'none'})")
 
 
 SCENARIOS = [
@@ -322,6 +457,24 @@ SCENARIOS = [
         kill_the_busiest_leader,
         nodes=3,
     ),
+    Scenario(
+        "poison-query",
+        "queries routing raises on (the workers' route failpoint), mixed into the stream",
+        poison_queries,
+        poison_every=POISON_EVERY,
+        env={ROUTE_QUERY_ENV: POISON_MARKER},
+        check=check_poison_queries,
+    ),
+    Scenario(
+        "tombstones-compacted",
+        "routes deleted and their tombstones compacted away while a replica is offline",
+        compact_tombstones_while_offline,
+        workers=3,
+        # a replica away longer than delete.retention.ms (no margin here) cannot resume
+        env={"ROUTEWORKER_RESUME_MARGIN_S": "0"},
+        mutations_configs=COMPACTING,
+        check=check_replicas_agree,
+    ),
 ]
 
 
@@ -339,13 +492,26 @@ async def stored(bootstrap: str, topic: str, partitions: int) -> int:
         await consumer.stop()
 
 
-def records(plan: Plan, big_every: int) -> tuple[list[tuple[bytes, bytes]], set[str], set[str], set[str]]:
-    """The stream: valid queries (answered by an intent, by ``query_id``), malformed ones and
-    queries whose intent is too large (answered by a dead letter, by record key)."""
+@dataclass
+class Stream:
+    """The queries of a scenario and the answer each expects: valid ones an intent (by
+    ``query_id``); malformed ones, those whose intent is too large and poison ones a dead letter
+    (by record key)."""
+
+    records: list[tuple[bytes, bytes]]
+    valid: set[str]
+    malformed: set[str]
+    big: set[str]
+    poison: set[str]
+
+
+def records(plan: Plan, big_every: int, poison_every: int = 0) -> Stream:
+    """The stream of a scenario (see :class:`Stream`)."""
     out: list[tuple[bytes, bytes]] = []
     valid: set[str] = set()
     malformed: set[str] = set()
     big: set[str] = set()
+    poison: set[str] = set()
     for i in range(plan.queries):
         if i % plan.malformed_every == plan.malformed_every - 1:
             key = f"bad-{i}"
@@ -359,9 +525,15 @@ def records(plan: Plan, big_every: int) -> tuple[list[tuple[bytes, bytes]], set[
             doc["metadata"] = {"notes": "x" * 2000}
             out.append((key.encode(), orjson.dumps(doc)))
             continue
+        if poison_every and i % poison_every == 3:
+            key = f"poison-{i}"  # its own key; its partition's batches hold valid queries too
+            poison.add(key)
+            doc["text"] = f"{POISON_MARKER} {doc['text']}"
+            out.append((key.encode(), orjson.dumps(doc)))
+            continue
         valid.add(f"q{i}")
         out.append((f"conv-{i % 53}".encode(), orjson.dumps(doc)))
-    return out, valid, malformed, big
+    return Stream(out, valid, malformed, big, poison)
 
 
 async def create(bootstrap: str, topics: Topics, plan: Plan, scenario: Scenario) -> None:
@@ -377,7 +549,12 @@ async def create(bootstrap: str, topics: Topics, plan: Plan, scenario: Scenario)
                     topics.intents, plan.partitions, rf, topic_configs={**configs, **scenario.intents_configs}
                 ),
                 NewTopic(topics.dlq, 1, rf, topic_configs=configs),
-                NewTopic(topics.mutations, 1, rf, topic_configs={**configs, "cleanup.policy": "compact"}),
+                NewTopic(
+                    topics.mutations,
+                    1,
+                    rf,
+                    topic_configs={**configs, "cleanup.policy": "compact", **scenario.mutations_configs},
+                ),
             ]
         )
     finally:
@@ -401,8 +578,9 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
         topics = Topics.fresh()
         await create(bootstrap, topics, plan, scenario)
         await publish_routes(bootstrap, topics.mutations, route_definitions())
-        stream, valid, malformed, big = records(plan, scenario.big_every)
-        row.sent_valid, row.sent_malformed, row.sent_special = len(valid), len(malformed), len(big)
+        stream = records(plan, scenario.big_every, scenario.poison_every)
+        row.sent_valid, row.sent_malformed = len(stream.valid), len(stream.malformed)
+        row.sent_special = len(stream.big) + len(stream.poison)
         extra = {"redis_url": redis.url} if redis is not None else {}
         env = topics.env(
             bootstrap,
@@ -412,6 +590,7 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
             commit_interval_ms=1000,  # the default cadence of commits
             **extra,
         )
+        env.update(scenario.env)
         replicas = Replicas(env, workdir)
         if scenario.small_disk:
             disk = SmallDisk(workdir / "small-disk")
@@ -426,13 +605,15 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
             while len(replicas.serving()) < scenario.workers:  # noqa: ASYNC110 - other processes' logs
                 await asyncio.sleep(0.2)
         stack = Stack(kafka, topics, replicas, plan, random.Random(plan.seed), workdir, redis, row, disk)
-        expected = valid | malformed | big
+        stack.poison = stream.poison
+        expected = stream.valid | stream.malformed | stream.big | stream.poison
         async with Downstream(bootstrap, topics) as downstream:
             produced = time.monotonic()
             await asyncio.gather(
-                produce_paced(bootstrap, topics.queries, stream, plan.seconds),
+                produce_paced(bootstrap, topics.queries, stream.records, plan.seconds),
                 scenario.fault(stack, produced),
             )
+            expected |= stack.extra
 
             def alive() -> None:
                 assert replicas is not None
@@ -454,6 +635,7 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
         row.longest_stall_s = round(downstream.longest_stall(), 2)
         row.exits = replicas.exits()
         row.exit_reasons = exit_reasons(replicas)
+        await scenario.check(stack, downstream)
         logs = replicas.logs()
         skipped = sum("skipped mutation at" in w.log() for w in replicas.finished)
         if scenario.name == "poison":
@@ -475,14 +657,16 @@ async def run(scenario: Scenario, plan: Plan, workdir: Path) -> tuple[Row, str]:
 
 
 def exit_reasons(replicas: Replicas) -> list[str]:
-    """The last ERROR line of each replica that exited with a failure status of its own."""
+    """Why each replica that exited with a failure status of its own stopped: the line the
+    replica's run names the cause in, else the last error a traceback or an ERROR line shows."""
     reasons = []
     for worker in replicas.finished:
         if (worker.proc.returncode or 0) > 0:
             lines = worker.log().splitlines()
+            stopped = [line.split(": ", 1)[1] for line in lines if " ERROR worker.app.run: " in line]
             raised = [m.group(1) for line in lines if (m := _RAISED.match(line))]
             errors = [line for line in lines if " ERROR " in line]
-            found = raised or errors
+            found = stopped or raised or errors
             reasons.append(found[-1][:300] if found else f"exit {worker.proc.returncode}, no error logged")
     return reasons
 

@@ -34,7 +34,13 @@ def faults_table(results: Path) -> str:
     )
     notes = [
         f"- {r['scenario']}: "
-        + "; ".join([*r["notes"], *(f"a replica failed with `{why}`" for why in r.get("exit_reasons", []))])
+        + "; ".join(
+            [
+                *r["notes"],
+                *(f"a replica failed with `{why}`" for why in r.get("exit_reasons", [])),
+                *(f"checked {check}" for check in r.get("checks", [])),
+            ]
+        )
         for r in data["scenarios"]
         if r["notes"]
     ]

@@ -133,13 +133,14 @@ class Replicas:
         """Slots of the workers that have partitions assigned (they consume and produce)."""
         return sorted(slot for slot, worker in self.running.items() if "assigned " in worker.log())
 
-    async def kill(self, rng: random.Random) -> int:
-        """SIGKILL a serving worker, chosen at random (waits for one to serve)."""
+    async def kill(self, rng: random.Random, slot: int | None = None) -> int:
+        """SIGKILL a serving worker: the one in ``slot``, or one chosen at random (waits for it
+        to serve)."""
         async with asyncio.timeout(90):
-            while not self.serving():
+            while not self.serving() or (slot is not None and slot not in self.serving()):
                 self.reap()
                 await asyncio.sleep(0.1)
-        slot = rng.choice(self.serving())
+        slot = rng.choice(self.serving()) if slot is None else slot
         worker = self.running.pop(slot)
         worker.signal(signal.SIGKILL)
         await worker.wait(10)

@@ -1,4 +1,5 @@
-"""Helpers of the mutation-log integration tests: topics, raw records, running replicas, digests."""
+"""Helpers of the mutation-log integration tests (and of the fault suite): topics, raw records,
+running replicas, digests, and compaction made to happen within seconds."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.config import Settings, load_settings
-from worker.contracts import RouteDefinition, RouteMutation
+from worker.contracts import RouteDefinition, RouteMutation, encode
 from worker.embedding import EncoderPool
 from worker.replication import (
     MutationPublisher,
@@ -153,3 +154,42 @@ class RecordedEvents(ReplicaEvents):
     def apply_waited(self, seconds: float) -> None:
         with self._lock:
             self.waits.append(seconds)
+
+
+#: the log cleaner runs within a second or so, and drops a tombstone half a second after
+#: the cleaning that first saw it
+FAST_CLEANING = {
+    "segment.ms": "100",
+    "min.cleanable.dirty.ratio": "0.001",
+    "delete.retention.ms": "500",
+    "min.compaction.lag.ms": "0",
+}
+
+
+async def raw_keys(settings: Settings) -> list[bytes | None]:
+    """Keys of every record of partition 0 now in the log, in order."""
+    tp = TopicPartition(settings.topic_mutations, 0)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    async with running(reader):
+        reader.assign([tp])
+        end = (await reader.end_offsets([tp]))[tp]
+        reader.seek(tp, (await reader.beginning_offsets([tp]))[tp])
+        keys: list[bytes | None] = []
+        async with asyncio.timeout(20):
+            while await reader.position(tp) < end:
+                batch = await reader.getmany(tp, timeout_ms=300)
+                keys += [r.key for r in batch.get(tp, [])]
+        return keys
+
+
+async def clean_until_gone(settings: Settings, key: bytes, timeout_s: float = 60.0) -> None:
+    """Keep the cleaner busy (a record rolls the active segment, which is never cleaned) until no
+    record of ``key`` is left in the log: its last one was a tombstone, now compacted away."""
+    tick = encode(RouteDefinition(name="tick", utterances=["the clock ticks"]))
+    deadline = time.monotonic() + timeout_s
+    while key in await raw_keys(settings):
+        assert time.monotonic() < deadline, f"{key!r} still in the log after {timeout_s} s"
+        await produce_raw(settings, [(b"tick", tick)])
+        await asyncio.sleep(0.3)

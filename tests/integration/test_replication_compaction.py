@@ -3,28 +3,26 @@ records. A replica must never resume past records it did not read (issue 13, ite
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from replication_harness import (
+    FAST_CLEANING,
     RecordedEvents,
+    clean_until_gone,
     create_mutation_topic,
     folded_digest,
     mutation_settings,
-    produce_raw,
     replica_running,
 )
 
 import worker.replication.replica as replica_module
-from worker.config import Settings
-from worker.contracts import RouteDefinition, RouteMutation, encode
+from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
 from worker.embedding.hashing import hashing_pool
 from worker.local.kafka import LocalKafka
@@ -36,19 +34,9 @@ from worker.replication import (
     read_routes,
     with_embeddings,
 )
-from worker.replication.kafka import running
 from worker.replication.replica import index_dir_for
 
 pytestmark = pytest.mark.integration
-
-#: the log cleaner runs within a second or so, and drops a tombstone half a second after
-#: the cleaning that first saw it
-FAST_CLEANING = {
-    "segment.ms": "100",
-    "min.cleanable.dirty.ratio": "0.001",
-    "delete.retention.ms": "500",
-    "min.compaction.lag.ms": "0",
-}
 
 
 @pytest.fixture(scope="module")
@@ -62,35 +50,6 @@ def routes(count: int) -> list[RouteDefinition]:
         RouteDefinition(name=f"route-{i}", utterances=[f"route {i} alpha", f"question number {i}"])
         for i in range(count)
     ]
-
-
-async def raw_keys(settings: Settings) -> list[bytes | None]:
-    """Keys of every record of partition 0 now in the log, in order."""
-    tp = TopicPartition(settings.topic_mutations, 0)
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    async with running(reader):
-        reader.assign([tp])
-        end = (await reader.end_offsets([tp]))[tp]
-        reader.seek(tp, (await reader.beginning_offsets([tp]))[tp])
-        keys: list[bytes | None] = []
-        async with asyncio.timeout(20):
-            while await reader.position(tp) < end:
-                batch = await reader.getmany(tp, timeout_ms=300)
-                keys += [r.key for r in batch.get(tp, [])]
-        return keys
-
-
-async def clean_until_gone(settings: Settings, key: bytes, timeout_s: float = 60.0) -> None:
-    """Keep the cleaner busy (a record rolls the active segment, which is never cleaned) until no
-    record of ``key`` is left in the log: its last one was a tombstone, now compacted away."""
-    tick = encode(RouteDefinition(name="tick", utterances=["the clock ticks"]))
-    deadline = time.monotonic() + timeout_s
-    while key in await raw_keys(settings):
-        assert time.monotonic() < deadline, f"{key!r} still in the log after {timeout_s} s"
-        await produce_raw(settings, [(b"tick", tick)])
-        await asyncio.sleep(0.3)
 
 
 def copy_store(store: Path, to: Path) -> Path:

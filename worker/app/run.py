@@ -1,7 +1,9 @@
 """Running one serving replica as a process: signals, exit status, telemetry shut down last.
 
 Exit status: 0 after a graceful stop (in-flight work finished and committed), 1 when anything
-failed or the grace period ran out (the traceback is logged); a :class:`ConfigError` (a setting the
+failed or the grace period ran out (one line names the root cause, :mod:`worker.app.fatal`; a
+traceback follows unless the cause is one fixed outside the code: Kafka refusing access, the route
+store unwritable, output that cannot be delivered); a :class:`ConfigError` (a setting the
 brokers cannot serve) is raised for the command line to print as one line (exit status 2). A
 second SIGTERM/SIGINT stops at once.
 """
@@ -13,6 +15,7 @@ import logging
 import signal
 
 from worker.app import signals
+from worker.app.fatal import stop_cause
 from worker.app.worker import EncoderFactory, ReplicaFactory, ReplicaWorker, route_replica
 from worker.config import Settings
 from worker.embedding import encoder_pool
@@ -79,9 +82,13 @@ async def run_worker(
         telemetry.health.fail(str(error))
         logger.error("routeworker cannot start: Kafka refuses access: %s", error)
         return 1
-    except Exception as error:  # the task boundary of the whole replica: log it all, exit non-zero
-        telemetry.health.fail(str(error))
-        logger.exception("routeworker stopped on an error")
+    except Exception as error:  # the task boundary of the whole replica: name the cause, exit non-zero
+        cause = stop_cause(error, settings.store_path)
+        telemetry.health.fail(cause.line)
+        if cause.known:  # fixed outside the code: the line says it all
+            logger.error("routeworker stopped: %s", cause.line)
+        else:  # a bug or the unforeseen: the traceback follows the line
+            logger.error("routeworker stopped on an error: %s", cause.line, exc_info=error)
         return 1
     finally:
         await asyncio.to_thread(telemetry.shutdown)

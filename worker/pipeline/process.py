@@ -23,6 +23,7 @@ from worker.errors import ErrorCode
 from worker.pipeline.decisions import DecisionMemo, RouterState, router_state, same_state
 from worker.pipeline.decode import Accepted, Rejected, dead_letter, decode_batch
 from worker.pipeline.embed import embed_isolating, unique_texts
+from worker.pipeline.failpoints import route_failpoint
 from worker.pipeline.intents import build_intent
 from worker.pipeline.query_trace import QueryTracer
 from worker.pipeline.search import SearchThread
@@ -90,7 +91,7 @@ class BatchProcessor:
         self.router = router
         self._tracer = tracer
         self._metrics = metrics
-        self._search = SearchThread()
+        self._search = SearchThread(failpoint=route_failpoint())  # off unless the fault suite sets it
         self._memo = DecisionMemo(remember_decisions)
         self._unknown_seen = FirstSightings()
         metrics.unknown_fields(settings.topic_queries, 0)  # exported from the start: rate() has a base
@@ -168,7 +169,10 @@ class BatchProcessor:
             clock = time.perf_counter()
             if routable:
                 searched = await self._search.decide_isolating(
-                    self.router, embedded.vectors[routable], [top_n[wanted[j]] for j in routable]
+                    self.router,
+                    embedded.vectors[routable],
+                    [top_n[wanted[j]] for j in routable],
+                    [unique.texts[wanted[j]] for j in routable],
                 )
                 unchanged = same_state(state, router_state(self.router))
                 for row, reason in searched.failed.items():

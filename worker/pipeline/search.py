@@ -12,6 +12,10 @@ and each decided again, down to the queries that fail alone; those are reported 
 pipeline dead-letters them). When every query of a batch fails, a probe query tells a poison batch
 from a broken router: a broken router raises, and the replica stops loudly instead of
 dead-lettering the whole stream.
+
+The fault suite's poison query is :mod:`worker.pipeline.failpoints`' route failpoint: off unless
+its environment variable is set, it makes the router step raise here, on the search thread, for the
+queries whose texts it names (the texts come with the vectors; the probe has none).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from worker.pipeline.errors import PipelineError
+from worker.pipeline.failpoints import RouteFailpoint
 from worker.routing import Decision, RouteHead, Router, TableSnapshot
 from worker.routing.explain import Explanation, explain
 from worker.routing.native import use_faiss_threads
@@ -51,25 +56,44 @@ class Searched:
 
 
 class SearchThread:
-    """Runs ``Router.decide`` on its own thread; :meth:`close` when done."""
+    """Runs ``Router.decide`` on its own thread; :meth:`close` when done.
 
-    def __init__(self) -> None:
+    ``failpoint``: the fault suite's poison query (:mod:`worker.pipeline.failpoints`), None in
+    production.
+    """
+
+    def __init__(self, failpoint: RouteFailpoint | None = None) -> None:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="route-search", initializer=_one_openmp_thread
         )
+        self._failpoint = failpoint
 
-    async def decide(self, router: Router, vectors: Vectors, top_n: Sequence[int]) -> list[Decision]:
-        """The router's decisions for ``vectors`` (one row per query)."""
+    async def decide(
+        self, router: Router, vectors: Vectors, top_n: Sequence[int], texts: Sequence[str] = ()
+    ) -> list[Decision]:
+        """The router's decisions for ``vectors`` (one row per query; ``texts``, if given, theirs)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, router.decide, vectors, list(top_n))
+        return await loop.run_in_executor(self._executor, self._decide, router, vectors, list(top_n), texts)
 
-    async def decide_isolating(self, router: Router, vectors: Vectors, top_n: Sequence[int]) -> Searched:
-        """Decide every row; rows that fail alone are reported, not raised (see the module doc)."""
+    def _decide(
+        self, router: Router, vectors: Vectors, top_n: list[int], texts: Sequence[str]
+    ) -> list[Decision]:
+        if self._failpoint is not None:
+            self._failpoint.check(texts)
+        return router.decide(vectors, top_n)
+
+    async def decide_isolating(
+        self, router: Router, vectors: Vectors, top_n: Sequence[int], texts: Sequence[str] = ()
+    ) -> Searched:
+        """Decide every row; rows that fail alone are reported, not raised (see the module doc).
+
+        ``texts`` (one per row, or none) go with their rows to the route failpoint.
+        """
         rows = list(range(len(top_n)))
         decisions: dict[int, Decision] = {}
         failed: dict[int, str] = {}
         first: list[BaseException] = []
-        await self._bisect(router, vectors, list(top_n), rows, decisions, failed, first)
+        await self._bisect(router, vectors, list(top_n), list(texts), rows, decisions, failed, first)
         if failed:
             logger.warning("routing failed on %d of %d queries of a batch", len(failed), len(rows))
         if rows and len(failed) == len(rows):
@@ -81,6 +105,7 @@ class SearchThread:
         router: Router,
         vectors: Vectors,
         top_n: list[int],
+        texts: list[str],
         rows: list[int],
         decisions: dict[int, Decision],
         failed: dict[int, str],
@@ -89,7 +114,8 @@ class SearchThread:
         if not rows:
             return
         try:
-            decided = await self.decide(router, vectors[rows], [top_n[r] for r in rows])
+            texts_of = [texts[r] for r in rows] if texts else []
+            decided = await self.decide(router, vectors[rows], [top_n[r] for r in rows], texts_of)
         # a router bug on one input is any exception: it must cost that query only, never the
         # stream (a router that fails on everything is caught by the probe)
         except Exception as error:  # noqa: BLE001
@@ -98,8 +124,8 @@ class SearchThread:
                 first.append(error)
                 return
             half = len(rows) // 2
-            await self._bisect(router, vectors, top_n, rows[:half], decisions, failed, first)
-            await self._bisect(router, vectors, top_n, rows[half:], decisions, failed, first)
+            await self._bisect(router, vectors, top_n, texts, rows[:half], decisions, failed, first)
+            await self._bisect(router, vectors, top_n, texts, rows[half:], decisions, failed, first)
             return
         decisions.update(zip(rows, decided, strict=True))
 

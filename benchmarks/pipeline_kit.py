@@ -107,6 +107,15 @@ async def create_topics(bootstrap: str, names: dict[str, str], partitions: int) 
         await admin.close()
 
 
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
 async def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5,
                                 max_request_size=4 * 1024 * 1024)  # fmt: skip
@@ -123,14 +132,16 @@ def query(qid: str, text: str) -> bytes:
 
 
 class IntentReader:
-    """Reads routed intents as they arrive: query id -> (intent timestamp ms, arrival wall ms), and
-    query id -> the route it was given (None: no match)."""
+    """Reads routed intents as they arrive: query id -> (intent timestamp ms, arrival wall ms),
+    query id -> the route it was given (None: no match), and query id -> the intent's own timings
+    (where the worker says the time went)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = 5) -> None:
         self.seen: dict[str, tuple[int, float]] = {}
         self.routes: dict[str, str | None] = {}
+        self.timings: dict[str, dict[str, float]] = {}
         self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                          fetch_max_wait_ms=5)  # fmt: skip
+                                          fetch_max_wait_ms=fetch_max_wait_ms)  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -149,6 +160,7 @@ class IntentReader:
         """Remember one routed intent (the first one of each query id)."""
         self.seen.setdefault(intent["query_id"], (record.timestamp, now))
         self.routes.setdefault(intent["query_id"], intent.get("route"))
+        self.timings.setdefault(intent["query_id"], intent.get("timings") or {})
 
     async def wait_for(self, ids: list[str], within: float) -> None:
         deadline = time.monotonic() + within
@@ -184,6 +196,28 @@ def throughput(reader: IntentReader, ids: list[str], produced_ms: float) -> dict
         "per_second_whole_run": round((len(ids) - 1) / whole_s, 1),
         "whole_run_seconds": round(whole_s, 3),
     }
+
+
+def breakdown(reader: IntentReader, sent: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Where each query's time went, from its intent's own timings (the worker's clock is this
+    machine's): produce -> its batch starts processing (broker, fetch, batch wait, a place in the
+    embedding stage), embedding, search, the rest of processing until the intent is built, built
+    -> handed to the producer (the intent's record timestamp: waiting for earlier batches' output,
+    the send), and the intent's record -> read here."""
+    names = ("to_batch", "embed", "search", "build", "to_send", "to_reader")
+    parts: dict[str, list[float]] = {k: [] for k in names}
+    for q, ts in sent.items():
+        t = reader.timings.get(q)
+        if not t:
+            continue
+        stamp, arrived = reader.seen[q]
+        parts["to_batch"].append(t["queue_ms"])
+        parts["embed"].append(t["embed_ms"])
+        parts["search"].append(t["search_ms"])
+        parts["build"].append(t["total_ms"] - t["queue_ms"] - t["embed_ms"] - t["search_ms"])
+        parts["to_send"].append(stamp - ts - t["total_ms"])
+        parts["to_reader"].append(arrived - stamp)
+    return {k: percentiles(v) for k, v in parts.items() if v}
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -253,8 +287,9 @@ def worker_env(bootstrap: str, names: dict[str, str], store: Path, **extra: obje
 SCRAPED = {
     "batches": "routeworker_batch_size_count",
     "records": "routeworker_batch_size_sum",
-    "embed_ms": "routeworker_embed_duration_sum",
-    "search_ms": "routeworker_search_duration_sum",
+    # durations are exported in seconds, with the unit in the name
+    "embed_s": "routeworker_embed_duration_seconds_sum",
+    "search_s": "routeworker_search_duration_seconds_sum",
     "cache_hits": "routeworker_cache_hits_total",
     "cache_misses": "routeworker_cache_misses_total",
     "remembered": "routeworker_decisions_remembered_total",
@@ -286,8 +321,8 @@ def worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     return {
         "batches": int(delta["batches"]),
         "mean_batch_size": round(delta["records"] / batches, 1),
-        "embed_step_ms_per_batch": round(delta["embed_ms"] / batches, 2),
-        "search_ms_per_batch": round(delta["search_ms"] / batches, 2),
+        "embed_step_ms_per_batch": round(1000 * delta["embed_s"] / batches, 2),
+        "search_ms_per_batch": round(1000 * delta["search_s"] / batches, 2),
         "cache_hit_ratio": round(delta["cache_hits"] / lookups, 3) if lookups else 0.0,
         "decisions_remembered": int(delta["remembered"]),
     }
@@ -384,7 +419,59 @@ async def paced(
         "queries": len(sent),
         "produce_to_intent_ms": percentiles(to_intent),
         "produce_to_consumer_ms": percentiles(observed),
+        "breakdown_ms": breakdown(reader, sent),
         "worker": worker_side(before, await scrape(port)),
+        "load_average_before_after": [load_before, load_average()],
+    }
+
+
+async def broker_floor(
+    bootstrap: str, topic: str, rate: float, seconds: float, fetch_max_wait_ms: int
+) -> dict[str, Any]:
+    """The broker's own share of the latency: queries produced at ``rate`` as :func:`paced` does,
+    read straight back by a consumer fetching as the worker's does (no worker in between);
+    produce -> consumed, from the records' timestamps."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=fetch_max_wait_ms)  # fmt: skip
+    await consumer.start()
+    arrived: dict[bytes, float] = {}
+    stamps: dict[bytes, int] = {}
+    count = int(rate * seconds)
+    everything = asyncio.Event()
+
+    async def read() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.time() * 1000
+                for r in records:
+                    arrived.setdefault(r.value, now)
+                    stamps.setdefault(r.value, r.timestamp)
+            if len(arrived) >= count:
+                everything.set()
+
+    reading = asyncio.create_task(read())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=0)
+    await producer.start()
+    load_before = load_average()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        for i in range(count):
+            delay = start + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await producer.send(topic, f"floor-{i}".encode(), timestamp_ms=int(time.time() * 1000))
+        await producer.flush()
+        await asyncio.wait_for(everything.wait(), 60)
+    finally:
+        await producer.stop()
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        await consumer.stop()
+    return {
+        "offered_per_second": round(rate, 1),
+        "records": count,
+        "produce_to_consumer_ms": percentiles([arrived[v] - stamps[v] for v in arrived]),
         "load_average_before_after": [load_before, load_average()],
     }
 

@@ -142,7 +142,12 @@ class Settings(BaseSettings):
     )
     # --- batching and flow control ---
     batch_size: int = Field(32, ge=1, le=4096, description="Most queries per batch.")
-    batch_wait_ms: int = Field(5, ge=0, le=10_000, description="Longest wait to fill a batch.")
+    # 0 by default: a batch is formed when the embedding stage can take one, and takes every query
+    # that arrived meanwhile (so batches grow with the load); waiting on top of that only delays a
+    # query that arrives at an idle encoder, where companions within a few ms are rare
+    batch_wait_ms: int = Field(
+        0, ge=0, le=10_000, description="Longest wait to fill a batch once its first query is fetched."
+    )
     max_in_flight_batches: int = Field(4, ge=1, description="Batches in flight before partitions pause.")
     # --- limits ---
     max_message_bytes: int = Field(64 * 1024, ge=256, description="Largest query record accepted.")

@@ -7,6 +7,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition
 from pipeline_fakes import ConsumerRecord, FakeConsumer
 
+from worker.config import load_settings
 from worker.pipeline import Batcher
 
 
@@ -49,6 +50,16 @@ async def test_a_partial_batch_fills_up_until_the_wait_is_over() -> None:
     assert consumer.calls[2][1] == 7
     assert all(timeout <= 50 for timeout, _ in consumer.calls[1:])
     assert consumer.script == [[3]]  # the next batch starts with it
+
+
+async def test_by_default_a_partial_batch_is_handed_over_after_one_fetch() -> None:
+    # the served default waits for nothing: what arrived while the encoder was busy is the batch
+    consumer = ScriptedConsumer([[0, 1], [2]])
+    wait_s = load_settings().batch_wait_ms / 1000
+    batch = await Batcher(consumer, batch_size=10, batch_wait_s=wait_s, clock=consumer.clock).next_batch()
+    assert [r.offset for r in batch] == [0, 1]
+    assert len(consumer.calls) == 1
+    assert consumer.script == [[2]]
 
 
 async def test_an_idle_poll_gives_an_empty_batch() -> None:

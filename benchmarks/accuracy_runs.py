@@ -7,8 +7,9 @@ Routers (rows of the tables):
   without any calibration serves);
 - routeworker served defaults: the self-fit calibration (no labelled data) that `routeworker
   routes apply` publishes, served as a replica serves it;
-- routeworker fitted: a calibration fitted on the fit split (head, head weight, thresholds, margin),
-  what `routeworker fit --examples ... --publish` ships.
+- routeworker fitted: a calibration fitted on the fit split (head, head weight, thresholds, margin;
+  "no match" examples weighted to ``NO_MATCH_SHARE`` of traffic; the shipped head also trained on
+  the in-scope fit examples), what `routeworker fit --examples ... --publish` ships.
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ def evaluate_run(
     keep = [i for i in route_rows if i not in held]
     fitting_table = table if not held else build_table(ds.routes.take(keep), vec["routes"][keep], fingerprint)
     started = time.perf_counter()
-    fitted, _ = fit_calibration(fitting_table, vec["fit"], ds.fit.labels, head=HeadConfig())
+    # with held-out rows the fit examples are route utterances of the served table already
+    fitted, _ = fit_calibration(
+        fitting_table, vec["fit"], ds.fit.labels, head=HeadConfig(), train_on_examples=not held
+    )
     if held:
         # served as fitted, with the head trained on every route (as `fit` on the full file would)
         head = half_precision(train_head(table.snapshot().routes(), HeadConfig()))

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_report import render_markdown, summarise
-from accuracy_runs import SR_DEFAULT, SR_FITTED, evaluate_run, sample_rows
+from accuracy_runs import SERVED, SR_DEFAULT, SR_FITTED, evaluate_run, sample_rows
 from datasets import Dataset, banking77, clinc150
 from envs import run_plot, run_semantic_router
 from machine import machine_info
@@ -79,6 +79,7 @@ def evaluate(
     seeds: tuple[int, ...],
     with_sr: bool,
     reused_sr: dict[str, Any] | None = None,
+    reused_served: dict[str, Any] | None = None,
 ) -> dict[str, object]:
     vec = {
         "routes": cache.embed(ds.routes.texts, f"{ds.name}-routes"),
@@ -89,8 +90,14 @@ def evaluate(
     runs: dict[str, dict[str, object]] = {}
     for spec in specs:
         started = time.perf_counter()
+        served_from = None
+        if reused_served is not None and spec["k"] is not None:
+            served_from = reused_served["runs"][spec["name"]]
+            # the same rows (older results did not record them: sampling is seeded and deterministic)
+            assert served_from["route_rows_digest"] in (None, _rows_digest(spec["route_rows"])), spec["name"]  # type: ignore[arg-type]
         body = evaluate_run(ds, spec["route_rows"], vec, fingerprint,  # type: ignore[arg-type]
-                            fit_excluded_rows=spec["fit_excluded_rows"])  # type: ignore[arg-type]  # fmt: skip
+                            fit_excluded_rows=spec["fit_excluded_rows"],  # type: ignore[arg-type]
+                            served_from=served_from)  # fmt: skip
         body.update(k=spec["k"], seed=spec["seed"], seconds=time.perf_counter() - started)
         body["route_rows_digest"] = _rows_digest(spec["route_rows"])  # type: ignore[arg-type]
         runs[str(spec["name"])] = body
@@ -147,6 +154,12 @@ def main() -> int:
         help="only redraw accuracy.md, accuracy.png and the README from --out",
     )
     parser.add_argument(
+        "--reuse-served-few-shot",
+        action="store_true",
+        help="take the served defaults' few-shot figures from --out/accuracy.json (same runs, same "
+        "vectors; only when the self-fit did not change: the full-data runs are self-fitted again)",
+    )
+    parser.add_argument(
         "--reuse-semantic-router",
         action="store_true",
         help="take semantic-router's answers from --out/accuracy.json (same runs, same vectors)",
@@ -163,9 +176,11 @@ def main() -> int:
     loaders = {"banking77": lambda: banking77(args.datasets), "clinc150": lambda: clinc150(args.datasets)}
     shots, seeds = tuple(args.shots), tuple(range(args.seeds))
     reused = _semantic_router_answers(args.out / "accuracy.json") if args.reuse_semantic_router else {}
+    served = _served_answers(args.out / "accuracy.json") if args.reuse_served_few_shot else {}
     results = {
         name: evaluate(load(), cache, encoder.fingerprint, shots=shots, seeds=seeds,
-                       with_sr=not args.no_semantic_router, reused_sr=reused.get(name))
+                       with_sr=not args.no_semantic_router, reused_sr=reused.get(name),
+                       reused_served=served.get(name))
         for name, load in loaders.items()
         if args.only in (None, name)
     }  # fmt: skip
@@ -215,6 +230,24 @@ def _semantic_router_answers(path: Path) -> dict[str, dict[str, Any]]:
         }
         out[dataset] = {"runs": runs, "info": body["semantic_router"]}
     return out
+
+
+def _served_answers(path: Path) -> dict[str, dict[str, Any]]:
+    """Per dataset: the served defaults' figures and choices of every run in an earlier accuracy.json."""
+    manifest = json.loads(path.read_text())
+    return {
+        dataset: {
+            "runs": {
+                name: {
+                    "route_rows_digest": run.get("route_rows_digest"),
+                    "results": {SERVED: run["results"][SERVED]},
+                    "calibrations": {SERVED: run["calibrations"][SERVED]},
+                }
+                for name, run in body["runs"].items()
+            }
+        }
+        for dataset, body in manifest["datasets"].items()
+    }
 
 
 def _plain(value: object) -> object:

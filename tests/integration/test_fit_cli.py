@@ -37,6 +37,8 @@ def test_fit_prints_a_table_and_writes_thresholds(
     printed = capsys.readouterr().out
     assert "fitted thresholds" in printed
     assert "no-match recall" in printed
+    flat = " ".join(printed.replace("│", " ").split())  # table cells wrap in a narrow console
+    assert "head also trained on 6 of them" in flat  # the in-scope examples teach the shipped head
     fitted = load_route_file(out)
     original = load_route_file(ROUTES)
     assert [r.name for r in fitted] == [r.name for r in original]
@@ -74,3 +76,13 @@ def test_fit_rejects_bad_examples(
     examples.write_text(csv_text)
     assert main(["fit", "--routes", str(ROUTES), "--examples", str(examples)]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("share", ["1.5", "-0.1", "many"])
+def test_fit_refuses_a_no_match_share_that_is_not_one(share: str, tmp_path: Path) -> None:
+    examples = tmp_path / "examples.csv"
+    examples.write_text(EXAMPLES)
+    argv = ["fit", "--routes", str(ROUTES), "--examples", str(examples), "--no-match-share", share]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2

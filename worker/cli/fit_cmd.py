@@ -1,14 +1,16 @@
 """`routeworker fit`: calibrate a route file (head, head weight, thresholds) and print what was chosen.
 
 Without ``--examples`` it self-fits: cross-validation over the routes' own utterances chooses the
-head weight and the thresholds (:mod:`worker.routing.self_fit`), and the cross-validated estimate
-is printed. With ``--examples`` (a CSV with columns ``text,label``; an empty label or
+head weight and the thresholds (:mod:`worker.routing.self_fit`), and the cross-validated estimate is
+printed. With ``--examples`` (a CSV with columns ``text,label``; an empty label or
 ``--no-match-label``, default ``oos``, means "no route should match") per-route thresholds, the
-margin and the head weight are fitted on them. Either way the calibration is the one `routeworker
-run` would serve: with the learned head on (``ROUTING_HEAD``) a head is trained as it is shipped.
-``--publish`` ships it to the replicas through the mutation log; ``--write FILE`` writes the route
-file back with fitted thresholds filled in; ``--settings-out FILE`` writes the fitted default
-threshold, margin and head weight as a TOML settings file (``ROUTEWORKER_CONFIG_FILE``).
+margin and the head weight are fitted on them, with the "no match" examples standing for at least
+``--no-match-share`` of the traffic (default 0.1; a labelled file rarely holds as many as traffic
+does), and the head is also trained on the in-scope examples. Either way the calibration is the one
+`routeworker run` would serve: with the learned head on (``ROUTING_HEAD``) a head is trained as it
+is shipped. ``--publish`` ships it to the replicas through the mutation log; ``--write FILE`` writes
+the route file back with fitted thresholds filled in; ``--settings-out FILE`` writes the fitted
+default threshold, margin and head weight as a TOML settings file (``ROUTEWORKER_CONFIG_FILE``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from worker.replication.routefile import dump_routes, load_route_file
 from worker.replication.vectors import embed_routes, route_of
 from worker.routing import FittedThresholds, RouteCalibration, RouteTable, RouteVectors, self_fit
 from worker.routing.fit_calibration import fit_calibration
-from worker.routing.fitting import FitMetrics
+from worker.routing.fitting import NO_MATCH_SHARE, FitMetrics
 from worker.routing.head import HeadConfig
 from worker.routing.types import Vectors
 
@@ -96,7 +98,9 @@ def _fit(args: argparse.Namespace) -> int:
             calibration = self_fit(routes, scoring_config(settings), self_fit_config(settings, len(routes)))
         console.print(calibration_table(calibration))
     else:
-        calibration, fitted = _fit_on_examples(settings, routes, pool.dim, pool.fingerprint, vectors, labels)
+        calibration, fitted = _fit_on_examples(
+            settings, routes, pool.dim, pool.fingerprint, vectors, labels, args.no_match_share
+        )
         _print_fitted(calibration, fitted, len(texts))
         _write_outputs(args, definitions, calibration, fitted)
     if args.publish:
@@ -115,6 +119,7 @@ def _fit_on_examples(
     fingerprint: str,
     vectors: Vectors,
     labels: list[str | None],
+    no_match_share: float | None,
 ) -> tuple[RouteCalibration, FittedThresholds]:
     """Fit as `routeworker run` serves: with a head (trained as shipped) if the settings want one."""
     table_ = RouteTable.from_routes(routes, (), dim, fingerprint)
@@ -126,6 +131,7 @@ def _fit_on_examples(
         scoring=scoring_config(settings),
         head=head,
         head_weight=settings.routing_head_weight,
+        no_match_share=no_match_share,
     )
 
 
@@ -161,6 +167,15 @@ def _write_outputs(
         console.print(f"wrote {args.settings_out}: serve with ROUTEWORKER_CONFIG_FILE={args.settings_out}")
 
 
+def _share(text: str) -> float | None:
+    if text == "own":
+        return None
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError("a share within [0, 1), or 'own'")
+    return value
+
+
 def _clamp(threshold: float) -> float:
     # a route threshold lives in [-1, 1] (cosine); "accept everything" fits as -inf
     return max(-1.0, min(1.0, threshold))
@@ -173,6 +188,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--examples", type=Path, default=None, help="CSV with columns text,label (default: self-fit)"
     )
     parser.add_argument("--no-match-label", default="oos", help="label meaning no match (default: oos)")
+    parser.add_argument(
+        "--no-match-share",
+        type=_share,
+        default=NO_MATCH_SHARE,
+        help=f"least share of traffic the no-match examples stand for (default {NO_MATCH_SHARE}; "
+        "'own': the examples' own share)",
+    )
     parser.add_argument(
         "--write", type=Path, default=None, help="write the route file with fitted thresholds"
     )

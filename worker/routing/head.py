@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,20 +64,36 @@ class RouteHead:
         return softmax(features @ self.weights + self.bias)
 
 
-def train_head(routes: Iterable[RouteVectors], config: HeadConfig | None = None) -> RouteHead:
-    """Train a head on ``routes``: utterances pull towards their route, negatives push away."""
+def train_head(
+    routes: Iterable[RouteVectors],
+    config: HeadConfig | None = None,
+    examples: tuple[Vectors, Sequence[str | None]] | None = None,
+) -> RouteHead:
+    """Train a head on ``routes``: utterances pull towards their route, negatives push away.
+
+    ``examples`` (vectors, labels) are labelled queries trained like utterances of the route they
+    name; rows labelled None ("no match") or with a route not in ``routes`` are left out.
+    """
     config = config or HeadConfig()
     started = time.perf_counter()
     ordered = sorted(routes, key=lambda rv: rv.name)
     if not ordered:
         raise ValueError("a head needs at least one route")
     dim = ordered[0].dim
-    xs = [rv.utterance_vectors for rv in ordered] + [rv.negative_vectors for rv in ordered]
+    xs = [rv.utterance_vectors for rv in ordered]
     ys = [np.full(rv.utterance_vectors.shape[0], i) for i, rv in enumerate(ordered)]
+    if examples is not None:
+        column = {rv.name: i for i, rv in enumerate(ordered)}
+        codes = np.array([column.get(label, -1) if label is not None else -1 for label in examples[1]])
+        known = np.flatnonzero(codes >= 0)
+        xs.append(np.asarray(examples[0], dtype=np.float32).reshape(-1, dim)[known])
+        ys.append(codes[known])
+    positives = sum(x.shape[0] for x in xs)
+    xs += [rv.negative_vectors for rv in ordered]
     ys += [np.full(rv.negative_vectors.shape[0], i) for i, rv in enumerate(ordered)]
     x = np.concatenate(xs).astype(np.float32) if xs else np.zeros((0, dim), np.float32)
     y = np.concatenate(ys).astype(np.int64)
-    positive = np.arange(y.size) < sum(rv.utterance_vectors.shape[0] for rv in ordered)
+    positive = np.arange(y.size) < positives
     layers: HeadLayers = train_layers(x, y, positive, len(ordered), config)
     seconds = time.perf_counter() - started
     logger.info("trained route head: %d routes, %d examples in %.2fs", len(ordered), y.size, seconds)

@@ -3,6 +3,10 @@
 Thresholds never change which route ranks first, so each example is scored once; then, for every
 candidate margin, each route's best threshold is a best-prefix search over its examples sorted by
 score (one sort and one cumulative sum for all routes at once).
+
+Examples may carry weights (``ScoredExamples.weight``): the fit then maximises the weighted
+accuracy (:attr:`FitMetrics.objective`), which is how ``worker.routing.fitting`` places thresholds
+for the share of "no match" the traffic is assumed to hold rather than the examples' own share.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ class FitMetrics:
     no_match_recall: float
     #: among "no match" answers, the share that were labelled "no match"
     no_match_precision: float
+    #: what the fit maximises: accuracy with every example counted at its weight (None: unweighted,
+    #: then equal to ``accuracy``)
+    weighted_accuracy: float | None = None
+
+    @property
+    def objective(self) -> float:
+        """The figure fits are chosen by: the weighted accuracy where examples are weighted."""
+        return self.accuracy if self.weighted_accuracy is None else self.weighted_accuracy
 
 
 @dataclass(frozen=True)
@@ -44,10 +56,13 @@ class ScoredExamples:
     score: Floats
     gap: Floats  # best minus runner-up (inf without runner-up)
     label: Labels
+    #: each example's weight in the fit's objective (None: every example counts 1)
+    weight: Floats | None = None
 
     def take(self, rows: npt.NDArray[np.bool_]) -> ScoredExamples:
         """The examples selected by the mask ``rows``."""
-        return ScoredExamples(self.best[rows], self.score[rows], self.gap[rows], self.label[rows])
+        weight = self.weight[rows] if self.weight is not None else None
+        return ScoredExamples(self.best[rows], self.score[rows], self.gap[rows], self.label[rows], weight)
 
 
 @dataclass(frozen=True)
@@ -77,11 +92,11 @@ def search_cut(
     for margin in sorted(set(margins)):
         default = _fit_default(scored, margin, current.default)
         thresholds = _fit_per_route(scored, margin, default, routes, min_examples)
-        accuracy = metrics(scored, predict(scored, thresholds, margin)).accuracy
+        accuracy = metrics(scored, predict(scored, thresholds, margin)).objective
         if best is None or accuracy > best[0]:
             best = (accuracy, Cut(thresholds, default, margin))
     assert best is not None
-    if best[0] < metrics(scored, predict(scored, current.thresholds, current.margin)).accuracy:
+    if best[0] < metrics(scored, predict(scored, current.thresholds, current.margin)).objective:
         # A fit never makes the examples it was fitted on worse: keep what the router had.
         return Cut(current.thresholds, current.default, current.margin, kept_current=True)
     return best[1]
@@ -99,6 +114,9 @@ def metrics(scored: ScoredExamples, predicted: Labels) -> FitMetrics:
     """Accuracy figures of the answers ``predicted`` for ``scored``."""
     no_match = scored.label < 0
     answered_none = predicted < 0
+    weighted = None
+    if scored.weight is not None and scored.weight.size:
+        weighted = float(scored.weight[predicted == scored.label].sum() / scored.weight.sum())
     return FitMetrics(
         examples=int(scored.label.size),
         no_match_examples=int(no_match.sum()),
@@ -106,6 +124,7 @@ def metrics(scored: ScoredExamples, predicted: Labels) -> FitMetrics:
         in_scope_accuracy=_share(predicted == scored.label, ~no_match),
         no_match_recall=_share(answered_none, no_match),
         no_match_precision=_share(no_match, answered_none),
+        weighted_accuracy=weighted,
     )
 
 
@@ -117,8 +136,11 @@ def _share(hit: npt.NDArray[np.bool_], among: npt.NDArray[np.bool_]) -> float:
 def _gain(scored: ScoredExamples, margin: float) -> Floats:
     # Accepting example i (instead of answering "no match") gains +1 when its label is the best
     # route, -1 when it is "no match", 0 when it is another route (wrong either way).
+    # Weighted examples gain (or lose) their weight.
     eligible = (scored.best >= 0) & (scored.gap >= margin)
     gain = (scored.label == scored.best).astype(np.float64) - (scored.label < 0)
+    if scored.weight is not None:
+        gain = gain * scored.weight
     return np.where(eligible, gain, 0.0)
 
 

@@ -267,3 +267,19 @@ def test_a_sampled_softmax_still_learns_and_is_deterministic() -> None:
     queries = np.concatenate([_near(rng, c, 5, 0.9) for c in centres])
     truth = np.repeat(np.arange(len(names)), 5)
     assert float(np.mean(head.probabilities(queries).argmax(axis=1) == truth)) >= 0.9
+
+
+def test_labelled_examples_train_like_utterances_of_their_route() -> None:
+    table, _, _, _ = _world(3, routes=4)
+    routes = list(table.snapshot().routes())
+    rng = np.random.default_rng(9)
+    config = HeadConfig(hidden=0, epochs=30)
+    far = l2_normalise(rng.normal(size=(6, DIM)))  # a region no route's utterances are in
+    labels: list[str | None] = ["r02"] * 6
+    taught = train_head(routes, config, (far, labels))
+    plain = train_head(routes, config)
+    assert (taught.probabilities(far).argmax(axis=1) == taught.columns["r02"]).all()
+    assert taught.probabilities(far)[:, 2].mean() > plain.probabilities(far)[:, 2].mean()
+    # "no match" rows and routes the head does not learn are left out, not trained
+    ignored = train_head(routes, config, (far, [None, "elsewhere", None, None, None, None]))
+    assert np.array_equal(ignored.weights, plain.weights)

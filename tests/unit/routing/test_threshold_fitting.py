@@ -207,3 +207,58 @@ def test_one_threshold_replaces_per_route_ones_unless_those_cross_validate_bette
     hopeless = replace(perfect, accuracy=0.0)
     one = _per_route_or_one(fitted_router, vectors, labels, replace(fitted, cross_validated=hopeless))
     assert one.per_route == {}  # not the router's attached per-route thresholds kept as "current"
+
+
+def test_no_match_examples_are_weighted_up_to_the_stated_share_only() -> None:
+    from worker.routing.fitting import example_weights
+
+    labels = np.array([0] * 97 + [-1] * 3, dtype=np.int64)
+    weights = example_weights(labels, 0.1)
+    assert weights is not None
+    no_match = labels < 0
+    assert weights[~no_match].tolist() == [1.0] * 97
+    assert weights[no_match].sum() / weights.sum() == pytest.approx(0.1)
+    assert example_weights(labels, None) is None  # the examples' own share
+    assert example_weights(labels, 0.02) is None  # they already hold more than the share
+    assert example_weights(np.zeros(10, dtype=np.int64), 0.1) is None  # nothing argues for refusing
+    assert example_weights(np.full(10, -1, dtype=np.int64), 0.1) is None
+
+
+def test_a_stated_no_match_share_refuses_more_when_the_examples_hold_few() -> None:
+    from worker.routing.fitting import example_weights
+    from worker.routing.threshold_search import Cut, ScoredExamples, search_cut
+
+    # 100 right answers spread over [0.4, 1.0] and 3 "no match" examples just above the weakest
+    score = np.r_[np.linspace(0.4, 1.0, 100), [0.42, 0.43, 0.44]]
+    label = np.r_[np.zeros(100, dtype=np.int64), [-1, -1, -1]]
+    best = np.zeros(103, dtype=np.int64)
+    current = Cut(np.array([-1.0]), -1.0, 0.0)
+
+    def fitted_default(share: float | None) -> float:
+        scored = ScoredExamples(best, score, np.full(103, np.inf), label, example_weights(label, share))
+        return search_cut(scored, current, 1, 2**31, [0.0]).default
+
+    # at the examples' own 3% refusing the 3 costs 7 right answers; standing for 30% it pays
+    assert fitted_default(None) <= 0.42
+    assert 0.44 < fitted_default(0.3) <= score[score > 0.44].min()
+
+
+def test_the_shipped_head_also_learns_the_in_scope_examples() -> None:
+    from worker.routing.fit_calibration import fit_calibration
+    from worker.routing.head import HeadConfig
+
+    table, vectors, labels = _world(5, routes=8)
+    config = HeadConfig(hidden=16, epochs=4)
+    taught, _ = fit_calibration(table, vectors, labels, head=config)
+    untaught, _ = fit_calibration(table, vectors, labels, head=config, train_on_examples=False)
+    assert taught.head is not None
+    assert untaught.head is not None
+    assert not np.array_equal(taught.head.weights, untaught.head.weights)
+    assert "head also trained on 80 of them" in taught.method
+    assert "head also" not in untaught.method
+    # the weight and thresholds are chosen before the head sees the examples: the same either way
+    assert taught.head_weight == untaught.head_weight
+    assert taught.default_threshold == untaught.default_threshold
+    again, _ = fit_calibration(table, vectors, labels, head=config)
+    assert again.head is not None
+    assert np.array_equal(again.head.weights, taught.head.weights)

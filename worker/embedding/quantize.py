@@ -48,12 +48,41 @@ class StaticInt8:
     #: weights are symmetric within +-(2^(bits-1) - 1). 8: stored as uint8 around 128, which runs
     #: the u8u8 kernel (exact); 7: int8, which keeps the faster u8s8 kernel's int16 pair sums exact
     weight_bits: int = 8
+    #: activations are uint8 within [0, activation_max]; below 255 they leave room in the u8s8
+    #: kernel's int16 pair sums for wider weights (2 * activation_max * weight limit <= 32767)
+    activation_max: int = 255
+    #: int8 weights within +-weight_limit on the u8s8 kernel (overrides ``weight_bits``; None: off)
+    weight_limit: int | None = None
+    #: weight matmuls left in fp32, by weight name prefix (``encoder.layer.5.output.dense``)
+    fp32: tuple[str, ...] = ()
+    #: weight matmuls whose input is quantised per token (each token's own scale, symmetric around
+    #: 128, so still independent of the batch) with int8 weights within +-64 (exact on u8s8)
+    per_token: tuple[str, ...] = ()
+    #: their weights: int8 within +-this on u8s8, or None for uint8 within 128 +-127 on u8u8
+    per_token_weight_limit: int | None = 64
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError("alpha must be within [0, 1]")
         if self.weight_bits not in (7, 8):
             raise ValueError("weight_bits must be 7 or 8")
+        if not 1 <= self.activation_max <= 255:
+            raise ValueError("activation_max must be within [1, 255]")
+        if self.weight_limit is not None and not 1 <= self.weight_limit <= 127:
+            raise ValueError("weight_limit must be within [1, 127]")
+
+    @property
+    def signed_limit(self) -> int | None:
+        """The int8 weights' limit on the u8s8 kernel, or None for uint8 weights (u8u8 kernel)."""
+        if self.weight_limit is not None:
+            return self.weight_limit
+        return 63 if self.weight_bits == 7 else None
+
+    @property
+    def pair_sums_exact(self) -> bool:
+        """Whether x86's u8s8 kernel without VNNI (int16 sums of product pairs) never saturates."""
+        limit = self.signed_limit
+        return limit is None or 2 * self.activation_max * limit <= 32767
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +92,7 @@ class _Quantised:
     smoothing: np.ndarray  # float64, one per channel
     scale: float
     zero_point: int
+    levels: int = 255  # the largest integer; below 255 a Clip keeps out-of-range values there
 
 
 def quantise_static(
@@ -81,15 +111,32 @@ def quantise_static(
     dropped: set[str] = set()  # bias Adds folded into the integer matmul, float weights
     added: list[onnx.TensorProto] = []
     for item in weight_inputs(model):
+        item = _without_fp32(item, config.fp32)
+        if not item.matmuls:
+            continue
         if item.name not in ranges.low:
             raise ValueError(f"the calibration ranges lack {item.name!r}: measure them again")
         floats = [numpy_helper.to_array(weights[m.input[1]]).astype(np.float64) for m in item.matmuls]
-        quantiser = _quantiser(ranges.low[item.name], ranges.high[item.name], floats, config.alpha)
-        source, front, tensors = _quantise_input(item, quantiser)
+        quantiser = _quantiser(
+            ranges.low[item.name], ranges.high[item.name], floats, config.alpha, config.activation_max
+        )
+        per_token = bool(config.per_token) and item.matmuls[0].input[1].startswith(config.per_token)
+        if per_token:
+            source, front, tensors = _quantise_per_token(item, quantiser)
+        else:
+            source, front, tensors = _quantise_input(item, quantiser)
         added += tensors
         for i, (matmul, weight) in enumerate(zip(item.matmuls, floats, strict=True)):
+            if per_token:
+                matmul_nodes, tensors = _per_token_matmul(
+                    matmul, weight, quantiser, source, config.per_token_weight_limit
+                )
+                added += tensors
+                dropped.add(matmul.input[1])
+                replaced[matmul.name] = (front if i == 0 else []) + matmul_nodes
+                continue
             bias_add = _bias_add(matmul, readers, weights)
-            node, tensors = _integer_matmul(matmul, weight, quantiser, source, config.weight_bits, bias_add)
+            node, tensors = _integer_matmul(matmul, weight, quantiser, source, config.signed_limit, bias_add)
             added += tensors
             dropped.add(matmul.input[1])
             if bias_add is not None:
@@ -116,7 +163,18 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _quantiser(low: np.ndarray, high: np.ndarray, weights: list[np.ndarray], alpha: float) -> _Quantised:
+def _without_fp32(item: WeightInput, fp32: tuple[str, ...]) -> WeightInput:
+    """``item`` without the matmuls whose weights ``fp32`` names (their first reader names it)."""
+    kept = tuple(m for m in item.matmuls if not m.input[1].startswith(fp32)) if fp32 else item.matmuls
+    if kept == item.matmuls:
+        return item
+    # a shared input keeps the name of its first weight, so the shipped ranges still apply
+    return WeightInput(item.tensor, item.name, kept)
+
+
+def _quantiser(
+    low: np.ndarray, high: np.ndarray, weights: list[np.ndarray], alpha: float, levels: int = 255
+) -> _Quantised:
     low64, high64 = low.astype(np.float64), high.astype(np.float64)
     activation_max = np.maximum(np.maximum(-low64, high64), 1e-5)
     weight_max = np.maximum(np.max([np.abs(w).max(axis=1) for w in weights], axis=0), 1e-5)
@@ -124,11 +182,11 @@ def _quantiser(low: np.ndarray, high: np.ndarray, weights: list[np.ndarray], alp
     # dividing by a positive factor keeps each channel's extremes its extremes
     lowest = min(float((low64 / smoothing).min()), 0.0)
     highest = max(float((high64 / smoothing).max()), 0.0)
-    scale = (highest - lowest) / 255.0
+    scale = (highest - lowest) / levels
     if scale <= 0.0:
         raise ValueError("an activation that is always zero cannot be quantised")
-    zero_point = int(np.clip(np.round(-lowest / scale), 0, 255))
-    return _Quantised(smoothing, float(np.float32(scale)), zero_point)
+    zero_point = int(np.clip(np.round(-lowest / scale), 0, levels))
+    return _Quantised(smoothing, float(np.float32(scale)), zero_point, levels)
 
 
 def _quantise_input(
@@ -142,16 +200,89 @@ def _quantise_input(
         numpy_helper.from_array(np.array(q.zero_point, np.uint8), f"{base}.zero_point"),
     ]
     smoothed = f"{base}.smoothed"
+    quantised = f"{base}.q" if q.levels == 255 else f"{base}.q.unclipped"
     nodes = [
         helper.make_node("Mul", [item.tensor, f"{base}.smoothing"], [smoothed], name=smoothed),
         helper.make_node(
             "QuantizeLinear",
             [smoothed, f"{base}.scale", f"{base}.zero_point"],
-            [f"{base}.q"],
-            name=f"{base}.q",
+            [quantised],
+            name=quantised,
+        ),
+    ]
+    if q.levels < 255:  # a value past the calibrated range must not exceed the kernel's bound
+        tensors += [
+            numpy_helper.from_array(np.array(0, np.uint8), f"{base}.q.low"),
+            numpy_helper.from_array(np.array(q.levels, np.uint8), f"{base}.q.high"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Clip", [quantised, f"{base}.q.low", f"{base}.q.high"], [f"{base}.q"], name=f"{base}.q"
+            )
+        )
+    return base, nodes, tensors
+
+
+PER_TOKEN_WEIGHT_LIMIT = 64  # 2 * 255 * 64 = 32,640: u8s8 pair sums stay within int16
+
+
+def _quantise_per_token(
+    item: WeightInput, q: _Quantised
+) -> tuple[str, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Smoothing, then each token's own symmetric scale: ``round(x / (max|x| / 127)) + 128``."""
+    base = item.name.removesuffix(".weight.T") + ".input"
+    tensors = [
+        numpy_helper.from_array((1.0 / q.smoothing).astype(np.float32), f"{base}.smoothing"),
+        numpy_helper.from_array(np.array(1e-8, np.float32), f"{base}.tiny"),
+        numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), f"{base}.per_level"),
+        numpy_helper.from_array(np.array(1.0, np.float32), f"{base}.unit"),
+        numpy_helper.from_array(np.array(128, np.uint8), f"{base}.zero_point"),
+    ]
+    b = base
+    nodes = [
+        helper.make_node("Mul", [item.tensor, f"{b}.smoothing"], [f"{b}.smoothed"], name=f"{b}.smoothed"),
+        helper.make_node("Abs", [f"{b}.smoothed"], [f"{b}.abs"], name=f"{b}.abs"),
+        helper.make_node("ReduceMax", [f"{b}.abs"], [f"{b}.max"], name=f"{b}.max", axes=[-1], keepdims=1),
+        helper.make_node("Max", [f"{b}.max", f"{b}.tiny"], [f"{b}.max.nonzero"], name=f"{b}.max.nonzero"),
+        helper.make_node(
+            "Mul", [f"{b}.max.nonzero", f"{b}.per_level"], [f"{b}.row_scale"], name=f"{b}.row_scale"
+        ),
+        helper.make_node("Div", [f"{b}.smoothed", f"{b}.row_scale"], [f"{b}.levels"], name=f"{b}.levels"),
+        helper.make_node(
+            "QuantizeLinear", [f"{b}.levels", f"{b}.unit", f"{b}.zero_point"], [f"{b}.q"], name=f"{b}.q"
         ),
     ]
     return base, nodes, tensors
+
+
+def _per_token_matmul(
+    matmul: onnx.NodeProto, weight: np.ndarray, q: _Quantised, source: str, signed_limit: int | None
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``matmul`` on a per-token quantised input: integer product, then times the token's scale."""
+    name = matmul.input[1].removesuffix(".T")
+    limit = 127 if signed_limit is None else signed_limit
+    smoothed = weight * q.smoothing[:, None]
+    scales = np.maximum(np.abs(smoothed).max(axis=0), 1e-12) / limit
+    integers = np.clip(np.round(smoothed / scales), -limit, limit).astype(np.int8)
+    zero_points = np.zeros(scales.shape, np.int8)
+    if signed_limit is None:
+        integers = (integers.astype(np.int16) + 128).astype(np.uint8)
+        zero_points = np.full(scales.shape, 128, np.uint8)
+    tensors = [
+        numpy_helper.from_array(integers, f"{name}.int8"),
+        numpy_helper.from_array(scales.astype(np.float32), f"{name}.scale"),
+        numpy_helper.from_array(zero_points, f"{name}.zero_point"),
+    ]
+    unscaled = f"{name}.unscaled"
+    inputs = [f"{source}.q", f"{name}.int8", f"{source}.unit", f"{name}.scale", f"{source}.zero_point",
+              f"{name}.zero_point"]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMulIntegerToFloat", inputs, [unscaled], name=matmul.name, domain=MS_DOMAIN),
+        helper.make_node(
+            "Mul", [unscaled, f"{source}.row_scale"], [matmul.output[0]], name=f"{name}.rescaled"
+        ),
+    ]
+    return nodes, tensors
 
 
 def _bias_add(
@@ -171,17 +302,17 @@ def _integer_matmul(
     weight: np.ndarray,
     q: _Quantised,
     source: str,
-    bits: int,
+    signed_limit: int | None,
     bias_add: onnx.NodeProto | None,
 ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     """``matmul`` (+ its bias) as an integer matmul reading the quantised input named ``source``."""
     name = matmul.input[1].removesuffix(".T")  # encoder.layer.0.attention.self.query.weight
-    limit = 2 ** (bits - 1) - 1
+    limit = 127 if signed_limit is None else signed_limit
     smoothed = weight * q.smoothing[:, None]
     scales = np.maximum(np.abs(smoothed).max(axis=0), 1e-12) / limit
     integers = np.clip(np.round(smoothed / scales), -limit, limit).astype(np.int8)
     zero_points = np.zeros(scales.shape, np.int8)
-    if bits == 8:  # full-range int8 would saturate the u8s8 kernel on AVX2: shift into uint8
+    if signed_limit is None:  # full-range int8 would saturate the u8s8 kernel on AVX2: shift into uint8
         integers = (integers.astype(np.int16) + 128).astype(np.uint8)
         zero_points = np.full(scales.shape, 128, np.uint8)
     tensors = [

@@ -22,12 +22,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,52 +60,61 @@ console = Console(width=150)
 
 
 def _layers(suffix: str, layers: Sequence[int] = range(LAYERS)) -> tuple[str, ...]:
-    return tuple(f"encoder.layer.{i}.{suffix}" for i in layers)
+    """Patterns of StaticInt8.fp32 / per_token naming ``suffix``'s weight in each of ``layers``."""
+    return tuple(re.escape(f"encoder.layer.{i}.{suffix}.") for i in layers)
+
+
+#: main's recipe before this benchmark: the knobs each recipe below changes start from it
+BEFORE = StaticInt8(weight_limit=None, fp32=())
+
+
+def _recipe(**changes: Any) -> StaticInt8:
+    return replace(BEFORE, **changes)
 
 
 RECIPES: dict[str, StaticInt8] = {
-    "u8u8 w8 a8 (main)": StaticInt8(),
-    "u8s8 w7 a8": StaticInt8(weight_bits=7),
-    "u8s8 w8 a8 (saturating)": StaticInt8(weight_limit=127),
-    "u8s8 w8 a7": StaticInt8(weight_limit=127, activation_max=127),
-    "u8s8 w90 a181": StaticInt8(weight_limit=90, activation_max=181),
-    "u8s8 w64 a255": StaticInt8(weight_limit=64),
-    "u8s8 w90 a181, FFN out fp32": StaticInt8(
-        weight_limit=90, activation_max=181, fp32=_layers("output.dense")
-    ),
-    "u8s8 w64 a255, FFN out fp32": StaticInt8(weight_limit=64, fp32=_layers("output.dense")),
-    "u8s8 w64 a255, FFN out per token": StaticInt8(weight_limit=64, per_token=_layers("output.dense")),
-    "u8s8 w64 a255, FFN in+out per token": StaticInt8(
+    "u8u8 w8 a8 (main)": _recipe(),
+    "u8s8 w7 a8": _recipe(weight_bits=7),
+    "u8s8 w8 a8 (saturating)": _recipe(weight_limit=127),
+    "u8s8 w8 a7": _recipe(weight_limit=127, activation_max=127),
+    "u8s8 w90 a181": _recipe(weight_limit=90, activation_max=181),
+    "u8s8 w64 a255": _recipe(weight_limit=64),
+    "u8s8 w90 a181, FFN out fp32": _recipe(weight_limit=90, activation_max=181, fp32=_layers("output.dense")),
+    "u8s8 w64 a255, FFN out fp32": _recipe(weight_limit=64, fp32=_layers("output.dense")),
+    "u8s8 w64 a255, FFN out per token": _recipe(weight_limit=64, per_token=_layers("output.dense")),
+    "u8s8 w64 a255, FFN in+out per token": _recipe(
         weight_limit=64, per_token=_layers("output.dense") + _layers("intermediate.dense")
     ),
-    "u8s8 w64, all per token": StaticInt8(weight_limit=64, per_token=("encoder.",)),
-    "u8s8 w64 a255, FFN out per token u8u8": StaticInt8(
+    "u8s8 w64, all per token": _recipe(weight_limit=64, per_token=(re.escape("encoder."),)),
+    "u8s8 w64 a255, FFN out per token u8u8": _recipe(
         weight_limit=64, per_token=_layers("output.dense"), per_token_weight_limit=None
     ),
-    "u8u8 w8 a8, FFN out per token u8u8": StaticInt8(
+    "u8u8 w8 a8, FFN out per token u8u8": _recipe(
         per_token=_layers("output.dense"), per_token_weight_limit=None
     ),
-    "u8u8 w8 a8, all per token u8u8": StaticInt8(per_token=("encoder.",), per_token_weight_limit=None),
-    "u8u8 w8 a8, all per token u8u8, alpha 0.5": StaticInt8(
-        alpha=0.5, per_token=("encoder.",), per_token_weight_limit=None
+    "u8u8 w8 a8, all per token u8u8": _recipe(
+        per_token=(re.escape("encoder."),), per_token_weight_limit=None
     ),
-    "u8u8 w8 a8, FFN out fp32": StaticInt8(fp32=_layers("output.dense")),
-    "u8s8 w64 a255, FFN out per token u8u8, alpha 0.5": StaticInt8(
+    "u8u8 w8 a8, all per token u8u8, alpha 0.5": _recipe(
+        alpha=0.5, per_token=(re.escape("encoder."),), per_token_weight_limit=None
+    ),
+    "u8u8 w8 a8, FFN out fp32": _recipe(fp32=_layers("output.dense")),
+    "u8s8 w64 a255, FFN out per token u8u8, alpha 0.5": _recipe(
         alpha=0.5, weight_limit=64, per_token=_layers("output.dense"), per_token_weight_limit=None
     ),
-    "u8s8 w90 a181, last layer fp32": StaticInt8(
-        weight_limit=90, activation_max=181, fp32=("encoder.layer.5.",)
+    "u8s8 w90 a181, last layer fp32": _recipe(
+        weight_limit=90, activation_max=181, fp32=(re.escape("encoder.layer.5."),)
     ),
-    "u8s8 w90 a181, alpha 0.5": StaticInt8(alpha=0.5, weight_limit=90, activation_max=181),
-    "u8s8 w90 a181, alpha 0.65": StaticInt8(alpha=0.65, weight_limit=90, activation_max=181),
+    "u8s8 w90 a181, alpha 0.5": _recipe(alpha=0.5, weight_limit=90, activation_max=181),
+    "u8s8 w90 a181, alpha 0.65": _recipe(alpha=0.65, weight_limit=90, activation_max=181),
 }
 
 
 #: recipes calibrated on per-channel quantiles of the shipped corpus instead of its min/max
 QUANTILE_RECIPES: dict[str, tuple[StaticInt8, float]] = {
-    "u8s8 w90 a181, q1e-4": (StaticInt8(weight_limit=90, activation_max=181), 1e-4),
-    "u8s8 w90 a181, q1e-3": (StaticInt8(weight_limit=90, activation_max=181), 1e-3),
-    "u8u8 w8 a8, q1e-3": (StaticInt8(), 1e-3),
+    "u8s8 w90 a181, q1e-4": (_recipe(weight_limit=90, activation_max=181), 1e-4),
+    "u8s8 w90 a181, q1e-3": (_recipe(weight_limit=90, activation_max=181), 1e-3),
+    "u8u8 w8 a8, q1e-3": (_recipe(), 1e-3),
 }
 
 
@@ -140,7 +150,7 @@ def quantile_ranges(model_path: Path, tokenizer_dir: Path, share: float) -> Chan
 
 # which layers' FFN output matters most (one or a few left in fp32)
 RECIPES |= {
-    f"u8u8 w8 a8, FFN out fp32 in layers {','.join(map(str, layers))}": StaticInt8(
+    f"u8u8 w8 a8, FFN out fp32 in layers {','.join(map(str, layers))}": _recipe(
         fp32=_layers("output.dense", layers)
     )
     for layers in ((0,), (1,), (2,), (3,), (4,), (5,), (0, 1, 2), (3, 4, 5))

@@ -5,28 +5,32 @@ output) on an activation quantised with a scale and zero point fixed at export t
 integers, and hence its vector, depend on that token's own values only. Dynamic quantisation picks
 the activation scale per batch instead, which is why its vectors move with the company they keep.
 
-What makes it accurate (measured in benchmarks/variants.py, figures in the README):
+What the default does (every choice measured side by side in benchmarks/int8_recipes.py, figures
+in benchmarks/results/int8_recipes.json and the README):
 
 - SmoothQuant-style smoothing: BERT's LayerNorm and GELU outputs carry a few channels about 15x
   larger than the rest, which a per-tensor scale cannot resolve. Each input channel ``j`` is
   divided by ``s_j = max|x_j|^alpha / max|W_j|^(1-alpha)`` (one ``Mul`` before the quantiser) and
   the weight's row ``j`` multiplied by it: the product is unchanged, the outliers move into the
-  per-channel weight scales.
-- Only the activations of the 36 weight matmuls are quantised; outputs stay float, and the
-  attention products (activation by activation), softmax, GELU and LayerNorm run in fp32.
-- Weights are per output channel and symmetric within +-127 (8 bits), stored as uint8 around a
-  zero point of 128, so ONNX Runtime runs its uint8 x uint8 kernel, which widens to int16 and sums
-  in int32: exact on every CPU. (Signed int8 weights would run the uint8 x int8 kernel, which on x86
-  without VNNI adds pairs of products in int16 with saturation: 255 * 127 * 2 overflows it. Within
-  +-63, 7 bits, it cannot, and that graph is about 30% faster, but it loses 0.39 points on
-  CLINC150 with 10 utterances per route, past the 0.3 the default variant may lose; 8 bits lose
-  0.11; benchmarks/variants.py.) An int8 vector is the same on AVX2, AVX-512 VNNI and ARM machines
-  up to the fp32 parts of the graph.
-- Activations are asymmetric uint8 from the shipped min/max ranges of the calibration corpus.
+  per-channel weight scales. alpha 0.8; 0.5 and 0.65 were far worse.
+- The activations of 30 of the 36 weight matmuls are quantised. Each layer's FFN output (the
+  GELU activation's matmul) stays fp32: it is the most sensitive (layers 0 and 1 most of all), and
+  keeping it fp32 halves the distance to fp32 vectors (mean cosine 0.9987 against 0.9969 with it
+  quantised). The attention products (activation by activation), softmax, GELU and LayerNorm run
+  in fp32; outputs stay float.
+- Weights are per output channel, int8 within +-64, on ONNX Runtime's uint8 x int8 kernel. On x86
+  without VNNI that kernel adds pairs of products in int16 with saturation: 2 * 255 * 64 = 32,640
+  cannot saturate, so the integer sums are exact on AVX2, AVX-512 VNNI and ARM alike, and an int8
+  vector is the same on each up to the fp32 parts of the graph. Full 8-bit weights saturate it
+  (measurably less accurate); 8-bit weights stored as uint8 around 128 run the exact but slower
+  uint8 x uint8 kernel (main's recipe before: 312 against 392 texts/s, every FFN output quantised in both).
+- Activations are asymmetric uint8 from the shipped min/max ranges of the calibration corpus
+  (per-channel quantile ranges and 7-bit activations with wider weights measured no better).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +40,8 @@ from onnx import helper, numpy_helper
 from worker.embedding.calibration import ChannelRanges, WeightInput, weight_inputs
 
 MS_DOMAIN = "com.microsoft"
+#: the FFN output projection of every layer (not ``attention.output.dense``)
+FFN_OUTPUT = r"encoder\.layer\.\d+\.output\.dense\."
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +57,16 @@ class StaticInt8:
     #: activations are uint8 within [0, activation_max]; below 255 they leave room in the u8s8
     #: kernel's int16 pair sums for wider weights (2 * activation_max * weight limit <= 32767)
     activation_max: int = 255
-    #: int8 weights within +-weight_limit on the u8s8 kernel (overrides ``weight_bits``; None: off)
-    weight_limit: int | None = None
-    #: weight matmuls left in fp32, by weight name prefix (``encoder.layer.5.output.dense``)
-    fp32: tuple[str, ...] = ()
-    #: weight matmuls whose input is quantised per token (each token's own scale, symmetric around
-    #: 128, so still independent of the batch) with int8 weights within +-64 (exact on u8s8)
+    #: int8 weights within +-weight_limit on the u8s8 kernel (overrides ``weight_bits``; None: off).
+    #: 64 keeps the pair sums exact on AVX2 (2 * 255 * 64 = 32,640) with 8-bit activations
+    weight_limit: int | None = 64
+    #: weight matmuls left in fp32: regular expressions matched at the start of the weight's name.
+    #: The default keeps every layer's FFN output (the GELU activation's matmul, the most sensitive
+    #: to quantisation: benchmarks/int8_recipes.py) in fp32
+    fp32: tuple[str, ...] = (FFN_OUTPUT,)
+    #: weight matmuls (regular expressions, as ``fp32``) whose input is quantised per token: each
+    #: token's own scale, symmetric around 128, so still independent of the batch (measured: less
+    #: accurate than fp32 FFN outputs and slower than calibrated scales, so not used by default)
     per_token: tuple[str, ...] = ()
     #: their weights: int8 within +-this on u8s8, or None for uint8 within 128 +-127 on u8u8
     per_token_weight_limit: int | None = 64
@@ -120,7 +130,7 @@ def quantise_static(
         quantiser = _quantiser(
             ranges.low[item.name], ranges.high[item.name], floats, config.alpha, config.activation_max
         )
-        per_token = bool(config.per_token) and item.matmuls[0].input[1].startswith(config.per_token)
+        per_token = _named(item.matmuls[0].input[1], config.per_token)
         if per_token:
             source, front, tensors = _quantise_per_token(item, quantiser)
         else:
@@ -163,9 +173,13 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
+def _named(weight: str, patterns: tuple[str, ...]) -> bool:
+    return any(re.match(pattern, weight) for pattern in patterns)
+
+
 def _without_fp32(item: WeightInput, fp32: tuple[str, ...]) -> WeightInput:
     """``item`` without the matmuls whose weights ``fp32`` names (their first reader names it)."""
-    kept = tuple(m for m in item.matmuls if not m.input[1].startswith(fp32)) if fp32 else item.matmuls
+    kept = tuple(m for m in item.matmuls if not _named(m.input[1], fp32))
     if kept == item.matmuls:
         return item
     # a shared input keeps the name of its first weight, so the shipped ranges still apply

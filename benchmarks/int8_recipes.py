@@ -50,7 +50,7 @@ from worker.embedding import EncoderPool, resolve_model
 from worker.embedding.calibration import ChannelRanges
 from worker.embedding.export import MODEL_FILE
 from worker.embedding.prepare import prepare
-from worker.embedding.quantize import StaticInt8, quantise_static
+from worker.embedding.quantize import FFN_OUTPUT, StaticInt8, quantise_static
 from worker.embedding.session import OnnxSession
 from worker.embedding.tokens import load_tokenizer
 
@@ -80,7 +80,7 @@ RECIPES: dict[str, StaticInt8] = {
     "u8s8 w90 a181": _recipe(weight_limit=90, activation_max=181),
     "u8s8 w64 a255": _recipe(weight_limit=64),
     "u8s8 w90 a181, FFN out fp32": _recipe(weight_limit=90, activation_max=181, fp32=_layers("output.dense")),
-    "u8s8 w64 a255, FFN out fp32": _recipe(weight_limit=64, fp32=_layers("output.dense")),
+    "u8s8 w64 a255, FFN out fp32": _recipe(weight_limit=64, fp32=(FFN_OUTPUT,)),  # the default
     "u8s8 w64 a255, FFN out per token": _recipe(weight_limit=64, per_token=_layers("output.dense")),
     "u8s8 w64 a255, FFN in+out per token": _recipe(
         weight_limit=64, per_token=_layers("output.dense") + _layers("intermediate.dense")
@@ -311,6 +311,13 @@ def main() -> int:
     parser.add_argument("--gate", action="store_true", help="run the accuracy gate")
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS, help="gate cells")
     parser.add_argument("--fidelity", type=int, default=0, help="cosine to fp32 on N test texts only")
+    parser.add_argument(
+        "--noise-control",
+        type=float,
+        nargs="*",
+        default=None,
+        help="gate cells of the fp32 vectors plus seeded Gaussian noise of these per-component sigmas",
+    )
     parser.add_argument("--speed", action="store_true", help="time fp32, dynamic int8 and the recipes")
     parser.add_argument("--texts", type=int, default=512, help="texts timed per repetition")
     parser.add_argument("--repetitions", type=int, default=3)
@@ -333,7 +340,8 @@ def main() -> int:
             models[name] = graph_bytes(fp32, quantiles[share], recipe)
     out_path = args.out / "int8_recipes.json"
     doc: dict[str, Any] = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    doc.update(benchmark="int8_recipes", machine=machine_info())
+    shipped = next(name for name, recipe in RECIPES.items() if recipe == StaticInt8())
+    doc.update(benchmark="int8_recipes", machine=machine_info(), shipped=shipped)
     recipes = doc.setdefault("recipes", {})
     for name in args.recipes:
         recipe, share = QUANTILE_RECIPES.get(name, (RECIPES.get(name, StaticInt8()), 0.0))
@@ -378,6 +386,27 @@ def main() -> int:
             console.print(f"  served Δ {result['served_deltas']} cos {result['cosine_to_fp32']}")
             save(out_path, doc, args.recipes)  # a long run keeps what it measured
         doc["gate_command"] = "python benchmarks/int8_recipes.py --gate " + " ".join(args.recipes)
+
+    if args.noise_control:
+        # how far the served router moves for a perturbation as large as int8's, but random
+        loaded = [banking77(args.datasets), clinc150(args.datasets)]
+        reference = fp32_vectors(loaded)
+        fp32_key = hashlib.sha256(fp32_path.read_bytes()).hexdigest()[:12]
+        base = doc.setdefault("fp32", {}).setdefault(fp32_key, {})
+        missing = [cell for cell in args.cells if cell not in base]
+        base.update(accuracy(reference, loaded, missing) if missing else {})
+        texts = sorted(reference)
+        controls = doc.setdefault("noise_controls", {})
+        for sigma in args.noise_control:
+            table = np.stack([reference[t] for t in texts])
+            noisy = table + np.random.default_rng(0).normal(0.0, sigma, table.shape).astype(np.float32)
+            noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+            vectors = dict(zip(texts, noisy, strict=True))
+            result = gate(accuracy(vectors, loaded, args.cells), base)
+            controls[f"sigma {sigma}"] = result | {"cosine_to_fp32": cosines(vectors, reference)}
+            console.print(
+                f"noise sigma {sigma}: served Δ {result['served_deltas']} {cosines(vectors, reference)}"
+            )
 
     if args.speed:
         all_texts = banking77(args.datasets).test.texts + clinc150(args.datasets).test.texts

@@ -125,8 +125,8 @@ class Settings(BaseSettings):
     model_name: str = Field(DEFAULT_MODEL, description="Embedding model (fastembed name).")
     model_variant: Variant = Field(
         "fp32",
-        description="fp32, or int8: static, as batch-independent as fp32 and faster, but it missed the "
-        "accuracy gate for the default (benchmarks/variants.py).",
+        description="fp32, or int8: static, as batch-independent as fp32 and faster, but it misses the "
+        "accuracy gate for the default on CLINC150 (benchmarks/variants.py).",
     )
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")

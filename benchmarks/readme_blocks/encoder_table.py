@@ -46,13 +46,19 @@ def encoder(results: Path) -> str:
         ])  # fmt: skip
     load_before = data["noise"]["load_average_before"][0]
     # runs before encoder_graphs.py recorded the int8 settings measured the 7-bit weights
-    bits = data["settings"].get("int8", {}).get("weight_bits", 7)
+    int8 = data["settings"].get("int8", {})
+    if int8.get("weight_limit") is not None:
+        weights = f"int8 with weights within ±{int8['weight_limit']}" + (
+            " and FFN outputs in fp32" if int8.get("fp32") else ""
+        )
+    else:
+        weights = f"int8 with {int8.get('weight_bits', 7)}-bit weights"
     return (
         markdown_table(
             ["optimisation", "texts per CPU second (with vs without)", "speed-up", ""], rows, "lrrl"
         )
         + f"\n\n{data['settings']['texts']:,} texts in batches of 32 sorted by length, one thread, "
-        f"int8 with {bits}-bit weights, "
+        f"{weights}, "
         f"median of {data['settings']['repetitions']} alternating repetitions; load average "
         f"{load_before:.1f} at the start (provisional: the machine was shared)."
     )

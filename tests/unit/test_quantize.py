@@ -70,37 +70,62 @@ def _pooled(session: ort.InferenceSession, rows: list[list[int]]) -> np.ndarray:
     return summed / mask.sum(axis=1, keepdims=True)
 
 
-def test_every_weight_matmul_becomes_an_integer_matmul(fp32: Path, int8: onnx.ModelProto) -> None:
+def test_every_weight_matmul_but_the_ffn_outputs_becomes_an_integer_matmul(
+    fp32: Path, int8: onnx.ModelProto
+) -> None:
     ops = Counter(node.op_type for node in int8.graph.node)
     layers = CONFIG["num_hidden_layers"]
-    assert ops["MatMulIntegerToFloat"] == 6 * layers  # query, key, value, output, intermediate, output
-    assert ops["QuantizeLinear"] == 4 * layers  # query/key/value share their input's quantiser
-    assert ops["MatMul"] == 2 * layers  # the attention products stay fp32
-    assert not weight_inputs(int8)  # no float matmul by a weight is left
-    # the bias Adds went into the integer matmuls
-    assert ops["Add"] == Counter(n.op_type for n in onnx.load(str(fp32)).graph.node)["Add"] - 6 * layers
+    assert ops["MatMulIntegerToFloat"] == 5 * layers  # query, key, value, attention output, intermediate
+    assert ops["QuantizeLinear"] == 3 * layers  # query/key/value share their input's quantiser
+    assert ops["MatMul"] == 3 * layers  # the attention products and the FFN output stay fp32
+    left = [item.matmuls[0].input[1] for item in weight_inputs(int8)]
+    assert left == [f"encoder.layer.{i}.output.dense.weight.T" for i in range(layers)]
+    # the bias Adds of the integer matmuls went into them
+    assert ops["Add"] == Counter(n.op_type for n in onnx.load(str(fp32)).graph.node)["Add"] - 5 * layers
 
 
-def test_weights_are_uint8_around_128_so_the_exact_u8u8_kernel_runs(int8: onnx.ModelProto) -> None:
-    tensors = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
-    weights = [name.removesuffix(".int8") for name in tensors if name.endswith(".int8")]
-    assert len(weights) == 6 * CONFIG["num_hidden_layers"]
-    for name in weights:
-        integers, zero_point = tensors[f"{name}.int8"], tensors[f"{name}.zero_point"]
+def test_every_matmul_can_be_quantised(fp32: Path, ranges: ChannelRanges) -> None:
+    int8 = quantise_static(onnx.load(str(fp32)), ranges, StaticInt8(fp32=()))
+    ops = Counter(node.op_type for node in int8.graph.node)
+    assert ops["MatMulIntegerToFloat"] == 6 * CONFIG["num_hidden_layers"]
+    assert not weight_inputs(int8)
+
+
+def _integer_weights(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    tensors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    names = [name.removesuffix(".int8") for name in tensors if name.endswith(".int8")]
+    return {name: (tensors[f"{name}.int8"], tensors[f"{name}.zero_point"]) for name in names}
+
+
+def test_weights_are_int8_within_64_so_avx2_int16_pair_sums_never_saturate(int8: onnx.ModelProto) -> None:
+    weights = _integer_weights(int8)
+    assert len(weights) == 5 * CONFIG["num_hidden_layers"]
+    for integers, zero_point in weights.values():
+        assert integers.dtype == zero_point.dtype == np.int8
+        assert not zero_point.any()
+    # 2 * 255 * 64 = 32,640 fits int16; 2 * 255 * 127 would not
+    assert max(int(np.abs(w).max()) for w, _ in weights.values()) == 64
+    assert StaticInt8().pair_sums_exact
+    assert not StaticInt8(weight_limit=127).pair_sums_exact
+    assert StaticInt8(weight_limit=127, activation_max=127).pair_sums_exact
+
+
+def test_without_a_signed_limit_weights_are_uint8_around_128_on_the_exact_u8u8_kernel(
+    fp32: Path, ranges: ChannelRanges
+) -> None:
+    int8 = quantise_static(onnx.load(str(fp32)), ranges, StaticInt8(weight_limit=None))
+    for integers, zero_point in _integer_weights(int8).values():
         assert integers.dtype == zero_point.dtype == np.uint8
         assert (zero_point == 128).all()
         assert int(integers.min()) >= 1  # +-127 around 128, symmetric: 0 (-128) never occurs
-    assert max(int(tensors[f"{n}.int8"].max()) for n in weights) == 255
 
 
-def test_7_bit_weights_are_signed_within_63_so_avx2_int16_pair_sums_never_saturate(
-    fp32: Path, ranges: ChannelRanges
-) -> None:
-    int8 = quantise_static(onnx.load(str(fp32)), ranges, StaticInt8(weight_bits=7))
-    integers = [numpy_helper.to_array(i) for i in int8.graph.initializer if i.name.endswith(".int8")]
-    # 255 * 63 * 2 = 32,130 fits int16; 255 * 127 * 2 would not
-    assert all(w.dtype == np.int8 for w in integers)
-    assert max(int(np.abs(w).max()) for w in integers) == 63
+def test_7_bit_activations_are_clipped_to_their_bound(fp32: Path, ranges: ChannelRanges) -> None:
+    int8 = quantise_static(onnx.load(str(fp32)), ranges, StaticInt8(weight_limit=127, activation_max=127))
+    clips = [node for node in int8.graph.node if node.op_type == "Clip"]
+    assert len(clips) == 3 * CONFIG["num_hidden_layers"]  # one per quantised activation
+    tensors = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    assert all(int(tensors[clip.input[2]]) == 127 for clip in clips)
 
 
 def test_a_sequence_gets_the_same_bits_alone_and_in_any_batch(int8: onnx.ModelProto) -> None:

@@ -122,7 +122,7 @@ def export(source: SourceModel, out: Path, progress: Progress = logger.info) -> 
     int8_dir.mkdir(parents=True, exist_ok=True)
     progress("writing the fp32 ONNX graph from the safetensors weights")
     fp32 = export_fp32(source, fp32_dir / MODEL_FILE)
-    progress("quantising to int8 (static: shipped calibration ranges, smoothed, 8-bit weights)")
+    progress("quantising to int8 (static: shipped calibration ranges, smoothed, FFN outputs in fp32)")
     export_int8(fp32, int8_dir / MODEL_FILE)
     for variant_dir in (fp32_dir, int8_dir):
         write_tokenizer(source, variant_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -64,8 +65,11 @@ class ShippedEmbeddings(BaseModel):
             raw = pybase64.b64decode(getattr(self, field), validate=True)
             if len(raw) % (self.dim * 4):
                 raise ValueError(f"embeddings.{field} holds {len(raw)} bytes, not rows of {self.dim} float32")
-            # read-only, no copy
-            matrix = decoded[field] = np.frombuffer(raw, dtype="<f4").reshape(-1, self.dim)
+            # read-only, no copy: one array over the bytes (frombuffer + reshape kept two arrays per
+            # matrix alive, 200k routes long), and one shared empty matrix per dimension (most
+            # routes have no negatives)
+            shape = (len(raw) // (self.dim * 4), self.dim)
+            matrix = decoded[field] = np.ndarray(shape, dtype="<f4", buffer=raw) if raw else _empty(self.dim)
         if matrix.shape[0] != rows:
             raise ValueError(
                 f"embeddings.{field} holds {matrix.shape[0] * self.dim * 4} bytes, "
@@ -77,6 +81,13 @@ class ShippedEmbeddings(BaseModel):
     def encode_matrix(vectors: npt.NDArray[np.float32]) -> str:
         """base64 of a float32 matrix, the wire form of a vector field."""
         return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+@functools.cache
+def _empty(dim: int) -> npt.NDArray[np.float32]:
+    empty = np.zeros((0, dim), dtype="<f4")
+    empty.flags.writeable = False
+    return empty
 
 
 class RouteDefinition(BaseModel):

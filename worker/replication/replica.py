@@ -55,6 +55,7 @@ from worker.replication.topic_config import mutation_retention
 from worker.replication.vectors import embed_isolated, shipped_vectors
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
+from worker.routing.native import release_free_memory
 from worker.routing.table import KEEP
 
 logger = logging.getLogger(__name__)
@@ -469,6 +470,9 @@ class RouteReplica:
         await self._install_pending()
         # the store now holds the log up to the end offsets taken when it was opened
         await self._mark_caught_up(log.opened_at_ms)
+        if self.stats.replayed_on_start:
+            # what decoding the replay freed between the routes it kept, back to the system
+            await asyncio.to_thread(release_free_memory)
         self.ready.set()
         await self._notify()
         logger.info(

@@ -99,3 +99,28 @@ def test_resolving_uses_shipped_keeps_unchanged_texts_and_embeds_the_rest() -> N
     assert [r.name for r in resolved.to_embed] == ["new", "foreign"]
     assert resolved.deletes == ["gone"]
     assert (stats.shipped, stats.reused, stats.embedded, stats.re_embedded) == (1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("row", [0, 1, 2])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_non_finite_row_anywhere_makes_shipped_vectors_unusable(row: int, value: float) -> None:
+    route = definition("a", "x", "y", "z")
+    vectors = np.eye(3, 4, dtype=np.float32)
+    vectors[row, row] = value
+    rv = RouteVectors.trusted(route_of(route), vectors, np.zeros((0, 4), np.float32), "m:1", "d")
+    with pytest.raises(ContractError, match=r"embeddings\.utterances are not finite unit vectors"):
+        shipped_vectors(attach_embeddings(route, rv), "m:1", 4)
+
+
+def test_shipped_route_vectors_are_read_only_and_carry_their_digest() -> None:
+    route = definition("a", "x", "y", negatives=("n",))
+    unit = l2_normalise(np.eye(3, 4))
+    made = RouteVectors(route_of(route), unit[:2], unit[2:], "m:1")
+    shipped = shipped_vectors(attach_embeddings(route, made), "m:1", 4)
+    assert shipped is not None
+    assert shipped.digest == made.digest
+    for matrix in (shipped.utterance_vectors, shipped.negative_vectors):
+        assert not matrix.flags.writeable
+        assert matrix.dtype == np.float32
+        assert matrix.flags.c_contiguous
+    assert np.array_equal(shipped.utterance_vectors, unit[:2])

@@ -269,24 +269,31 @@ def _quantise_per_token(
     return base, nodes, tensors
 
 
-def _per_token_matmul(
-    matmul: onnx.NodeProto, weight: np.ndarray, q: _Quantised, source: str, signed_limit: int | None
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """``matmul`` on a per-token quantised input: integer product, then times the token's scale."""
-    name = matmul.input[1].removesuffix(".T")
+def _weight_tensors(
+    matmul: onnx.NodeProto, weight: np.ndarray, q: _Quantised, signed_limit: int | None
+) -> tuple[str, list[onnx.TensorProto]]:
+    """The smoothed weight of ``matmul`` as per-column int8 (or uint8 around 128), scales, zero points."""
+    name = matmul.input[1].removesuffix(".T")  # encoder.layer.0.attention.self.query.weight
     limit = 127 if signed_limit is None else signed_limit
     smoothed = weight * q.smoothing[:, None]
     scales = np.maximum(np.abs(smoothed).max(axis=0), 1e-12) / limit
     integers = np.clip(np.round(smoothed / scales), -limit, limit).astype(np.int8)
     zero_points = np.zeros(scales.shape, np.int8)
-    if signed_limit is None:
+    if signed_limit is None:  # full-range int8 would saturate the u8s8 kernel on AVX2: shift into uint8
         integers = (integers.astype(np.int16) + 128).astype(np.uint8)
         zero_points = np.full(scales.shape, 128, np.uint8)
-    tensors = [
+    return name, [
         numpy_helper.from_array(integers, f"{name}.int8"),
         numpy_helper.from_array(scales.astype(np.float32), f"{name}.scale"),
         numpy_helper.from_array(zero_points, f"{name}.zero_point"),
     ]
+
+
+def _per_token_matmul(
+    matmul: onnx.NodeProto, weight: np.ndarray, q: _Quantised, source: str, signed_limit: int | None
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``matmul`` on a per-token quantised input: integer product, then times the token's scale."""
+    name, tensors = _weight_tensors(matmul, weight, q, signed_limit)
     unscaled = f"{name}.unscaled"
     inputs = [f"{source}.q", f"{name}.int8", f"{source}.unit", f"{name}.scale", f"{source}.zero_point",
               f"{name}.zero_point"]  # fmt: skip
@@ -320,20 +327,7 @@ def _integer_matmul(
     bias_add: onnx.NodeProto | None,
 ) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
     """``matmul`` (+ its bias) as an integer matmul reading the quantised input named ``source``."""
-    name = matmul.input[1].removesuffix(".T")  # encoder.layer.0.attention.self.query.weight
-    limit = 127 if signed_limit is None else signed_limit
-    smoothed = weight * q.smoothing[:, None]
-    scales = np.maximum(np.abs(smoothed).max(axis=0), 1e-12) / limit
-    integers = np.clip(np.round(smoothed / scales), -limit, limit).astype(np.int8)
-    zero_points = np.zeros(scales.shape, np.int8)
-    if signed_limit is None:  # full-range int8 would saturate the u8s8 kernel on AVX2: shift into uint8
-        integers = (integers.astype(np.int16) + 128).astype(np.uint8)
-        zero_points = np.full(scales.shape, 128, np.uint8)
-    tensors = [
-        numpy_helper.from_array(integers, f"{name}.int8"),
-        numpy_helper.from_array(scales.astype(np.float32), f"{name}.scale"),
-        numpy_helper.from_array(zero_points, f"{name}.zero_point"),
-    ]
+    name, tensors = _weight_tensors(matmul, weight, q, signed_limit)
     inputs = [
         f"{source}.q",
         f"{name}.int8",

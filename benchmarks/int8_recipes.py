@@ -120,26 +120,15 @@ QUANTILE_RECIPES: dict[str, tuple[StaticInt8, float]] = {
 
 def quantile_ranges(model_path: Path, tokenizer_dir: Path, share: float) -> ChannelRanges:
     """Each channel's ``share`` and ``1 - share`` quantiles over every token of the shipped corpus."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    from worker.embedding.calibration import corpus_texts, weight_input_activations
 
-    from worker.embedding.calibration import corpus_texts, weight_inputs
-
-    model = onnx.load(str(model_path))
-    inputs = weight_inputs(model)
-    for item in inputs:
-        model.graph.output.append(helper.make_tensor_value_info(item.tensor, TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    run = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     tokenizer = load_tokenizer(tokenizer_dir)
     tokenizer.no_padding()
+    _, inputs, activations = weight_input_activations(model_path, tokenizer, corpus_texts())
     rows: dict[str, list[np.ndarray]] = {item.name: [] for item in inputs}
-    for text in corpus_texts():
-        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        for item, value in zip(inputs, run.run([i.tensor for i in inputs], feed), strict=True):
-            rows[item.name].append(value.reshape(-1, value.shape[-1]).astype(np.float32))
+    for values in activations:
+        for item, value in zip(inputs, values, strict=True):
+            rows[item.name].append(value)
     low, high = {}, {}
     for name, parts in rows.items():
         table = np.concatenate(parts)

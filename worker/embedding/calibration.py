@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
@@ -99,29 +100,53 @@ class Tokenizer(Protocol):
     def encode(self, sequence: str) -> TokenIds: ...
 
 
-def measure_ranges(model_path: Path, tokenizer: Tokenizer, texts: Iterable[str]) -> ChannelRanges:
-    """Run the fp32 graph on each text alone (no padding rows) and keep each channel's extremes."""
+def weight_input_activations(
+    model_path: Path, tokenizer: Tokenizer, texts: Iterable[str]
+) -> tuple[onnx.ModelProto, list[WeightInput], Iterator[list[npt.NDArray[np.float32]]]]:
+    """The fp32 graph's weight inputs and, lazily, their activations (tokens x channels) per text.
+
+    Each text runs alone (no padding rows) on one thread.
+    """
     import onnxruntime as ort
 
     model = onnx.load(str(model_path))
     inputs = weight_inputs(model)
+    instrumented = onnx.ModelProto()
+    instrumented.CopyFrom(model)
     for item in inputs:
-        model.graph.output.append(helper.make_tensor_value_info(item.tensor, TensorProto.FLOAT, None))
+        instrumented.graph.output.append(helper.make_tensor_value_info(item.tensor, TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(
-        model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        instrumented.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
     )
     names = [item.tensor for item in inputs]
+
+    def activations() -> Iterator[list[npt.NDArray[np.float32]]]:
+        for text in texts:
+            ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+            feed = {
+                "input_ids": ids,
+                "attention_mask": np.ones_like(ids),
+                "token_type_ids": np.zeros_like(ids),
+            }
+            yield [
+                np.asarray(value, np.float32).reshape(-1, value.shape[-1])
+                for value in session.run(names, feed)
+            ]
+
+    return model, inputs, activations()
+
+
+def measure_ranges(model_path: Path, tokenizer: Tokenizer, texts: Iterable[str]) -> ChannelRanges:
+    """Run the fp32 graph on each text alone (no padding rows) and keep each channel's extremes."""
+    model, inputs, activations = weight_input_activations(model_path, tokenizer, texts)
     low = {item.name: np.full(_width(model, item), np.inf, np.float32) for item in inputs}
     high = {item.name: np.full(_width(model, item), -np.inf, np.float32) for item in inputs}
     count = 0
-    for text in texts:
-        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        for item, value in zip(inputs, session.run(names, feed), strict=True):
-            rows = np.asarray(value, np.float32).reshape(-1, value.shape[-1])
+    for values in activations:
+        for item, rows in zip(inputs, values, strict=True):
             np.minimum(low[item.name], rows.min(axis=0), out=low[item.name])
             np.maximum(high[item.name], rows.max(axis=0), out=high[item.name])
         count += 1

@@ -426,7 +426,7 @@ async def test_a_write_permission_taken_away_while_running_stops_the_worker_loud
     # the replica's stop is one line naming the refusal, with no exception-group traceback
     (stop,) = [r for r in caplog.records if r.name == "worker.app.run"]
     assert stop.exc_info is None
-    assert stop.getMessage().startswith("routeworker stopped: the output cannot be delivered: ")
+    assert stop.getMessage().startswith("routeworker stopped: Kafka refuses access while running: ")
     assert "TopicAuthorizationFailedError" in stop.getMessage()
     alive, reason = telemetry.health.liveness()
     assert not alive

@@ -93,11 +93,14 @@ def _cause(error: BaseException, store_path: Path) -> StopCause:
 
 
 def _chain(error: BaseException) -> list[BaseException]:
-    """``error`` and the errors it was raised from (``__cause__``, else ``__context__``)."""
+    """``error`` and the errors it was raised from (``__cause__``, else ``__context__``), with the
+    broker's refusal a :class:`ProduceError` stands for."""
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and current not in chain:
         chain.append(current)
+        if isinstance(current, ProduceError) and current.refusal is not None:
+            chain.append(current.refusal)  # the broker's refusal it stands for
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return chain
 

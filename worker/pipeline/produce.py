@@ -350,7 +350,8 @@ class Delivery:
             self._metrics.produce_error(remedy.value, type(error).__name__)
             if remedy is Remedy.STOP:
                 raise self._stop(
-                    f"an output record for topic {entry.record.topic} was refused: {describe(error)}"
+                    f"an output record for topic {entry.record.topic} was refused: {describe(error)}",
+                    refusal=error,
                 )
             entry.suspect = False
             if remedy is Remedy.DEAD_LETTER and (entry.alone or entry.code is not None):
@@ -425,10 +426,13 @@ class Delivery:
             f"ROUTEWORKER_PRODUCE_DEADLINE_S={self.deadline_s:g}{last}"
         )
 
-    def _stop(self, error: ProduceError | str) -> ProduceError:
-        """Fail every waiting record with ``error`` (the first such error wins); returns it."""
+    def _stop(self, error: ProduceError | str, refusal: BaseException | None = None) -> ProduceError:
+        """Fail every waiting record with ``error`` (the first such error wins); returns it.
+
+        ``refusal``: the broker's error behind it, if any (the stop line names a refused permission).
+        """
         if self._fatal is None:
-            self._fatal = error if isinstance(error, ProduceError) else ProduceError(error)
+            self._fatal = error if isinstance(error, ProduceError) else ProduceError(error, refusal)
             logger.error("output cannot be delivered, the replica stops: %s", self._fatal)
         for entry in self._window:
             if not entry.released.done():

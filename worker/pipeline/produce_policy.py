@@ -41,7 +41,15 @@ class Remedy(StrEnum):
 
 
 class ProduceError(PipelineError):
-    """Output cannot be delivered (a non-retriable error, or retries past the deadline)."""
+    """Output cannot be delivered (a non-retriable error, or retries past the deadline).
+
+    ``refusal``: the broker's error that made it, when one did (e.g. a write permission taken
+    away), kept apart from ``__cause__`` because the error is raised again from several places.
+    """
+
+    def __init__(self, message: str, refusal: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 # A record (or the batch it was in) over the topic's max.message.bytes, or the segment size.

@@ -196,3 +196,15 @@ async def test_a_bug_still_logs_its_traceback_after_the_line_naming_it(
     (record,) = [r for r in caplog.records if r.name == "worker.app.run"]
     assert record.getMessage() == "routeworker stopped on an error: ZeroDivisionError: division by zero"
     assert record.exc_info is not None
+
+
+def test_output_refused_by_a_permission_taken_away_names_the_refusal(tmp_path: Path) -> None:
+    refused = TopicAuthorizationFailedError("routed-intents")
+    error = ProduceError("an output record for topic routed-intents was refused: ...", refused)
+    try:
+        raise error from None  # how the producer raises it again: no cause to follow
+    except ProduceError as raised:
+        cause = stop_cause(grouped(raised), tmp_path / "store.sqlite3")
+    assert cause.known
+    assert cause.line.startswith("Kafka refuses access while running: ")
+    assert "TopicAuthorizationFailedError: routed-intents" in cause.line

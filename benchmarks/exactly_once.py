@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from pipeline_kit import (
     BATCH,
+    IntentReader,
     Worker,
     create_topics,
     load_average,
@@ -64,52 +64,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "exactly_once.json"
 TARGET_RATIO = 0.85
 
 
-class VisibleReader:
-    """Reads routed intents as a read_committed consumer: query id -> wall ms it became visible."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.seen: dict[str, float] = {}
-        self.copies = 0
-        self._consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            fetch_max_wait_ms=5,
-        )
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batches = await self._consumer.getmany(timeout_ms=100)
-            now = time.time() * 1000
-            for records in batches.values():
-                for record in records:
-                    self.copies += 1
-                    self.seen.setdefault(orjson.loads(record.value)["query_id"], now)
-
-    async def wait_for(self, ids: list[str], within: float) -> None:
-        deadline = time.monotonic() + within
-        while not all(i in self.seen for i in ids):
-            if time.monotonic() > deadline:
-                missing = sum(i not in self.seen for i in ids)
-                raise TimeoutError(f"{missing} of {len(ids)} routed intents not visible after {within}s")
-            await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self._consumer.stop()
-
-
-async def sustained(
-    bootstrap: str, topic: str, reader: VisibleReader, count: int, tag: str
-) -> dict[str, Any]:
+async def sustained(bootstrap: str, topic: str, reader: IntentReader, count: int, tag: str) -> dict[str, Any]:
     """Drain a backlog of ``count`` distinct queries; intents per second as they became visible."""
     ids = [f"{tag}-{i}" for i in range(count)]
     texts = unique_texts(count, f"{tag}-")
@@ -117,7 +72,7 @@ async def sustained(
     await produce_all(bootstrap, topic, [(None, query(q, t)) for q, t in zip(ids, texts, strict=True)])
     produced_ms = time.time() * 1000
     await reader.wait_for(ids, within=900)
-    visible = sorted(reader.seen[i] for i in ids)
+    visible = sorted(reader.seen[i][1] for i in ids)  # when it became visible
     steady = [t for t in visible if t >= produced_ms]
     seconds = (steady[-1] - steady[0]) / 1000 if len(steady) > 1 else 0.0
     return {
@@ -131,7 +86,7 @@ async def sustained(
 
 
 async def paced(
-    bootstrap: str, topic: str, reader: VisibleReader, rate: float, seconds: float, tag: str
+    bootstrap: str, topic: str, reader: IntentReader, rate: float, seconds: float, tag: str
 ) -> dict[str, Any]:
     """Queries at a steady ``rate``; per query, produce -> visible to a read_committed reader."""
     load_before = load_average()
@@ -156,7 +111,7 @@ async def paced(
     return {
         "offered_per_second": round(rate, 1),
         "queries": len(sent),
-        "produce_to_visible_ms": percentiles([reader.seen[q] - t for q, t in sent.items()]),
+        "produce_to_visible_ms": percentiles([reader.seen[q][1] - t for q, t in sent.items()]),
         "load_average_before_after": [load_before, load_average()],
     }
 
@@ -170,7 +125,7 @@ async def measure(
     rate: float | None,
 ) -> dict[str, Any]:
     """One worker in one mode: the sustained run, then the paced run (at ``rate``, or half its own)."""
-    reader = VisibleReader(bootstrap, names["intents"])
+    reader = IntentReader(bootstrap, names["intents"], isolation_level="read_committed")
     await reader.start()
     worker = Worker(env, log)
     result: dict[str, Any] = {}

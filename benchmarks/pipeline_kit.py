@@ -134,14 +134,23 @@ def query(qid: str, text: str) -> bytes:
 class IntentReader:
     """Reads routed intents as they arrive: query id -> (intent timestamp ms, arrival wall ms),
     query id -> the route it was given (None: no match), and query id -> the intent's own timings
-    (where the worker says the time went)."""
+    (where the worker says the time went). ``copies``: every intent record read, repeats included.
+    ``isolation_level="read_committed"`` reads as exactly-once downstream consumers do."""
 
-    def __init__(self, bootstrap: str, topic: str, fetch_max_wait_ms: int = 5) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        fetch_max_wait_ms: int = 5,
+        isolation_level: str = "read_uncommitted",
+    ) -> None:
         self.seen: dict[str, tuple[int, float]] = {}
         self.routes: dict[str, str | None] = {}
         self.timings: dict[str, dict[str, float]] = {}
+        self.copies = 0
         self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                          fetch_max_wait_ms=fetch_max_wait_ms)  # fmt: skip
+                                          fetch_max_wait_ms=fetch_max_wait_ms,
+                                          isolation_level=isolation_level)  # fmt: skip
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -154,6 +163,7 @@ class IntentReader:
             now = time.time() * 1000
             for records in batches.values():
                 for r in records:
+                    self.copies += 1
                     self.take(r, orjson.loads(r.value), now)
 
     def take(self, record: Any, intent: dict[str, Any], now: float) -> None:

@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import re
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,9 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from worker.pipeline.kafka import OutputProducer, ProducerFactory, QueryConsumer
 from worker.routing import l2_normalise
 from worker.routing.types import Vectors
+
+if TYPE_CHECKING:
+    from worker.pipeline.app import QueryPipeline
 
 DIM = 64
 FINGERPRINT = "hashing-bow@test:0"
@@ -318,3 +322,23 @@ if TYPE_CHECKING:
     _consumer: QueryConsumer = FakeConsumer()
     _producer: OutputProducer = FakeProducer()
     _producers: ProducerFactory = FakeProducer()
+
+
+# --- running a pipeline over the fakes ----------------------------------------------------------
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``condition`` (state of the fakes and the pipeline) until it holds; fail after ``within``."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - state of the fakes under test
+            await asyncio.sleep(0.002)
+
+
+@contextmanager
+def running(pipeline: QueryPipeline) -> Iterator[asyncio.Task[None]]:
+    """``pipeline`` running in a task for the ``with`` block; stopped when it ends."""
+    task = asyncio.create_task(pipeline.run())
+    try:
+        yield task
+    finally:
+        pipeline.stop()

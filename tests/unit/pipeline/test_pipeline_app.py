@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -12,7 +10,7 @@ import orjson
 import pytest
 from aiokafka.structs import TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder
+from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder, running, until
 
 from worker.config import Settings
 from worker.contracts import DeadLetter, RoutedIntent
@@ -27,24 +25,8 @@ UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 UPSTREAM = f"00-{UPSTREAM_TRACE}-00f067aa0ba902b7-01".encode()
 
 
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``condition`` (state of the fakes and the pipeline) until it holds; fail after ``within``."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - state of the fakes under test
-            await asyncio.sleep(0.002)
-
-
 def query(i: int, text: str = "play some jazz music", **extra: object) -> bytes:
     return orjson.dumps({"id": f"q{i}", "text": text, **extra})
-
-
-@contextmanager
-def running(pipeline: QueryPipeline) -> Iterator[asyncio.Task[None]]:
-    task = asyncio.create_task(pipeline.run())
-    try:
-        yield task
-    finally:
-        pipeline.stop()
 
 
 def intents(producer: FakeProducer) -> list[RoutedIntent]:

@@ -4,13 +4,11 @@ across a failed acknowledgement, a rebalance and a stop; a fenced replica stops.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import orjson
 import pytest
 from aiokafka.structs import TopicPartition
-from pipeline_fakes import FakeConsumer, HashingEncoder
+from pipeline_fakes import FakeConsumer, HashingEncoder, running, until
 from txn_fakes import FakeTransactions
 
 from worker.config import Settings
@@ -26,23 +24,8 @@ P0 = TopicPartition("queries", 0)
 P1 = TopicPartition("queries", 1)
 
 
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - state of the fakes under test
-            await asyncio.sleep(0.002)
-
-
 def query(i: int) -> bytes:
     return orjson.dumps({"id": f"q{i}", "text": f"play some jazz music number {i}"})
-
-
-@contextmanager
-def running(pipeline: QueryPipeline) -> Iterator[asyncio.Task[None]]:
-    task = asyncio.create_task(pipeline.run())
-    try:
-        yield task
-    finally:
-        pipeline.stop()
 
 
 def answered(cluster: FakeTransactions) -> list[str]:

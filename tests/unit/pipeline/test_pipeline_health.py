@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
 from aiokafka.structs import TopicPartition
-from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder
+from pipeline_fakes import FakeConsumer, FakeProducer, HashingEncoder, until
 
 from worker.config import Settings
 from worker.pipeline import QueryPipeline
@@ -22,12 +22,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - state of the fakes under test
-            await asyncio.sleep(0.002)
 
 
 @pytest.fixture

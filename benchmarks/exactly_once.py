@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
 from pipeline_kit import (
     BATCH,
     IntentReader,
@@ -45,6 +44,7 @@ from pipeline_kit import (
     prepare_store,
     produce_all,
     query,
+    send_paced,
     synthetic_routes,
     topic_names,
     unique_texts,
@@ -90,23 +90,7 @@ async def paced(
 ) -> dict[str, Any]:
     """Queries at a steady ``rate``; per query, produce -> visible to a read_committed reader."""
     load_before = load_average()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    await producer.start()
-    texts = unique_texts(int(rate * seconds), f"{tag}-")
-    sent: dict[str, float] = {}
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    try:
-        for i, text in enumerate(texts):
-            delay = start + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            qid = f"{tag}-{i}"
-            sent[qid] = time.time() * 1000
-            await producer.send(topic, query(qid, text))
-        await producer.flush()
-    finally:
-        await producer.stop()
+    sent = await send_paced(bootstrap, topic, unique_texts(int(rate * seconds), f"{tag}-"), rate, tag)
     await reader.wait_for(list(sent), within=120)
     return {
         "offered_per_second": round(rate, 1),

@@ -388,24 +388,11 @@ async def backlog(
     }
 
 
-async def paced(
-    bootstrap: str,
-    topic: str,
-    reader: IntentReader,
-    rate: float,
-    seconds: float,
-    port: int,
-    texts: list[str] | None = None,
-    tag: str = "paced",
-) -> dict[str, Any]:
-    """Queries at a steady ``rate`` for ``seconds`` (from ``texts``, cycled; default: synthetic
-    distinct ones); latency of each from produce to routed intent."""
-    before = await scrape(port)
-    load_before = load_average()
+async def send_paced(bootstrap: str, topic: str, texts: list[str], rate: float, tag: str) -> dict[str, int]:
+    """Produce one query per text at a steady ``rate``; query id (``<tag>-<i>``) -> wall ms it was
+    sent (also its record timestamp)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=0)
     await producer.start()
-    count = int(rate * seconds)
-    texts = unique_texts(count, "paced-") if texts is None else [texts[i % len(texts)] for i in range(count)]
     sent: dict[str, int] = {}
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -421,6 +408,26 @@ async def paced(
         await producer.flush()
     finally:
         await producer.stop()
+    return sent
+
+
+async def paced(
+    bootstrap: str,
+    topic: str,
+    reader: IntentReader,
+    rate: float,
+    seconds: float,
+    port: int,
+    texts: list[str] | None = None,
+    tag: str = "paced",
+) -> dict[str, Any]:
+    """Queries at a steady ``rate`` for ``seconds`` (from ``texts``, cycled; default: synthetic
+    distinct ones); latency of each from produce to routed intent."""
+    before = await scrape(port)
+    load_before = load_average()
+    count = int(rate * seconds)
+    texts = unique_texts(count, "paced-") if texts is None else [texts[i % len(texts)] for i in range(count)]
+    sent = await send_paced(bootstrap, topic, texts, rate, tag)
     await reader.wait_for(list(sent), within=120)
     to_intent = [reader.seen[q][0] - ts for q, ts in sent.items()]
     observed = [reader.seen[q][1] - ts for q, ts in sent.items()]

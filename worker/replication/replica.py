@@ -54,7 +54,7 @@ from worker.replication.resume import (
 )
 from worker.replication.stats import ReplicaStats
 from worker.replication.topic_config import mutation_retention
-from worker.replication.vectors import embed_isolated, shipped_vectors
+from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_faults
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
 from worker.routing.native import release_free_memory
@@ -340,6 +340,7 @@ class RouteReplica:
         """
         store, table = self._require()
         writing: asyncio.Future[None] | None = None
+        held = await asyncio.to_thread(store.held_open)  # keeps the WAL file between batches
         try:
             async for records in log.up_to_end(self._stopping.is_set):
                 folded, resolved, install = await self._resolve(records)
@@ -351,8 +352,11 @@ class RouteReplica:
                     asyncio.to_thread(self._commit, store, table, resolved, install, folded.offsets, True)
                 )
         finally:
-            if writing is not None:
-                await writing
+            try:
+                if writing is not None:
+                    await writing
+            finally:
+                await asyncio.to_thread(held.close)
 
     async def _apply(self, records: list[LogRecord]) -> None:
         """Apply one batch of live records: store, then table, then wake position waiters.
@@ -400,7 +404,8 @@ class RouteReplica:
         folded = fold(
             records,
             self.settings.limits,
-            lambda d: shipped_vectors(d, fingerprint, dim),
+            lambda d: shipped_unchecked(d, fingerprint, dim),
+            check=unit_faults,
             yield_gil=yield_gil,
         )
         self.stats.records += folded.records

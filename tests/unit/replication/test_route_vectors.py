@@ -10,7 +10,7 @@ import pytest
 from worker.contracts import RouteDefinition
 from worker.embedding import EncoderPool
 from worker.embedding.hashing import hashing_pool
-from worker.errors import ContractError
+from worker.errors import ContractError, ErrorCode
 from worker.replication import ReplicaStats, with_embeddings
 from worker.replication.fold import FoldedMutations
 from worker.replication.resolve import resolve_changes
@@ -153,17 +153,14 @@ def test_unit_faults_name_each_route_whose_rows_are_not_finite_unit_vectors() ->
         _trusted("last", unit[:1], unit[:1] * 0.5),
     ]
     faults = unit_faults(routes)
-    assert (
-        [None if f is None else str(f) for f in faults]
-        == [
-            None,
-            "embedding_shape: route 'long': embeddings.utterances are not finite unit vectors",
-            None,
-            "embedding_shape: route 'bad-negative': embeddings.negative_utterances are not finite unit vectors",
-            "embedding_shape: route 'both': embeddings.utterances are not finite unit vectors",  # utterances first, as one by one
-            "embedding_shape: route 'last': embeddings.negative_utterances are not finite unit vectors",
-        ]
-    )
+    expected = [None, "utterances", None, "negative_utterances", "utterances", "negative_utterances"]
+    for rv, fault, label in zip(routes, faults, expected, strict=True):
+        if label is None:
+            assert fault is None
+        else:  # utterances before negatives, as one route at a time
+            assert fault is not None
+            assert fault.code is ErrorCode.EMBEDDING_SHAPE
+            assert fault.reason == f"route {rv.name!r}: embeddings.{label} are not finite unit vectors"
     # the same verdicts as one route at a time
     for rv, fault in zip(routes, faults, strict=True):
         (alone,) = unit_faults([rv])

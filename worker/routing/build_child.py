@@ -60,11 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, dim = int(spec["rows"]), int(spec["dim"])
     if "previous" in spec:
         vectors = assemble_vectors(job, Path(spec["previous"]), rows, dim)
+        # the job's vectors file held only the changed rows: the parent maps the whole set
+        vectors.tofile(job / (VECTORS_FILE + ".tmp"))
+        os.replace(job / (VECTORS_FILE + ".tmp"), job / VECTORS_FILE)
     else:
         vectors = np.memmap(job / VECTORS_FILE, dtype=np.float32, mode="r", shape=(rows, dim))
     index = new_index(spec["kind"], vectors, settings)
-    del vectors
-    (job / VECTORS_FILE).unlink()
+    del vectors  # the vectors file stays: the parent keeps it beside the index (vectors_file)
     temporary = job / (INDEX_FILE + ".tmp")
     faiss.write_index(index, str(temporary))
     os.replace(temporary, job / INDEX_FILE)

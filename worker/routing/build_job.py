@@ -3,7 +3,9 @@
 ``job.json`` holds the kind, size and settings. The vectors come either all in ``vectors.f32``, or,
 for a rebuild over an approximate index mapped from a file, only the changed routes' vectors, with
 ``sources.npy``/``counts.npy`` saying where each route's rows are: in the previous index's file
-(which the build process reads itself) or in ``vectors.f32``. The built index is ``index.faiss``.
+(which the build process reads itself) or in ``vectors.f32``. The built index is ``index.faiss``;
+the build process leaves ``vectors.f32`` holding every row in order (assembled if it held only the
+changed ones), which the parent keeps beside the index (:mod:`worker.routing.vectors_file`).
 """
 
 from __future__ import annotations

@@ -66,7 +66,9 @@ class MainIndex:
     Slots are in name order: ``names[slot]``/``digests[slot]``/``counts[slot]`` describe each one,
     ``row_slot[row]`` maps a Faiss row to its slot. ``slot_routes[slot]`` holds the route's vectors
     when known (``known[slot]``); a slot loaded from disk whose route has since changed has none
-    and the table masks it. ``path`` is the file the index is mapped from, if any.
+    and the table masks it. ``path`` is the file the index is mapped from, if any;
+    ``vectors_path`` the vectors file its known routes' utterance vectors are views of, if any
+    (:mod:`worker.routing.vectors_file`).
     """
 
     dim: int
@@ -82,6 +84,7 @@ class MainIndex:
     path: Path | None = None
     #: OpenMP threads of a search (``IndexSettings.faiss_threads``)
     threads: int | None = 1
+    vectors_path: Path | None = None
 
     @property
     def rows(self) -> int:
@@ -102,6 +105,7 @@ class MainIndex:
         path: Path | None = None,
         known: Bools | None = None,
         threads: int | None = 1,
+        vectors_path: Path | None = None,
     ) -> MainIndex:
         """Wrap a built or loaded Faiss index whose rows follow the slots (names in sorted order).
 
@@ -116,7 +120,19 @@ class MainIndex:
         known = np.array(known, dtype=np.bool_)
         known.flags.writeable = False
         return cls(
-            dim, kind, index, names, digests, counts, row_slot, slot_routes, known, probe_lists, path, threads
+            dim,
+            kind,
+            index,
+            names,
+            digests,
+            counts,
+            row_slot,
+            slot_routes,
+            known,
+            probe_lists,
+            path,
+            threads,
+            vectors_path,
         )
 
     @classmethod

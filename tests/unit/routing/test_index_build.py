@@ -193,10 +193,18 @@ def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path
     table.apply(replacement, ["r000"], ((0, 62),))
     table.rebuild(block=True)
     new = table.snapshot().main
-    assert new.route("r060") is replacement[0]
+    # the same route, its vectors now rows of the new index's vectors file
+    held = new.route("r060")
+    assert held is not None and held.digest == replacement[0].digest
+    assert np.array_equal(held.utterance_vectors, replacement[0].utterance_vectors)
+    assert new.vectors_path is not None and new.vectors_path.parent == tmp_path
     assert new.slot("r000") is None
-    # The replaced index keeps its file while searches may still hold it ...
+    # The replaced index keeps its files while searches may still hold them ...
     assert {p.name for p in tmp_path.glob("main-*.faiss")} == {old.main.path.name, new.path.name}
+    assert {p.name for p in tmp_path.glob("main-*.vectors")} == {
+        old.main.path.with_suffix(".vectors").name,
+        new.path.with_suffix(".vectors").name,
+    }
     hits = old.search(queries, 5)
     assert [[old.route_at(int(i)).name for i in row] for row in hits.route_ids] == before
     # ... until the next rebuild replaces the index that replaced it.
@@ -205,6 +213,7 @@ def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path
     newest = table.snapshot().main.path
     assert newest is not None
     assert {p.name for p in tmp_path.glob("main-*.faiss")} == {new.path.name, newest.name}
+    assert {p.stem for p in tmp_path.glob("main-*.vectors")} == {new.path.stem, newest.stem}
     reloaded = RouteTable.from_routes(table.snapshot().ordered_routes(), ((0, 63),), DIM, FP, IVF, tmp_path)
     assert reloaded.snapshot().main.path == newest
 

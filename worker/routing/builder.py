@@ -9,9 +9,9 @@ no parsing). The child keeps the vectors file it built from: the parent maps it 
 routes hold row views of it instead of heap copies (:mod:`worker.routing.vectors_file`).
 
 A rebuild that folds an overlay into an approximate main index sends only the overlay's vectors
-and, per route, where its rows are in the current main index's file, which the child reads
-itself: sending all of them (384 MB at 250k vectors) made the serving process copy them through
-the kernel and held up its searches.
+and, per route, where its rows are in the current main index's vectors file (or, without one, its
+raw float32 lists), which the child reads itself: sending all of them (384 MB at 250k vectors)
+made the serving process copy them through the kernel and held up its searches.
 """
 
 from __future__ import annotations
@@ -137,7 +137,12 @@ def _build_in_child(
         if carried is None or not carried.usable_for(len(layout.routes)):
             write_vectors(job / VECTORS_FILE, layout.routes)
         else:
-            spec["previous"] = str(carried.previous.path)
+            source = carried.vectors_file()
+            if source is not None:
+                spec["previous_vectors"] = str(source)
+                spec["previous_rows"] = carried.previous.rows
+            else:
+                spec["previous"] = str(carried.previous.path)
             write_changes(job, layout, carried)
         (job / JOB_FILE).write_text(json.dumps(spec))
         written = time.perf_counter()

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from worker.routing.index_settings import IndexKind
 from worker.routing.native import faiss, use_faiss_threads
 from worker.routing.types import Bools, Int64s, RouteVectors, Vectors
+from worker.routing.vectors_file import RowReader
 
 
 def table_digest(route_digests: Iterable[tuple[str, str]]) -> str:
@@ -85,6 +86,8 @@ class MainIndex:
     #: OpenMP threads of a search (``IndexSettings.faiss_threads``)
     threads: int | None = 1
     vectors_path: Path | None = None
+    #: reads rows of ``vectors_path`` for the exact re-scoring of a shortlist
+    row_reader: RowReader | None = None
 
     @property
     def rows(self) -> int:
@@ -133,6 +136,7 @@ class MainIndex:
             path,
             threads,
             vectors_path,
+            None if vectors_path is None else RowReader(vectors_path, int(counts.sum()), dim),
         )
 
     @classmethod
@@ -216,6 +220,11 @@ class MainIndex:
         out = np.zeros((*rows.shape, self.dim), dtype=np.float32)
         picked = np.flatnonzero(usable)
         if not picked.size:
+            return out, usable
+        if self.row_reader is not None:
+            # the vectors file's rows are the known routes' vectors (same digest, same bytes)
+            unique_rows, at = np.unique(rows.ravel()[picked], return_inverse=True)
+            out.reshape(-1, self.dim)[picked] = self.row_reader.read(unique_rows)[at]
             return out, usable
         wanted_slots = slots.ravel()[picked]
         unique, inverse = np.unique(wanted_slots, return_inverse=True)

@@ -204,7 +204,11 @@ def load_stored(
     """The store's state, with the utterance vectors of routes unchanged since the persisted index
     was built taken from its vectors file (not read from the store), and the manifest read."""
     persisted = read_persisted(directory, dim, fingerprint)
-    return store.load(None if persisted is None else persisted.vectors), persisted
+    state = store.load(None if persisted is None else persisted.vectors)
+    if persisted is not None and persisted.vectors is not None and not state.from_known:
+        # not used (nothing matched, or it failed the store's check): nobody may read rows from it
+        persisted = dataclasses.replace(persisted, vectors=None)
+    return state, persisted
 
 
 def load_main(
@@ -219,12 +223,15 @@ def load_main(
 
     It fits when it was built with the same model and dimension and is of the kind (and list
     count) ``settings`` pick for its size. ``routes`` are the store's; slots whose digest matches
-    reuse them. ``persisted`` is the manifest if already read (:func:`read_persisted`).
+    reuse them. ``persisted`` is the manifest as :func:`load_stored` returned it: its vectors file
+    (if it has one) then serves the exact re-scoring; read here, the vectors file is not used.
     """
     if persisted is None:
         persisted = read_persisted(directory, dim, fingerprint)
-    if persisted is None:
-        return None
+        if persisted is None:
+            return None
+        # its vectors file is used only as :func:`load_stored` found it (checked against the routes)
+        persisted = dataclasses.replace(persisted, vectors=None)
     manifest, names, digests, counts = persisted.header, persisted.names, persisted.digests, persisted.counts
     rows = sum(counts)
     kind = manifest.get("kind")

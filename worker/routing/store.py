@@ -81,6 +81,8 @@ class StoredState:
     caught_up_at_ms: int | None = None
     #: the log's records that are not routes, by key: the value last read for each
     records: Mapping[str, bytes] = field(default_factory=dict)
+    #: routes whose utterance vectors came from the ``known`` vectors given to the load
+    from_known: int = 0
 
 
 class RouteStore:
@@ -207,7 +209,7 @@ class RouteStore:
                         known,
                         self.path,
                     )
-                    routes, _ = self._load_routes(conn, None)
+                    routes, given = self._load_routes(conn, None)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
                 caught_up = _caught_up_at(conn)
                 records = {
@@ -216,7 +218,7 @@ class RouteStore:
             finally:
                 conn.execute("COMMIT")
         logger.info("loaded %d routes at %s from %s", len(routes), version, self.path)
-        return StoredState(routes, version, caught_up_at_ms=caught_up, records=records)
+        return StoredState(routes, version, caught_up_at_ms=caught_up, records=records, from_known=len(given))
 
     @staticmethod
     def _load_routes(

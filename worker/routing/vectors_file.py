@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +56,39 @@ def map_vectors(path: Path, rows: int, dim: int) -> Vectors | None:
     mapped.madvise(mmap.MADV_RANDOM)
     vectors: Vectors = np.frombuffer(mapped, dtype="<f4").reshape(rows, dim)  # read-only: ACCESS_READ
     return vectors
+
+
+class RowReader:
+    """Reads rows of a vectors file with ``pread``, never through a mapping: the rows a search
+    re-scores then stay out of this process's resident set (touching a mapping maps whole folios of
+    the page cache into it, up to the whole file after a few searches)."""
+
+    def __init__(self, path: Path, rows: int, dim: int) -> None:
+        self.path = path
+        self.rows = rows
+        self.dim = dim
+        descriptor = os.open(path, os.O_RDONLY)
+        self._descriptor = descriptor
+        # closed with the last index holding it (a renamed or unlinked file stays readable)
+        weakref.finalize(self, os.close, descriptor)
+
+    def read(self, rows: Int64s) -> Vectors:
+        """The vectors of ``rows`` (sorted, without repeats), one ``preadv`` per run of neighbours."""
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        if not len(rows):
+            return out
+        width = self.dim * 4
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        starts: list[int] = np.concatenate([[0], breaks]).tolist()
+        ends: list[int] = np.concatenate([breaks, [len(rows)]]).tolist()
+        firsts: list[int] = rows[starts].tolist()
+        buffer: Any = out  # numpy's stubs lack the buffer protocol
+        target = memoryview(buffer).cast("B")
+        for start, end, first in zip(starts, ends, firsts, strict=True):
+            wanted = (end - start) * width
+            if os.preadv(self._descriptor, [target[start * width : end * width]], first * width) != wanted:
+                raise OSError(f"{self.path} ends before row {first + end - start} of {self.rows}")
+        return out
 
 
 def _bounds(counts: Int64s) -> list[int]:

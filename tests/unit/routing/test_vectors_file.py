@@ -166,7 +166,17 @@ def test_a_vectors_file_that_is_missing_or_does_not_match_falls_back_to_the_stor
     held = _by_name(restarted)
     assert not any(_on_file(rv.utterance_vectors) for rv in held.values())
     assert restarted.snapshot().main.path is not None  # the index file itself is still reused
+    assert restarted.snapshot().main.vectors_path is None  # and a rebuild carries no rows from it
     _same_answers(restarted, _old_path(store, index_dir))
+    changed = _route("r005", seed=93)
+    restarted.apply([changed], [], ((0, 101),))
+    restarted.rebuild(block=True)
+    rebuilt = _by_name(restarted)
+    expected = {rv.name: rv for rv in routes} | {"r005": changed}
+    assert sorted(rebuilt) == sorted(expected)
+    for name, rv in expected.items():
+        assert np.array_equal(rebuilt[name].utterance_vectors, rv.utterance_vectors)
+        assert _on_file(rebuilt[name].utterance_vectors)
 
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
@@ -251,3 +261,34 @@ def test_a_store_of_schema_2_is_converted_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "routes_v2" not in tables
+
+
+def _mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):
+                inside = line.rstrip().endswith(str(path))
+            elif first == "Rss:" and inside:
+                total += int(line.split()[1])
+    return total
+
+
+def test_searches_read_the_rows_they_rescore_without_mapping_them(tmp_path: Path) -> None:
+    routes = _routes(400)
+    store, index_dir = _served(tmp_path, routes)
+    restarted = _restart(store, index_dir)
+    main = restarted.snapshot().main
+    assert main.row_reader is not None
+    assert main.vectors_path is not None
+    before = _mapped_kb(main.vectors_path)
+    _answers(restarted)
+    assert _mapped_kb(main.vectors_path) == before
+    _same_answers(restarted, _old_path(store, index_dir))
+    # runs of neighbouring rows and single rows, in one read
+    wanted = np.array([0, 1, 2, 7, 40, 41, main.rows - 1])
+    expected = np.concatenate([rv.utterance_vectors for rv in routes])[wanted]
+    assert np.array_equal(main.row_reader.read(wanted), expected)
+    assert main.row_reader.read(np.zeros(0, dtype=np.int64)).shape == (0, DIM)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import operator
 import threading
 import time
 from collections import Counter
@@ -141,13 +142,17 @@ class RouteReplica:
         # not matching, the store has them all, and a log line says so).
         index_dir = index_dir_for(self.store_path)
         state, persisted = await asyncio.to_thread(load_stored, store, index_dir, dim, fingerprint)
-        # one pass over what may be 200k routes
+        # what may be 200k routes: checked in C first (the usual case: all of this model)
+        shapes = set(map(_SHAPE, state.routes))
         routes, stale = [], []
-        for rv in state.routes:
-            if rv.fingerprint == fingerprint and rv.utterance_vectors.shape[1] == dim:
-                routes.append(rv)
-            else:
-                stale.append(rv.route)
+        if set(map(_FINGERPRINT, state.routes)) <= {fingerprint} and all(shape[1] == dim for shape in shapes):
+            routes = list(state.routes)
+        else:
+            for rv in state.routes:
+                if rv.fingerprint == fingerprint and rv.utterance_vectors.shape[1] == dim:
+                    routes.append(rv)
+                else:
+                    stale.append(rv.route)
         if stale:
             # The model changed since these were stored: vectors of two models are not comparable.
             logger.warning("re-embedding %d stored routes made by another model", len(stale))
@@ -559,6 +564,10 @@ class RouteReplica:
         if self._store is None or self._table is None:
             raise RuntimeError("RouteReplica.open() has not been called")
         return self._store, self._table
+
+
+_SHAPE: Callable[[RouteVectors], tuple[int, ...]] = operator.attrgetter("utterance_vectors.shape")
+_FINGERPRINT: Callable[[RouteVectors], str] = operator.attrgetter("fingerprint")
 
 
 def _fills_empty(table: RouteTable, upserts: Sequence[RouteVectors], overlay_max_rows: int) -> bool:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import shutil
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
 
@@ -267,10 +269,11 @@ def load_main(
             "ignoring index %s: %d rows of dim %d, manifest says %d", index_path, index.ntotal, index.d, rows
         )
         return None
-    # one pass without a call per slot (200k at a restart)
-    slot_routes = tuple(
-        rv if rv is not None and rv.digest == digest else None
-        for rv, digest in zip(map(routes.get, names), digests, strict=True)
+    # in C, without a Python call per slot (200k at a restart)
+    held = tuple(map(routes.get, names))
+    same = list(map(operator.eq, map(getattr, held, repeat("digest"), repeat(None)), digests))
+    slot_routes = (
+        held if all(same) else tuple(rv if alike else None for rv, alike in zip(held, same, strict=True))
     )
     main = MainIndex.assemble(
         dim,

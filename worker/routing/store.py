@@ -230,8 +230,8 @@ class RouteStore:
             "SELECT name, definition, fingerprint, dim, digest, negative_vectors FROM routes"
         ).fetchall()
         # 200k routes are 1M+ new objects without cycles: collections while they are
-        # made only re-scan them (the load took twice as long)
-        with collector_paused():
+        # made, or after, only re-scan them (the load took twice as long)
+        with collector_paused(freeze=True):
             if known is None:
                 mapped: list[Vectors | None] = [None] * len(rows)
             else:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.native import in_slices
+from worker.routing.native import collector_paused, in_slices
 from worker.routing.types import Int64s, RouteVectors, Vectors
 
 #: the suffix of a vectors file beside its index file (``main-ivf-<id>.faiss``)
@@ -113,7 +113,7 @@ class MappedVectors:
     ) -> None:
         self.path = path
         self.vectors = vectors
-        self._slots = {name: slot for slot, name in enumerate(names)}
+        self._slots = dict(zip(names, range(len(names)), strict=True))
         self._digests = digests
         self._bounds = _bounds(counts)
 
@@ -150,11 +150,16 @@ def routes_on_file(
             raise IndexBuildFailed(f"vectors file does not hold the vectors of route {routes[slot].name!r}")
     made: list[RouteVectors] = []
     trusted = RouteVectors.trusted
-    for part in in_slices(range(len(routes))):  # pausing between slices: this runs beside searches
-        made.extend(
-            trusted(
-                rv.route, vectors[bounds[i] : bounds[i + 1]], rv.negative_vectors, rv.fingerprint, rv.digest
+    with collector_paused(freeze=True):  # 400k long-lived objects (see collector_paused)
+        for part in in_slices(range(len(routes))):  # pausing between slices: this runs beside searches
+            made.extend(
+                trusted(
+                    rv.route,
+                    vectors[bounds[i] : bounds[i + 1]],
+                    rv.negative_vectors,
+                    rv.fingerprint,
+                    rv.digest,
+                )
+                for i, rv in zip(part, map(routes.__getitem__, part), strict=True)
             )
-            for i, rv in zip(part, map(routes.__getitem__, part), strict=True)
-        )
     return tuple(made)

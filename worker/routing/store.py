@@ -415,12 +415,21 @@ def _routes_from_rows(
     One loop with everything in locals: it runs 200k times at a restart, and calls per route
     (a helper, a cached empty matrix) were a third of it.
     """
-    stored, loads, trusted = Route.stored, orjson.loads, RouteVectors.trusted
+    loads, trusted = orjson.loads, RouteVectors.trusted
+    new_route, set_field = functools.partial(object.__new__, Route), object.__setattr__
     empty: dict[int, Vectors] = {}
     made: list[RouteVectors] = []
     add = made.append
     for (name, definition, fingerprint, dim, digest, negatives), got in zip(rows, mapped, strict=True):
-        route = stored(loads(definition))
+        # Route.stored, inlined: the parsed definition (exactly the fields, as canonical_json wrote
+        # them) becomes the instance's __dict__, its lists made tuples
+        fields = loads(definition)
+        fields["utterances"] = tuple(fields["utterances"])
+        fields["negative_utterances"] = tuple(fields["negative_utterances"])
+        if fields["threshold"] is not None:
+            fields["threshold"] = float(fields["threshold"])
+        route = new_route()
+        set_field(route, "__dict__", fields)
         utterances = _stored_vectors(blobs.get(name, b""), len(route.utterances), dim) if got is None else got
         if negatives:
             negative_vectors = _stored_vectors(negatives, len(route.negative_utterances), dim)

@@ -157,7 +157,25 @@ def rss_now_mb(field: str = "VmRSS") -> float:
 
 
 def rss_split() -> dict[str, float]:
-    return {"rss": rss_now_mb(), "anon": rss_now_mb("RssAnon"), "file": rss_now_mb("RssFile")}
+    return {"rss": rss_now_mb(), "anon": rss_now_mb("RssAnon"), "file": rss_now_mb("RssFile"),
+            **mapped_rss_mb()}  # fmt: skip
+
+
+def mapped_rss_mb() -> dict[str, float]:
+    """Resident pages of the mapped index files (``.faiss``) and vectors files (``.vectors``), from
+    /proc/self/smaps: the part of ``RssFile`` that is the route table's."""
+    out = {"index_files": 0.0, "vectors_files": 0.0}
+    kind = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header line
+                path = line.split()[-1]
+                kind = "index_files" if path.endswith(".faiss") else "vectors_files" if path.endswith(
+                    ".vectors") else None  # fmt: skip
+            elif first == "Rss:" and kind is not None:
+                out[kind] += int(line.split()[1]) / 1024
+    return out
 
 
 def cpu_seconds() -> dict[str, Any]:

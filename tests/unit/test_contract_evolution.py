@@ -37,6 +37,8 @@ STRICT = Limits(contract_mode="strict")
 #: the fields a route definition has at each store schema version (see the last test)
 ROUTE_FIELDS_BY_STORE_SCHEMA = {
     2: {"name", "utterances", "negative_utterances", "threshold", "metadata", "embeddings"},
+    # 3 moved utterance vectors to their own table: the same fields (converted in place, no replay)
+    3: {"name", "utterances", "negative_utterances", "threshold", "metadata", "embeddings"},
 }
 
 

@@ -20,6 +20,7 @@ import asyncio
 import functools
 import gc
 import logging
+import operator
 import threading
 import time
 from collections import Counter
@@ -56,7 +57,7 @@ from worker.replication.stats import ReplicaStats
 from worker.replication.topic_config import mutation_retention
 from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_faults
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
-from worker.routing.index_file import MANIFEST
+from worker.routing.index_file import MANIFEST, Persisted, load_stored
 from worker.routing.native import release_free_memory
 from worker.routing.table import KEEP
 
@@ -141,15 +142,23 @@ class RouteReplica:
         if self._table is not None:
             return
         store = await asyncio.to_thread(RouteStore, self.store_path)
-        state = await asyncio.to_thread(store.load)
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
-        # one pass over what may be 200k routes
+        # A restart: the persisted index's vectors file holds the vectors of every route unchanged
+        # since it was built, so the store load reads only the others (a derived cache: missing or
+        # not matching, the store has them all, and a log line says so).
+        index_dir = index_dir_for(self.store_path)
+        state, persisted = await asyncio.to_thread(load_stored, store, index_dir, dim, fingerprint)
+        # what may be 200k routes: checked in C first (the usual case: all of this model)
+        shapes = set(map(_SHAPE, state.routes))
         routes, stale = [], []
-        for rv in state.routes:
-            if rv.fingerprint == fingerprint and rv.utterance_vectors.shape[1] == dim:
-                routes.append(rv)
-            else:
-                stale.append(rv.route)
+        if set(map(_FINGERPRINT, state.routes)) <= {fingerprint} and all(shape[1] == dim for shape in shapes):
+            routes = list(state.routes)
+        else:
+            for rv in state.routes:
+                if rv.fingerprint == fingerprint and rv.utterance_vectors.shape[1] == dim:
+                    routes.append(rv)
+                else:
+                    stale.append(rv.route)
         if stale:
             # The model changed since these were stored: vectors of two models are not comparable.
             logger.warning("re-embedding %d stored routes made by another model", len(stale))
@@ -163,7 +172,7 @@ class RouteReplica:
             routes.extend(fresh)
             self.stats.re_embedded_at_open += len(fresh)
             self.stats.skipped_malformed += len(failed)
-        table = await asyncio.to_thread(self._build_table, routes, state.version)
+        table = await asyncio.to_thread(self._build_table, routes, state.version, persisted)
         stored = state.records.get(CALIBRATION_KEY)
         if stored is not None:
             install = await asyncio.to_thread(stored_calibration, stored, self._calibration_context())
@@ -180,7 +189,9 @@ class RouteReplica:
             self.encoder.fingerprint, self.encoder.dim, self.settings.limits, self.stats
         )
 
-    def _build_table(self, routes: list[RouteVectors], version: TableVersion) -> RouteTable:
+    def _build_table(
+        self, routes: list[RouteVectors], version: TableVersion, persisted: Persisted | None
+    ) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
         dim, fingerprint = self.encoder.dim, self.encoder.fingerprint
         settings = IndexSettings(
@@ -188,7 +199,7 @@ class RouteReplica:
         )
         if (index_dir / MANIFEST).exists():
             # Restart: the persisted main index is reused; routes changed since are overlaid.
-            table = RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir)
+            table = RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir, persisted)
             table.on_rebuild = self._rebuilt
             return table
         # No index on disk yet (first start, or killed before the first rebuild finished): serve
@@ -589,6 +600,10 @@ def _collector_off_until_ready(freeze: Callable[[], bool]) -> Iterator[None]:
             if freeze():
                 gc.freeze()
             gc.enable()
+
+
+_SHAPE: Callable[[RouteVectors], tuple[int, ...]] = operator.attrgetter("utterance_vectors.shape")
+_FINGERPRINT: Callable[[RouteVectors], str] = operator.attrgetter("fingerprint")
 
 
 def _fills_empty(table: RouteTable, upserts: Sequence[RouteVectors], overlay_max_rows: int) -> bool:

@@ -58,13 +58,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = IndexSettings(**spec["settings"])
     use_blas_from(settings.blas_min_queries)
     rows, dim = int(spec["rows"]), int(spec["dim"])
-    if "previous" in spec:
-        vectors = assemble_vectors(job, Path(spec["previous"]), rows, dim)
+    if "previous" in spec or "previous_vectors" in spec:
+        vectors = assemble_vectors(
+            job,
+            Path(spec["previous"]) if "previous" in spec else None,
+            rows,
+            dim,
+            Path(spec["previous_vectors"]) if "previous_vectors" in spec else None,
+            int(spec.get("previous_rows", 0)),
+        )
+        # the job's vectors file held only the changed rows: the parent maps the whole set
+        vectors.tofile(job / (VECTORS_FILE + ".tmp"))
+        os.replace(job / (VECTORS_FILE + ".tmp"), job / VECTORS_FILE)
     else:
         vectors = np.memmap(job / VECTORS_FILE, dtype=np.float32, mode="r", shape=(rows, dim))
     index = new_index(spec["kind"], vectors, settings)
-    del vectors
-    (job / VECTORS_FILE).unlink()
+    del vectors  # the vectors file stays: the parent keeps it beside the index (vectors_file)
     temporary = job / (INDEX_FILE + ".tmp")
     faiss.write_index(index, str(temporary))
     os.replace(temporary, job / INDEX_FILE)

@@ -2,8 +2,11 @@
 
 ``job.json`` holds the kind, size and settings. The vectors come either all in ``vectors.f32``, or,
 for a rebuild over an approximate index mapped from a file, only the changed routes' vectors, with
-``sources.npy``/``counts.npy`` saying where each route's rows are: in the previous index's file
-(which the build process reads itself) or in ``vectors.f32``. The built index is ``index.faiss``.
+``sources.npy``/``counts.npy`` saying where each route's rows are: in the previous index's
+vectors file or (raw float32 lists) its index file, which the build process reads itself, or in
+``vectors.f32``. The built index is ``index.faiss``;
+the build process leaves ``vectors.f32`` holding every row in order (assembled if it held only the
+changed ones), which the parent keeps beside the index (:mod:`worker.routing.vectors_file`).
 """
 
 from __future__ import annotations
@@ -75,9 +78,17 @@ def first_rows(counts: Int64s) -> Int64s:
     return first
 
 
-def assemble_vectors(job: Path, previous_path: Path, rows: int, dim: int) -> Any:
-    """The rows of the index to build, in order: carried ones from the previous index's lists,
-    the others from the job's vectors file (see :func:`write_changes`)."""
+def assemble_vectors(
+    job: Path,
+    previous_path: Path | None,
+    rows: int,
+    dim: int,
+    previous_vectors: Path | None = None,
+    previous_rows: int = 0,
+) -> Any:
+    """The rows of the index to build, in order: carried ones from the previous index's vectors
+    file (``previous_rows`` rows) if given, else from its lists, the others from the job's vectors
+    file (see :func:`write_changes`)."""
     sources, counts = np.load(job / SOURCES_FILE), np.load(job / COUNTS_FILE)
     if int(counts.sum()) != rows:
         raise IndexBuildFailed(f"job lists {int(counts.sum())} rows, wants {rows}")
@@ -88,6 +99,14 @@ def assemble_vectors(job: Path, previous_path: Path, rows: int, dim: int) -> Any
     vectors = np.empty((rows, dim), dtype=np.float32)
     fresh = np.fromfile(job / VECTORS_FILE, dtype=np.float32).reshape(-1, dim)
     vectors[~carried] = fresh[-1 - first[~carried] + offset[~carried]]
+    if previous_vectors is not None:
+        if previous_vectors.stat().st_size != previous_rows * dim * 4:
+            raise IndexBuildFailed(f"{previous_vectors} does not hold {previous_rows} rows of dim {dim}")
+        old = np.memmap(previous_vectors, dtype=np.float32, mode="r", shape=(previous_rows, dim))
+        vectors[carried] = old[(first + offset)[carried]]
+        return vectors
+    if previous_path is None:
+        raise IndexBuildFailed("a rebuild carrying rows names neither a previous index nor its vectors")
     previous = faiss.read_index(str(previous_path), faiss.IO_FLAG_MMAP_IFC)
     ivf = faiss.extract_index_ivf(previous)
     if previous.d != dim or ivf.code_size != 4 * dim:

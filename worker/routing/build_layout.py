@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter, itemgetter, lt
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,24 +30,32 @@ class Carried:
     """Routes a new main index takes over unchanged from ``previous``, the one it replaces.
 
     ``slots[i]`` is the slot in ``previous`` of the i-th route being built, or -1 when that route
-    is new or changed. Used when ``previous`` is an approximate index mapped from a file.
+    is new or changed. Used when ``previous`` is an approximate index mapped from a file, with
+    its vectors file or raw float32 lists to read the carried rows from.
     """
 
     previous: MainIndex
     slots: Int64s
 
     def usable_for(self, routes: int) -> bool:
-        """Whether the child process can read the carried rows from ``previous``'s file (only
-        raw float32 lists hold them exactly; from float16 codes every row is sent instead)."""
+        """Whether the child process can read the carried rows itself: from ``previous``'s vectors
+        file, or from its lists if they hold raw float32 (float16 codes are not the vectors)."""
+        if self.slots.shape != (routes,) or not bool((self.slots < len(self.previous.names)).all()):
+            return False
+        if self.vectors_file() is not None:
+            return True
         path = self.previous.path
         return (
             self.previous.kind == "ivf"
             and holds_raw_vectors(self.previous.index)
             and path is not None
             and path.is_file()
-            and self.slots.shape == (routes,)
-            and bool((self.slots < len(self.previous.names)).all())
         )
+
+    def vectors_file(self) -> Path | None:
+        """``previous``'s vectors file (every row of it, in row order), if it is still there."""
+        path = self.previous.vectors_path
+        return path if path is not None and path.is_file() else None
 
 
 @dataclass(frozen=True, eq=False)

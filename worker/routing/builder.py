@@ -5,12 +5,13 @@ indexes are built by a child process (:mod:`worker.routing.build_child`, started
 :mod:`worker.routing.build_process`) at low priority: its k-means and list assignment then neither
 hold this process's GIL nor take CPU time the searches want. The child writes the index file into
 a job folder (:mod:`worker.routing.build_job`) and the parent maps that file into memory (no copy,
-no parsing).
+no parsing). The child keeps the vectors file it built from: the parent maps it too and the index's
+routes hold row views of it instead of heap copies (:mod:`worker.routing.vectors_file`).
 
 A rebuild that folds an overlay into an approximate main index sends only the overlay's vectors
-and, per route, where its rows are in the current main index's file, which the child reads
-itself: sending all of them (384 MB at 250k vectors) made the serving process copy them through
-the kernel and held up its searches.
+and, per route, where its rows are in the current main index's vectors file (or, without one, its
+raw float32 lists), which the child reads itself: sending all of them (384 MB at 250k vectors)
+made the serving process copy them through the kernel and held up its searches.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from worker.routing.index import MainIndex, map_index
 from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss, in_slices
 from worker.routing.types import RouteVectors
+from worker.routing.vectors_file import map_vectors, routes_on_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +76,18 @@ def build_laid_out(
         return MainIndex.empty(dim, settings.faiss_threads)
     rows = int(layout.counts.sum())
     kind = settings.kind_for(rows)
-    index, path = None, None
+    index, path, routes = None, None, layout.routes
+    vectors_path = None
     if rows and kind == "flat":
         index = _build_here(layout.routes, dim)
     elif rows:
         index, path = _build_in_child(layout, kind, dim, settings, directory)
+        kept = None if path is None else path.with_name(VECTORS_FILE)
+        vectors = None if kept is None else map_vectors(kept, rows, dim)
+        if vectors is not None:
+            # the slots' vectors are in the file the child kept: the routes' heap copies can go
+            routes = routes_on_file(layout.routes, vectors, layout.counts)
+            vectors_path = kept
     return MainIndex.assemble(
         dim,
         kind,
@@ -86,11 +95,12 @@ def build_laid_out(
         layout.names,
         layout.digests,
         layout.counts,
-        layout.routes,
+        routes,
         searched_lists(index, kind, settings),
         path,
         known=np.ones(len(layout.routes), dtype=np.bool_),
         threads=settings.faiss_threads,
+        vectors_path=vectors_path,
     )
 
 
@@ -127,7 +137,12 @@ def _build_in_child(
         if carried is None or not carried.usable_for(len(layout.routes)):
             write_vectors(job / VECTORS_FILE, layout.routes)
         else:
-            spec["previous"] = str(carried.previous.path)
+            source = carried.vectors_file()
+            if source is not None:
+                spec["previous_vectors"] = str(source)
+                spec["previous_rows"] = carried.previous.rows
+            else:
+                spec["previous"] = str(carried.previous.path)
             write_changes(job, layout, carried)
         (job / JOB_FILE).write_text(json.dumps(spec))
         written = time.perf_counter()

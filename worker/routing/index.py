@@ -24,6 +24,7 @@ import numpy.typing as npt
 from worker.routing.index_settings import IndexKind
 from worker.routing.native import faiss, use_faiss_threads
 from worker.routing.types import Bools, Int64s, RouteVectors, Vectors
+from worker.routing.vectors_file import RowReader
 
 
 def table_digest(route_digests: Iterable[tuple[str, str]]) -> str:
@@ -66,7 +67,9 @@ class MainIndex:
     Slots are in name order: ``names[slot]``/``digests[slot]``/``counts[slot]`` describe each one,
     ``row_slot[row]`` maps a Faiss row to its slot. ``slot_routes[slot]`` holds the route's vectors
     when known (``known[slot]``); a slot loaded from disk whose route has since changed has none
-    and the table masks it. ``path`` is the file the index is mapped from, if any.
+    and the table masks it. ``path`` is the file the index is mapped from, if any;
+    ``vectors_path`` the vectors file its known routes' utterance vectors are views of, if any
+    (:mod:`worker.routing.vectors_file`).
     """
 
     dim: int
@@ -82,6 +85,9 @@ class MainIndex:
     path: Path | None = None
     #: OpenMP threads of a search (``IndexSettings.faiss_threads``)
     threads: int | None = 1
+    vectors_path: Path | None = None
+    #: reads rows of ``vectors_path`` for the exact re-scoring of a shortlist
+    row_reader: RowReader | None = None
 
     @property
     def rows(self) -> int:
@@ -102,6 +108,7 @@ class MainIndex:
         path: Path | None = None,
         known: Bools | None = None,
         threads: int | None = 1,
+        vectors_path: Path | None = None,
     ) -> MainIndex:
         """Wrap a built or loaded Faiss index whose rows follow the slots (names in sorted order).
 
@@ -116,7 +123,20 @@ class MainIndex:
         known = np.array(known, dtype=np.bool_)
         known.flags.writeable = False
         return cls(
-            dim, kind, index, names, digests, counts, row_slot, slot_routes, known, probe_lists, path, threads
+            dim,
+            kind,
+            index,
+            names,
+            digests,
+            counts,
+            row_slot,
+            slot_routes,
+            known,
+            probe_lists,
+            path,
+            threads,
+            vectors_path,
+            None if vectors_path is None else RowReader(vectors_path, int(counts.sum()), dim),
         )
 
     @classmethod
@@ -200,6 +220,11 @@ class MainIndex:
         out = np.zeros((*rows.shape, self.dim), dtype=np.float32)
         picked = np.flatnonzero(usable)
         if not picked.size:
+            return out, usable
+        if self.row_reader is not None:
+            # the vectors file's rows are the known routes' vectors (same digest, same bytes)
+            unique_rows, at = np.unique(rows.ravel()[picked], return_inverse=True)
+            out.reshape(-1, self.dim)[picked] = self.row_reader.read(unique_rows)[at]
             return out, usable
         wanted_slots = slots.ravel()[picked]
         unique, inverse = np.unique(wanted_slots, return_inverse=True)

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import shutil
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import orjson
 
 from worker.routing.build_job import JOB_PREFIX
@@ -28,7 +32,10 @@ from worker.routing.calibration import searched_lists
 from worker.routing.index import MainIndex, holds_raw_vectors, map_index
 from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss, pause
+from worker.routing.store import RouteStore, StoredState
 from worker.routing.types import RouteVectors
+from worker.routing.vectors_file import SUFFIX as VECTORS_SUFFIX
+from worker.routing.vectors_file import MappedVectors, map_vectors, vectors_beside
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +62,29 @@ def place_index(main: MainIndex, directory: Path, keep: Path | None = None) -> M
     if placed is None or placed.parent != directory:
         placed = directory / f"main-{main.kind}-{uuid.uuid4().hex[:16]}.faiss"
         _move_or_write(main, placed)
-    for old in directory.glob("main-*.faiss"):
-        if old not in (placed, keep):
+    vectors = _place_vectors(main, vectors_beside(placed))
+    kept = (placed, keep, vectors, None if keep is None else vectors_beside(keep))
+    for old in (*directory.glob("main-*.faiss"), *directory.glob("main-*" + VECTORS_SUFFIX)):
+        if old not in kept:
             old.unlink(missing_ok=True)
     for job in directory.glob(JOB_PREFIX + "*"):
         shutil.rmtree(job, ignore_errors=True)
-    return main if placed == main.path else dataclasses.replace(main, path=placed)
+    if placed == main.path and vectors == main.vectors_path:
+        return main
+    return dataclasses.replace(main, path=placed, vectors_path=vectors)
+
+
+def _place_vectors(main: MainIndex, target: Path) -> Path | None:
+    """Move ``main``'s vectors file to ``target`` (a rename: its mapping and the views stay valid)."""
+    if main.vectors_path is None or main.vectors_path == target:
+        return main.vectors_path
+    try:
+        os.replace(main.vectors_path, target)
+    except OSError as error:
+        # the routes keep their views of the file where it is; a restart reads them from the store
+        logger.info("not keeping vectors file %s beside the index: %s", main.vectors_path, error)
+        return None
+    return target
 
 
 def write_manifest(main: MainIndex, directory: Path, fingerprint: str) -> None:
@@ -76,6 +100,8 @@ def write_manifest(main: MainIndex, directory: Path, fingerprint: str) -> None:
         "fingerprint": fingerprint,
         "index_file": main.path.name,
     }
+    if main.vectors_path is not None and main.vectors_path.parent == directory:
+        header["vectors_file"] = main.vectors_path.name
     temporary = directory / (MANIFEST + ".tmp")
     with open(temporary, "wb") as out:
         # Column by column, in slices: this runs beside the searches, and one orjson call over 50k
@@ -120,19 +146,22 @@ def _codes(index: Any, kind: IndexKind) -> str | None:
     return "float32" if holds_raw_vectors(index) else "float16"
 
 
-def load_main(
-    directory: Path,
-    routes: Mapping[str, RouteVectors],
-    dim: int,
-    fingerprint: str,
-    settings: IndexSettings,
-) -> MainIndex | None:
-    """Load the persisted main index if it fits this table, else None (the caller rebuilds).
+@dataclass(frozen=True, eq=False)
+class Persisted:
+    """A manifest read from an index folder: its header and slot columns, and the vectors file it
+    names, mapped (None when it names none, or the file is missing or of another size)."""
 
-    It fits when it was built with the same model and dimension and is of the kind (and list
-    count) ``settings`` pick for its size. ``routes`` are the store's; slots whose digest matches
-    reuse them.
-    """
+    directory: Path
+    header: Mapping[str, Any]
+    names: tuple[str, ...]
+    digests: tuple[str, ...]
+    counts: list[int]
+    vectors: MappedVectors | None
+
+
+def read_persisted(directory: Path, dim: int, fingerprint: str) -> Persisted | None:
+    """The manifest in ``directory`` with its vectors file mapped if they are of this model, else
+    None (no manifest, or one that cannot be read). Says in a log line why a vectors file is not used."""
     manifest_path = directory / MANIFEST
     try:
         manifest = orjson.loads(manifest_path.read_bytes())
@@ -143,9 +172,69 @@ def load_main(
             raise ValueError("columns of different lengths")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, TypeError) as error:
+    except (OSError, ValueError, TypeError, AttributeError) as error:
         logger.warning("ignoring unreadable index manifest %s: %s", manifest_path, error)
         return None
+    header = {key: value for key, value in manifest.items() if key not in ("names", "digests", "counts")}
+    vectors = None
+    named = header.get("vectors_file")
+    if manifest.get("dim") != dim or manifest.get("fingerprint") != fingerprint:
+        pass  # of another model: load_main says so
+    elif not isinstance(named, str):
+        logger.info(
+            "index manifest %s names no vectors file: the store has every route's vectors", manifest_path
+        )
+    else:
+        path = directory / named
+        mapped = map_vectors(path, sum(counts), dim)
+        if mapped is None:
+            logger.warning(
+                "vectors file %s is missing or not of %d rows of dim %d: reading every route's vectors "
+                "from the store",
+                path,
+                sum(counts),
+                dim,
+            )
+        else:
+            vectors = MappedVectors(path, mapped, names, digests, np.array(counts, dtype=np.int64))
+    return Persisted(directory, header, names, digests, counts, vectors)
+
+
+def load_stored(
+    store: RouteStore, directory: Path, dim: int, fingerprint: str
+) -> tuple[StoredState, Persisted | None]:
+    """The store's state, with the utterance vectors of routes unchanged since the persisted index
+    was built taken from its vectors file (not read from the store), and the manifest read."""
+    persisted = read_persisted(directory, dim, fingerprint)
+    state = store.load(None if persisted is None else persisted.vectors)
+    if persisted is not None and persisted.vectors is not None and not state.from_known:
+        # not used (nothing matched, or it failed the store's check): nobody may read rows from it
+        persisted = dataclasses.replace(persisted, vectors=None)
+    return state, persisted
+
+
+def load_main(
+    directory: Path,
+    routes: Mapping[str, RouteVectors],
+    dim: int,
+    fingerprint: str,
+    settings: IndexSettings,
+    persisted: Persisted | None = None,
+) -> MainIndex | None:
+    """Load the persisted main index if it fits this table, else None (the caller rebuilds).
+
+    It fits when it was built with the same model and dimension and is of the kind (and list
+    count) ``settings`` pick for its size. ``routes`` are the store's; slots whose digest matches
+    reuse them. ``persisted`` is the manifest as :func:`load_stored` returned it: its vectors file
+    (if it has one) then serves the exact re-scoring; read here, the vectors file is not used.
+    """
+    if persisted is None:
+        persisted = read_persisted(directory, dim, fingerprint)
+        if persisted is None:
+            return None
+        # its vectors file is used only as :func:`load_stored` found it (checked against the routes)
+        persisted = dataclasses.replace(persisted, vectors=None)
+    manifest, names, digests, counts = persisted.header, persisted.names, persisted.digests, persisted.counts
     rows = sum(counts)
     kind = manifest.get("kind")
     reason = None
@@ -180,10 +269,11 @@ def load_main(
             "ignoring index %s: %d rows of dim %d, manifest says %d", index_path, index.ntotal, index.d, rows
         )
         return None
-    # one pass without a call per slot (200k at a restart)
-    slot_routes = tuple(
-        rv if rv is not None and rv.digest == digest else None
-        for rv, digest in zip(map(routes.get, names), digests, strict=True)
+    # in C, without a Python call per slot (200k at a restart)
+    held = tuple(map(routes.get, names))
+    same = list(map(operator.eq, map(getattr, held, repeat("digest"), repeat(None)), digests))
+    slot_routes = (
+        held if all(same) else tuple(rv if alike else None for rv, alike in zip(held, same, strict=True))
     )
     main = MainIndex.assemble(
         dim,
@@ -196,6 +286,7 @@ def load_main(
         searched_lists(index, cast(IndexKind, kind), settings),
         index_path,
         threads=settings.faiss_threads,
+        vectors_path=None if persisted.vectors is None else persisted.vectors.path,
     )
     logger.info(
         "loaded %s index of %d vectors (%d of %d routes unchanged) from %s",

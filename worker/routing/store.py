@@ -18,35 +18,57 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
 from worker.routing.errors import OffsetRegression, SchemaTooNew, StoreError
 from worker.routing.native import collector_paused
-from worker.routing.types import Route, RouteVectors, TableVersion, Vectors, make_version
+from worker.routing.types import Route, RouteVectors, TableVersion, Vectors, make_version, route_digest
 
 logger = logging.getLogger(__name__)
 
 #: 2: the ``records`` table. A store of version 1 was written by a replica that skipped such
 #: records, so it is emptied on opening and the log replayed from its start.
-SCHEMA_VERSION = 2
+#: 3: utterance vectors in their own table (``route_vectors``), so a restart that has them from a
+#: vectors file (:class:`KnownVectors`) reads the narrow ``routes`` rows without their pages.
+#: A store of version 2 is converted in place, in one transaction (no replay needed).
+SCHEMA_VERSION = 3
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_ROUTES = """
 CREATE TABLE IF NOT EXISTS routes (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     dim INTEGER NOT NULL,
-    utterance_vectors BLOB NOT NULL,
-    negative_vectors BLOB NOT NULL,
-    digest TEXT NOT NULL
-);
+    digest TEXT NOT NULL,
+    negative_vectors BLOB NOT NULL
+)"""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{_ROUTES};
+CREATE TABLE IF NOT EXISTS route_vectors (name TEXT PRIMARY KEY, utterance_vectors BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
+
+#: routes with a mapped view at most for which their vectors are checked against their digest
+#: at load (a vectors file that does not hold what its manifest says is caught at once)
+_SPOT_CHECKS = 16
+#: at most this share of routes missing from the known vectors are read by name; more, by a scan
+_LOOKUP_SHARE = 0.1
+
+
+class KnownVectors(Protocol):
+    """Utterance vectors a restart already has outside the store (a derived cache: the persisted
+    index's vectors file), by route name and digest."""
+
+    def utterance_vectors_of(self, names: Sequence[str], digests: Sequence[str]) -> list[Vectors | None]:
+        """Read-only float32 rows of each route ``names[i]`` if the cache holds them for
+        ``digests[i]``, else None."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,8 @@ class StoredState:
     caught_up_at_ms: int | None = None
     #: the log's records that are not routes, by key: the value last read for each
     records: Mapping[str, bytes] = field(default_factory=dict)
+    #: routes whose utterance vectors came from the ``known`` vectors given to the load
+    from_known: int = 0
 
 
 class RouteStore:
@@ -103,21 +127,24 @@ class RouteStore:
             for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                 conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            stored = SCHEMA_VERSION if row is None else int(row[0])
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
+            elif stored > SCHEMA_VERSION:
                 raise SchemaTooNew(
                     f"{self.path} has schema version {row[0]}, this routeworker understands up to "
                     f"{SCHEMA_VERSION}: upgrade routeworker or point it at a fresh store"
                 )
-            elif int(row[0]) < 2:
+            if stored < 2:
                 logger.warning(
                     "%s predates calibration records (schema %s): emptied to replay the log from its start",
                     self.path,
-                    row[0],
+                    stored,
                 )
                 conn.execute("DELETE FROM routes")
                 conn.execute("DELETE FROM offsets")
+            if stored < 3:
+                _split_vectors_out(conn, self.path)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
             conn.execute("COMMIT")
         except BaseException:
@@ -145,7 +172,9 @@ class RouteStore:
             try:
                 self._check_offsets(conn, offsets)
                 _insert_routes(conn, rows)
-                conn.executemany("DELETE FROM routes WHERE name = ?", [(name,) for name in deletes])
+                gone = [(name,) for name in deletes]
+                conn.executemany("DELETE FROM routes WHERE name = ?", gone)
+                conn.executemany("DELETE FROM route_vectors WHERE name = ?", gone)
                 conn.executemany(
                     "INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)",
                     [(key, value) for key, value in records.items() if value is not None],
@@ -173,20 +202,26 @@ class RouteStore:
                     f"partition {partition}: offset {offset} is behind the stored {stored[partition]}"
                 )
 
-    def load(self) -> StoredState:
-        """Read every route with its vectors, and the offsets they reflect, in one consistent read."""
+    def load(self, known: KnownVectors | None = None) -> StoredState:
+        """Read every route with its vectors, and the offsets they reflect, in one consistent read.
+
+        Utterance vectors ``known`` holds for a route's name and digest are taken from it (not read
+        from the store, whose rows of them are then never touched); the others are read here. A
+        few routes given such vectors have them checked against their digest: on a mismatch the
+        cache is not what it claims, a warning says so and every route is read from the store.
+        """
         with self._connect() as conn:
             conn.execute("BEGIN")
             try:
-                cursor = conn.execute(
-                    "SELECT definition, fingerprint, dim, utterance_vectors, negative_vectors, digest "
-                    # table order, not name order: a sequential scan is what makes a cold start fast
-                    "FROM routes"
-                )
-                # 200k routes are 1M+ new objects without cycles: collections while they are
-                # made only re-scan them (the load took twice as long)
-                with collector_paused():
-                    routes = tuple(_route_from_row(*row) for row in cursor)
+                routes, given = self._load_routes(conn, known)
+                if not _spot_checked(given):
+                    logger.warning(
+                        "vectors of %s do not match the routes' digests: reading every route's "
+                        "vectors from %s instead",
+                        known,
+                        self.path,
+                    )
+                    routes, given = self._load_routes(conn, None)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
                 caught_up = _caught_up_at(conn)
                 records = {
@@ -195,7 +230,38 @@ class RouteStore:
             finally:
                 conn.execute("COMMIT")
         logger.info("loaded %d routes at %s from %s", len(routes), version, self.path)
-        return StoredState(routes, version, caught_up_at_ms=caught_up, records=records)
+        return StoredState(routes, version, caught_up_at_ms=caught_up, records=records, from_known=len(given))
+
+    @staticmethod
+    def _load_routes(
+        conn: sqlite3.Connection, known: KnownVectors | None
+    ) -> tuple[tuple[RouteVectors, ...], list[RouteVectors]]:
+        """Every stored route, and those of them whose utterance vectors ``known`` gave."""
+        # table order, not name order: a sequential scan is what makes a cold start fast
+        rows = conn.execute(
+            "SELECT name, definition, fingerprint, dim, digest, negative_vectors FROM routes"
+        ).fetchall()
+        # 200k routes are 1M+ new objects without cycles: collections while they are
+        # made, or after, only re-scan them (the load took twice as long)
+        with collector_paused(freeze=True):
+            if known is None:
+                mapped: list[Vectors | None] = [None] * len(rows)
+            else:
+                mapped = known.utterance_vectors_of([row[0] for row in rows], [row[4] for row in rows])
+            missing = [row[0] for row, vectors in zip(rows, mapped, strict=True) if vectors is None]
+            blobs = _utterance_blobs(conn, missing, len(rows))
+            routes = _routes_from_rows(rows, mapped, blobs)
+        if known is None:
+            return routes, []
+        logger.info(
+            "%d of %d routes' utterance vectors taken from %s, %d read from the store",
+            len(rows) - len(missing),
+            len(rows),
+            known,
+            len(missing),
+        )
+        given = [rv for rv, vectors in zip(routes, mapped, strict=True) if vectors is not None]
+        return routes, given
 
     def version(self) -> TableVersion:
         """The stored mutation-log position."""
@@ -225,6 +291,7 @@ class RouteStore:
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM routes")
+            conn.execute("DELETE FROM route_vectors")
             conn.execute("DELETE FROM offsets")
             conn.execute("DELETE FROM meta WHERE key = ?", (_CAUGHT_UP_KEY,))
             conn.execute("DELETE FROM records")
@@ -241,14 +308,14 @@ class RouteStore:
 
 _CAUGHT_UP_KEY = "caught_up_at_ms"
 
-#: routes written per INSERT statement at most (7 parameters each; fewer where the SQLite build
+#: routes written per INSERT statement at most (6 parameters each; fewer where the SQLite build
 #: allows fewer parameters per statement: 999 before 3.32)
 _ROWS_PER_STATEMENT = 2_048
-_COLUMNS = 7
+_COLUMNS = 6
 _INSERT = (
-    "INSERT OR REPLACE INTO routes (name, definition, fingerprint, dim, utterance_vectors, "
-    "negative_vectors, digest) VALUES "
+    "INSERT OR REPLACE INTO routes (name, definition, fingerprint, dim, digest, negative_vectors) VALUES "
 )
+_INSERT_VECTORS = "INSERT OR REPLACE INTO route_vectors (name, utterance_vectors) VALUES "
 
 
 def _insert_routes(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -259,8 +326,67 @@ def _insert_routes(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) ->
     step = max(1, min(_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _COLUMNS))
     for start in range(0, len(rows), step):
         part = rows[start : start + step]
-        placeholders = ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(part))
-        conn.execute(_INSERT + placeholders, [value for row in part for value in row])
+        conn.execute(
+            _INSERT + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(part)),
+            [value for row in part for value in row[:_COLUMNS]],
+        )
+        conn.execute(
+            _INSERT_VECTORS + ",".join(["(?, ?)"] * len(part)),
+            [value for row in part for value in (row[0], row[_COLUMNS])],
+        )
+
+
+def _split_vectors_out(conn: sqlite3.Connection, path: Path) -> None:
+    """Convert a ``routes`` table of schema 1 or 2 (utterance vectors in its rows) to schema 3."""
+    columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(routes)")}
+    if "utterance_vectors" not in columns:
+        return
+    logger.warning("%s: moving utterance vectors to their own table (schema 3), once", path)
+    conn.execute("ALTER TABLE routes RENAME TO routes_v2")
+    conn.execute(_ROUTES)
+    conn.execute(
+        "INSERT INTO routes (name, definition, fingerprint, dim, digest, negative_vectors) "
+        "SELECT name, definition, fingerprint, dim, digest, negative_vectors FROM routes_v2"
+    )
+    conn.execute(
+        "INSERT INTO route_vectors (name, utterance_vectors) SELECT name, utterance_vectors FROM routes_v2"
+    )
+    conn.execute("DROP TABLE routes_v2")
+
+
+def _utterance_blobs(conn: sqlite3.Connection, names: Sequence[str], routes: int) -> dict[str, bytes]:
+    """The stored utterance vectors of ``names``: looked up by name when they are few of the
+    ``routes``, else in one scan (in table order, sequential on disk)."""
+    if not names:
+        return {}
+    if len(names) > _LOOKUP_SHARE * routes:
+        wanted = set(names)
+        return {
+            name: blob
+            for name, blob in conn.execute("SELECT name, utterance_vectors FROM route_vectors")
+            if name in wanted
+        }
+    found: dict[str, bytes] = {}
+    step = max(1, min(500, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)))
+    for start in range(0, len(names), step):
+        part = names[start : start + step]
+        marks = ",".join("?" * len(part))
+        found.update(
+            conn.execute(f"SELECT name, utterance_vectors FROM route_vectors WHERE name IN ({marks})", part)
+        )
+    return found
+
+
+def _spot_checked(given: Sequence[RouteVectors]) -> bool:
+    """Whether a few of the routes ``given`` vectors from outside (evenly spread) match their digests."""
+    if not given:
+        return True
+    step = max(1, len(given) // _SPOT_CHECKS)
+    sample = [*given[::step][:_SPOT_CHECKS], given[-1]]
+    return all(
+        route_digest(rv.route, rv.utterance_vectors, rv.negative_vectors, rv.fingerprint) == rv.digest
+        for rv in sample
+    )
 
 
 def _caught_up_at(conn: sqlite3.Connection) -> int | None:
@@ -268,17 +394,18 @@ def _caught_up_at(conn: sqlite3.Connection) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, memoryview, memoryview, str]:
+def _route_row(rv: RouteVectors) -> tuple[str, str, str, int, str, memoryview, memoryview]:
+    """The ``routes`` row of ``rv``, then its utterance vectors (for ``route_vectors``)."""
     return (
         rv.name,
         rv.route.canonical_json(),
         rv.fingerprint,
         rv.dim,
+        rv.digest,
         # One contiguous little-endian blob per route: loading is a single np.frombuffer, no parsing.
         # Bound as buffers, not tobytes() copies (1.5 GB of copying in a 1M-vector replay).
-        _blob(rv.utterance_vectors),
         _blob(rv.negative_vectors),
-        rv.digest,
+        _blob(rv.utterance_vectors),
     )
 
 
@@ -289,16 +416,45 @@ def _blob(vectors: Vectors) -> memoryview:
     return memoryview(contiguous).cast("B")
 
 
-def _route_from_row(
-    definition: str, fingerprint: str, dim: int, utterances: bytes, negatives: bytes, digest: str
-) -> RouteVectors:
-    route = Route.stored(orjson.loads(definition))
-    utterance_vectors = _stored_vectors(utterances, len(route.utterances), dim)
-    negative_vectors = _stored_vectors(negatives, len(route.negative_utterances), dim)
-    if utterance_vectors is None or negative_vectors is None:
-        raise StoreError(f"route {route.name!r}: stored vectors do not match its utterances")
-    # read-only float32 rows over bytes, as RouteVectors would make them
-    return RouteVectors.trusted(route, utterance_vectors, negative_vectors, fingerprint, digest)
+def _routes_from_rows(
+    rows: Sequence[tuple[str, str, str, int, str, bytes]],
+    mapped: Sequence[Vectors | None],
+    blobs: Mapping[str, bytes],
+) -> tuple[RouteVectors, ...]:
+    """Routes from their ``routes`` rows and their utterance vectors: rows of a vectors file
+    (``mapped``, read-only float32 as the store would make them), else their stored blobs.
+
+    One loop with everything in locals: it runs 200k times at a restart, and calls per route
+    (a helper, a cached empty matrix) were a third of it.
+    """
+    loads, trusted = orjson.loads, RouteVectors.trusted
+    new_route, set_field = functools.partial(object.__new__, Route), object.__setattr__
+    empty: dict[int, Vectors] = {}
+    made: list[RouteVectors] = []
+    add = made.append
+    for (name, definition, fingerprint, dim, digest, negatives), got in zip(rows, mapped, strict=True):
+        # Route.stored, inlined: the parsed definition (exactly the fields, as canonical_json wrote
+        # them) becomes the instance's __dict__, its lists made tuples
+        fields = loads(definition)
+        fields["utterances"] = tuple(fields["utterances"])
+        fields["negative_utterances"] = tuple(fields["negative_utterances"])
+        if fields["threshold"] is not None:
+            fields["threshold"] = float(fields["threshold"])
+        route = new_route()
+        set_field(route, "__dict__", fields)
+        utterances = _stored_vectors(blobs.get(name, b""), len(route.utterances), dim) if got is None else got
+        if negatives:
+            negative_vectors = _stored_vectors(negatives, len(route.negative_utterances), dim)
+        elif route.negative_utterances:
+            negative_vectors = None
+        else:
+            negative_vectors = empty.get(dim)
+            if negative_vectors is None:
+                negative_vectors = empty[dim] = _no_vectors(dim)
+        if utterances is None or negative_vectors is None or utterances.shape != (len(route.utterances), dim):
+            raise StoreError(f"route {route.name!r}: stored vectors do not match its utterances")
+        add(trusted(route, utterances, negative_vectors, fingerprint, digest))
+    return tuple(made)
 
 
 def _stored_vectors(blob: bytes, rows: int, dim: int) -> Vectors | None:

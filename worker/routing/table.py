@@ -31,7 +31,7 @@ from worker.background import lower_this_thread
 from worker.routing.builder import build_laid_out, build_main
 from worker.routing.errors import DimensionMismatch, FingerprintMismatch
 from worker.routing.index import MainIndex
-from worker.routing.index_file import load_main, place_index, write_manifest
+from worker.routing.index_file import Persisted, load_main, place_index, write_manifest
 from worker.routing.index_settings import IndexSettings
 from worker.routing.native import use_blas_from, use_faiss_threads
 from worker.routing.overlay import Overlay
@@ -104,15 +104,18 @@ class RouteTable:
         fingerprint: str,
         settings: IndexSettings | None = None,
         index_dir: Path | None = None,
+        persisted: Persisted | None = None,
     ) -> RouteTable:
         """A table holding ``routes`` (e.g. loaded from the store), reusing a persisted index.
 
-        Blocking: builds the main index when no persisted one fits (call it from a thread).
+        ``persisted`` is ``index_dir``'s manifest if already read (the store load used its
+        vectors file). Blocking: builds the main index when no persisted one fits (call it from
+        a thread).
         """
         settings = settings or IndexSettings()
         _check_all(routes, dim, fingerprint)
         by_name = dict(zip(map(_NAME, routes), routes, strict=True))
-        main = load_main(index_dir, by_name, dim, fingerprint, settings) if index_dir else None
+        main = load_main(index_dir, by_name, dim, fingerprint, settings, persisted) if index_dir else None
         if main is None:
             table = cls(dim, fingerprint, settings, index_dir, version=version)
             table.apply(routes, (), version, rebuild=False)
@@ -369,7 +372,8 @@ class RouteTable:
             current = self._snapshot
             # Only this thread replaces main, so current.main is base.main and every route changed
             # since `base` is in current.overlay: keep those changes on top of the new main.
-            kept = [rv for name, rv in current.overlay.routes.items() if main.route(name) is not rv]
+            # (by digest, not identity: the new main's routes are views of its vectors file)
+            kept = [rv for name, rv in current.overlay.routes.items() if not _same(main.route(name), rv)]
             gone = [name for name in current.overlay.deleted if main.slot(name) is not None]
             overlay = Overlay.empty(main).with_mutations(main, kept, gone)
             self._snapshot = TableSnapshot(main, overlay, current.version, current.calibration)
@@ -390,6 +394,11 @@ class RouteTable:
 _NAME: Callable[[RouteVectors], str] = attrgetter("route.name")
 _FINGERPRINT: Callable[[RouteVectors], str] = attrgetter("fingerprint")
 _VECTORS: Callable[[RouteVectors], Any] = attrgetter("utterance_vectors")
+
+
+def _same(held: RouteVectors | None, rv: RouteVectors) -> bool:
+    """Whether ``held`` is ``rv``, or made of the same definition, model and vectors."""
+    return held is not None and (held is rv or held.digest == rv.digest)
 
 
 def _check_all(routes: Sequence[RouteVectors], dim: int, fingerprint: str) -> None:

@@ -193,10 +193,20 @@ def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path
     table.apply(replacement, ["r000"], ((0, 62),))
     table.rebuild(block=True)
     new = table.snapshot().main
-    assert new.route("r060") is replacement[0]
+    # the same route, its vectors now rows of the new index's vectors file
+    held = new.route("r060")
+    assert held is not None
+    assert held.digest == replacement[0].digest
+    assert np.array_equal(held.utterance_vectors, replacement[0].utterance_vectors)
+    assert new.vectors_path is not None
+    assert new.vectors_path.parent == tmp_path
     assert new.slot("r000") is None
-    # The replaced index keeps its file while searches may still hold it ...
+    # The replaced index keeps its files while searches may still hold them ...
     assert {p.name for p in tmp_path.glob("main-*.faiss")} == {old.main.path.name, new.path.name}
+    assert {p.name for p in tmp_path.glob("main-*.vectors")} == {
+        old.main.path.with_suffix(".vectors").name,
+        new.path.with_suffix(".vectors").name,
+    }
     hits = old.search(queries, 5)
     assert [[old.route_at(int(i)).name for i in row] for row in hits.route_ids] == before
     # ... until the next rebuild replaces the index that replaced it.
@@ -205,6 +215,7 @@ def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path
     newest = table.snapshot().main.path
     assert newest is not None
     assert {p.name for p in tmp_path.glob("main-*.faiss")} == {new.path.name, newest.name}
+    assert {p.stem for p in tmp_path.glob("main-*.vectors")} == {new.path.stem, newest.stem}
     reloaded = RouteTable.from_routes(table.snapshot().ordered_routes(), ((0, 63),), DIM, FP, IVF, tmp_path)
     assert reloaded.snapshot().main.path == newest
 
@@ -224,11 +235,16 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
+@pytest.mark.parametrize("source", ["vectors file", "raw lists"])
 def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_index(
-    tmp_path: Path, sent: list[int]
+    tmp_path: Path, sent: list[int], source: str
 ) -> None:
     routes = _routes(90, seed=21)
     table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF_RAW, tmp_path)
+    if source == "raw lists":
+        vectors_file = table.snapshot().main.vectors_path
+        assert vectors_file is not None
+        vectors_file.unlink()  # the views stay valid; the build process reads the raw lists instead
     sent.clear()
     extra = _routes(95, seed=22)[90:]  # new names, sorted among and after the others
     renamed = [
@@ -256,17 +272,22 @@ def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_i
     assert np.array_equal(faiss.serialize_index(rebuilt.index), faiss.serialize_index(from_scratch.index))
 
 
-def test_a_rebuild_over_float16_lists_sends_every_vector_and_builds_the_same_index(
-    tmp_path: Path, sent: list[int]
+@pytest.mark.parametrize("vectors_file", [True, False])
+def test_a_rebuild_over_float16_lists_reads_unchanged_rows_from_the_vectors_file_and_builds_the_same_index(
+    tmp_path: Path, sent: list[int], vectors_file: bool
 ) -> None:
-    # float16 codes are not the vectors: the build process cannot read rows back from them
+    # float16 codes are not the vectors: without the vectors file every vector is sent
     routes = _routes(90, seed=21)
     table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
     assert not holds_raw_vectors(table.snapshot().main.index)
+    if not vectors_file:
+        path = table.snapshot().main.vectors_path
+        assert path is not None
+        path.unlink()
     sent.clear()
     table.apply(_routes(95, seed=22)[90:], ["r000"], ((0, 91),))
     table.rebuild(block=True)
-    assert sent == [94 * 3]
+    assert sent == ([5 * 3] if vectors_file else [94 * 3])
     assert np.array_equal(
         faiss.serialize_index(table.snapshot().main.index),
         faiss.serialize_index(build_main(table.snapshot().ordered_routes(), DIM, IVF).index),
@@ -279,6 +300,7 @@ def test_a_rebuild_whose_old_index_file_is_gone_sends_every_vector(tmp_path: Pat
     old = table.snapshot().main.path
     assert old is not None
     old.unlink()  # the mapping stays valid; the build process cannot read the file any more
+    old.with_suffix(".vectors").unlink()  # nor its vectors file
     sent.clear()
     table.apply(_routes(61, seed=25)[60:], [], ((0, 61),))
     table.rebuild(block=True)

@@ -204,6 +204,6 @@ def test_stored_vectors_that_do_not_match_their_utterances_are_an_error(
     store = RouteStore(tmp_path / "routes.db")
     store.apply([make_route("billing", ["pay my bill", "invoice"])], [], {0: 1})
     with sqlite3.connect(tmp_path / "routes.db") as conn:
-        conn.execute("UPDATE routes SET utterance_vectors = substr(utterance_vectors, 1, 256)")
+        conn.execute("UPDATE route_vectors SET utterance_vectors = substr(utterance_vectors, 1, 256)")
     with pytest.raises(StoreError, match="billing"):
         store.load()

@@ -71,6 +71,8 @@ def _check_against_brute_force(ops: list[tuple[str, int, int, int]], index_setti
                     hits.route_ids[row, :width], hits.similarities[row, :width], strict=True
                 ):
                     owner = snapshot.route_at(int(route_id))
-                    assert model[owner.name] is owner
+                    # the model's route, or (after a rebuild) the same one over its index's vectors file
+                    assert model[owner.name].digest == owner.digest
+                    assert np.array_equal(model[owner.name].utterance_vectors, owner.utterance_vectors)
                     assert np.isclose(owner.utterance_vectors @ queries[row], similarity, atol=1e-5).any()
         assert (hits.route_ids[:, rows:] == -1).all()

@@ -156,8 +156,8 @@ def load_main(
         reason = f"a {kind} index where settings want {settings.kind_for(rows)}"
     elif kind == "ivf" and manifest.get("lists") != settings.lists_for(rows):
         reason = f"{manifest.get('lists')} lists where settings want {settings.lists_for(rows)}"
-    elif kind == "ivf" and manifest.get("codes") != settings.codes_label(dim):
-        reason = f"{manifest.get('codes')} codes where settings want {settings.codes_label(dim)}"
+    elif kind == "ivf" and manifest.get("codes") != settings.codes_label(dim, rows):
+        reason = f"{manifest.get('codes')} codes where settings want {settings.codes_label(dim, rows)}"
     elif not is_sorted(names):
         reason = "slots out of name order"
     if reason is not None:

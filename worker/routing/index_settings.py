@@ -60,6 +60,9 @@ class IndexSettings:
     #: dimension): 2 gives a 384-dim vector 192 codes. 1 ranked as well as float16 but took 66 s
     #: to build at 1M vectors; 4 ranked so coarsely that 256 candidates held 85% of the top 10.
     pq_dims: int = 2
+    #: "pq4" lists learn 16 centroids per code from the table's rows: fewer rows than this get
+    #: float16 lists (real IVF tables have ``approximate_above`` rows; small ones are tests)
+    pq_min_rows: int = 64
     #: k-means learns the lists from at most this many sampled vectors per list (faiss's seeded sample)
     train_rows_per_list: int = 16
     #: k-means iterations of an IVF build (faiss's default is 25): the lists only need to be
@@ -103,20 +106,21 @@ class IndexSettings:
     def list_factory(self, rows: int, dim: int) -> str:
         """The faiss factory string of an IVF index over ``rows`` vectors of ``dim`` dimensions."""
         lists = self.lists_for(rows)
-        codes = self.codes_label(dim)
+        codes = self.codes_label(dim, rows)
         if codes == "float32":
             return f"IVF{lists},Flat"
         if codes == "float16":
             return f"IVF{lists},SQfp16"
         return f"IVF{lists},PQ{dim // self.pq_dims}x4fsr,Refine(SQfp16)"
 
-    def codes_label(self, dim: int) -> str:
-        """What the lists of an IVF index over ``dim``-dimensional vectors hold, as index manifests
-        name it: "float32", "float16" or "pq4xM" (M codes a row). "pq4" lists whose ``pq_dims``
-        does not divide ``dim`` hold float16 codes."""
+    def codes_label(self, dim: int, rows: int) -> str:
+        """What the lists of an IVF index over ``rows`` vectors of ``dim`` dimensions hold, as index
+        manifests name it: "float32", "float16" or "pq4xM" (M codes a row). "pq4" lists hold
+        float16 codes where ``pq_dims`` does not divide ``dim`` or there are fewer than
+        ``pq_min_rows`` rows."""
         if self.ivf_codes != "pq4":
             return self.ivf_codes
-        if self.pq_dims < 1 or dim % self.pq_dims:
+        if self.pq_dims < 1 or dim % self.pq_dims or rows < self.pq_min_rows:
             return "float16"
         return f"pq4x{dim // self.pq_dims}"
 

@@ -198,7 +198,7 @@ def test_pq_lists_hold_4_bit_codes_and_rank_their_candidates_by_float16_codes() 
     lists = faiss.downcast_index(faiss.extract_index_ivf(main.index))
     assert isinstance(lists, faiss.IndexIVFPQFastScan)
     assert (lists.pq.M, lists.pq.nbits, lists.by_residual) == (DIM // IVF.pq_dims, 4, True)
-    assert codes_label(main.index) == IVF.codes_label(DIM) == "pq4x32"
+    assert codes_label(main.index) == IVF.codes_label(DIM, main.rows) == "pq4x32"
     # the 1200 rows are more than the candidates: the shortlist is the float16 best of PQ's best
     queries = l2_normalise(vectors[:20] + 0.02 * np.random.default_rng(44).normal(size=(20, DIM)))
     coded_sims, rows = shortlist(main.index, queries, 26, 10**6)
@@ -220,12 +220,14 @@ def test_pq_candidates_cover_a_floor_per_query() -> None:
 def test_settings_name_their_lists_and_codes() -> None:
     assert IVF.list_factory(360, DIM) == "IVF32,PQ32x4fsr,Refine(SQfp16)"
     assert IndexSettings().list_factory(1_000_000, 384) == "IVF512,PQ192x4fsr,Refine(SQfp16)"
-    assert IndexSettings().codes_label(384) == "pq4x192"
+    assert IndexSettings().codes_label(384, 1_000_000) == "pq4x192"
     assert IVF_FP16.list_factory(1_000, 384) == "IVF128,SQfp16"
     assert IVF_RAW.list_factory(1_000, 384) == "IVF128,Flat"
-    # PQ codes of 2 dimensions cannot split an odd dimension: float16 lists then
-    assert IndexSettings().codes_label(383) == "float16"
+    # PQ codes of 2 dimensions cannot split an odd dimension, nor learn from a handful of rows
+    assert IndexSettings().codes_label(383, 1_000_000) == "float16"
     assert IndexSettings().list_factory(70_000, 383) == "IVF512,SQfp16"
+    assert IVF.codes_label(DIM, 63) == "float16"
+    assert IVF.codes_label(DIM, 64) == "pq4x32"
 
 
 def test_a_calibration_whose_recall_stops_rising_takes_the_fewest_lists_of_the_best(

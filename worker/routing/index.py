@@ -2,9 +2,10 @@
 
 Rows are laid out route by route in name order, so the same routes always give the same index.
 Exact inner-product search (``IndexFlatIP``) by default; an inverted-file index (IVF) above a size
-threshold (:mod:`worker.routing.index_settings`). An IVF index whose lists hold float16 codes finds
-a shortlist, re-scored exactly from the routes' own float32 vectors: the similarities it returns are
-those of exact search. Building is in :mod:`worker.routing.builder`, persisting and loading in
+threshold (:mod:`worker.routing.index_settings`). An IVF index whose lists hold codes (float16, or
+4-bit PQ codes whose candidates float16 codes of every row rank first) finds a shortlist, re-scored
+exactly from the routes' own float32 vectors: the similarities it returns are those of exact
+search. Building is in :mod:`worker.routing.builder`, persisting and loading in
 :mod:`worker.routing.index_file`.
 """
 

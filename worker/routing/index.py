@@ -3,7 +3,7 @@
 Rows are laid out route by route in name order, so the same routes always give the same index.
 Exact inner-product search (``IndexFlatIP``) by default; an inverted-file index (IVF) above a size
 threshold (:mod:`worker.routing.index_settings`). An IVF index whose lists hold codes (float16, or
-4-bit PQ codes whose candidates float16 codes of every row rank first) finds a shortlist, re-scored
+4-bit PQ codes whose candidates 8-bit codes of every row rank first) finds a shortlist, re-scored
 exactly from the routes' own float32 vectors: the similarities it returns are those of exact
 search. Building is in :mod:`worker.routing.builder`, persisting and loading in
 :mod:`worker.routing.index_file`.
@@ -40,13 +40,14 @@ def table_digest(route_digests: Iterable[tuple[str, str]]) -> str:
 
 #: an approximate-code search fetches this many rows per wanted row (at least ``k + _SHORTLIST_MIN``)
 #: and keeps the best ``k`` by exact similarity: float16 similarities are off by about 1e-3, so the
-#: shortlist must hold every row that close to the k-th
+#: shortlist must hold every row that close to the k-th (a "pq4" index's 8-bit ranking lost no
+#: more of the top 32 with it than float16 ranking did: benchmarks/results/ivf_codes_k32.json)
 _SHORTLIST_FACTOR = 2
 _SHORTLIST_MIN = 16
 
 
-#: a "pq4" index (4-bit PQ lists, float16 codes of every row) ranks this many PQ candidates per
-#: shortlisted row by their float16 codes, and at least ``_PQ_MIN_CANDIDATES`` per query: PQ codes
+#: a "pq4" index (4-bit PQ lists, 8-bit codes of every row) ranks this many PQ candidates per
+#: shortlisted row by their 8-bit codes, and at least ``_PQ_MIN_CANDIDATES`` per query: PQ codes
 #: of 2 dimensions are too coarse to shortlist from (at 1M vectors, 16 of 512 lists, recall@32 of
 #: the exactly re-scored answer was 0.975 from 4 x 64 candidates, 0.988 from 8 x 64)
 _PQ_CANDIDATES = 8
@@ -70,7 +71,7 @@ def holds_raw_vectors(index: Any) -> bool:
 
 def codes_label(index: Any) -> str:
     """What an IVF index's lists hold: "float32", "float16", or "pq4xM" (M 4-bit PQ codes a row,
-    re-ranked by float16 codes); as :meth:`IndexSettings.codes_label` names them."""
+    re-ranked by 8-bit codes); as :meth:`IndexSettings.codes_label` names them."""
     if holds_raw_vectors(index):
         return "float32"
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
@@ -81,7 +82,7 @@ def codes_label(index: Any) -> str:
 
 def shortlist(index: Any, queries: Vectors, wanted: int, probes: int) -> tuple[Vectors, Int64s]:
     """An IVF index's best ``wanted`` rows per query scanning ``probes`` lists, by its codes'
-    similarities: float16 codes (a "pq4" index ranks its PQ candidates by them)."""
+    similarities: float16 codes, or a "pq4" index's 8-bit codes (they rank its PQ candidates)."""
     # Per-call parameters: setting index.nprobe would race with concurrent searches. At most every
     # list: faiss 1.15's fast-scan lists answered every query alike when asked to scan more.
     lists = faiss.SearchParametersIVF(nprobe=min(probes, int(faiss.extract_index_ivf(index).nlist)))

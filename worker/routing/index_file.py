@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "main-index.json"
 #: 4: IVF lists may hold float16 codes ("codes" in the header); 5: or 4-bit PQ codes of residuals
-#: beside float16 codes of every row (a faiss IndexRefine over an IndexIVFPQFastScan, "pq4xM")
+#: beside 8-bit codes of every row (a faiss IndexRefine over an IndexIVFPQFastScan, "pq4xM")
 _FORMAT = 5
 #: manifest entries serialised between two pauses
 _COLUMN_SLICE = 4_096

@@ -9,7 +9,7 @@ from typing import Literal
 IndexKind = Literal["flat", "ivf"]
 #: how an IVF index's lists hold the vectors: raw float32; float16 codes re-scored exactly; or 4-bit
 #: product-quantizer codes of the residuals, scanned with SIMD look-up tables (faiss "fast scan"),
-#: whose candidates are re-ranked by float16 codes of every row and then re-scored exactly
+#: whose candidates are ranked by 8-bit codes of every row and then re-scored exactly
 IvfCodes = Literal["float32", "float16", "pq4"]
 
 
@@ -45,16 +45,18 @@ class IndexSettings:
     #: lists were 1.6 TFLOP and most of a 56 s build (benchmarks/million.py). A search scans the
     #: same share of the table for the same recall either way.
     max_lists: int = 512
-    #: what the lists hold. At 1M vectors, 32 queries scanning 11 of 512 lists took 114 ms over
-    #: float32 rows, ~80 ms over float16 codes and as long over 8-bit ones (decoding, not memory,
-    #: is their limit), ~10 ms over 4-bit PQ codes of 2 dimensions each, 96 bytes a row, scanned
-    #: with SIMD look-up tables (benchmarks/ivf_codes.py). Those rank too coarsely to be re-scored
-    #: directly (256 candidates per query held 98% of the top 10), so "pq4" keeps float16 codes of
-    #: every row beside them (mapped from the index file like the lists, read for candidates
-    #: only) to rank the PQ candidates (``worker.routing.index.pq_candidates``) first. Every
-    #: shortlist is re-scored exactly from the routes' float32 vectors: the similarities served are
-    #: exact. "pq4" costs the build its PQ encoding (1M vectors: lists added in ~19 s, ~9 s with
-    #: float16 codes). float32 keeps raw vectors in the lists.
+    #: what the lists hold. At 1M vectors, 32 queries scanning 11 of 512 lists took 73 ms over
+    #: float16 codes (114 over float32 rows) and no less over 8-bit ones (decoding, not memory, is
+    #: their limit), ~10 ms over 4-bit PQ codes of 2 dimensions each, 96 bytes a row, scanned with
+    #: SIMD look-up tables (benchmarks/ivf_codes.py). Those rank too coarsely to be re-scored
+    #: directly (the best 64 held 0.73 of the top 32), so "pq4" keeps 8-bit codes of every row
+    #: beside them (mapped from the index file like the lists, read for candidates only) to rank
+    #: the PQ candidates (``worker.routing.index.pq_candidates``) first: 18 ms, top 32 at 0.988
+    #: (0.992 from float16 lists); float16 codes there ranked no better and took twice the bytes.
+    #: Every shortlist is re-scored exactly from the routes' float32 vectors: the similarities
+    #: served are exact. "pq4" costs the build its PQ encoding: 1M vectors took 21 s to add
+    #: instead of 9.5 s, and their index build + install in benchmarks/million.py 43 s instead of
+    #: 25 s. float32 keeps raw vectors in the lists.
     ivf_codes: IvfCodes = "pq4"
     #: dimensions per 4-bit code of "pq4" lists (float16 lists where it does not divide the vector
     #: dimension): 2 gives a 384-dim vector 192 codes. 1 ranked as well as float16 but took 66 s
@@ -111,7 +113,7 @@ class IndexSettings:
             return f"IVF{lists},Flat"
         if codes == "float16":
             return f"IVF{lists},SQfp16"
-        return f"IVF{lists},PQ{dim // self.pq_dims}x4fsr,Refine(SQfp16)"
+        return f"IVF{lists},PQ{dim // self.pq_dims}x4fsr,Refine(SQ8)"
 
     def codes_label(self, dim: int, rows: int) -> str:
         """What the lists of an IVF index over ``rows`` vectors of ``dim`` dimensions hold, as index

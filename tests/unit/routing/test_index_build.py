@@ -190,7 +190,7 @@ def test_coded_lists_give_exact_similarities_of_the_rows_they_find(settings: Ind
     assert not np.allclose(coded_sims, np.einsum("qd,qkd->qk", queries, vectors[shortlist]), atol=1e-6)
 
 
-def test_pq_lists_hold_4_bit_codes_and_rank_their_candidates_by_float16_codes() -> None:
+def test_pq_lists_hold_4_bit_codes_and_rank_their_candidates_by_8_bit_codes() -> None:
     routes = _routes(400, seed=43)
     vectors = np.concatenate([rv.utterance_vectors for rv in routes])
     main = build_main(routes, DIM, dataclasses.replace(IVF, probe_lists=10**6))
@@ -199,11 +199,14 @@ def test_pq_lists_hold_4_bit_codes_and_rank_their_candidates_by_float16_codes() 
     assert isinstance(lists, faiss.IndexIVFPQFastScan)
     assert (lists.pq.M, lists.pq.nbits, lists.by_residual) == (DIM // IVF.pq_dims, 4, True)
     assert codes_label(main.index) == IVF.codes_label(DIM, main.rows) == "pq4x32"
-    # the 1200 rows are more than the candidates: the shortlist is the float16 best of PQ's best
+    # the 1200 rows are more than the candidates: the shortlist is the 8-bit best of PQ's best
     queries = l2_normalise(vectors[:20] + 0.02 * np.random.default_rng(44).normal(size=(20, DIM)))
     coded_sims, rows = shortlist(main.index, queries, 26, 10**6)
-    float16 = np.einsum("qd,qkd->qk", queries, vectors[rows].astype(np.float16).astype(np.float32))
-    assert np.allclose(coded_sims, float16, atol=1e-3)
+    ranker = faiss.downcast_index(main.index.refine_index)
+    assert isinstance(ranker, faiss.IndexScalarQuantizer)
+    assert ranker.sq.qtype == faiss.ScalarQuantizer.QT_8bit
+    decoded = ranker.reconstruct_n(0, main.rows)
+    assert np.allclose(coded_sims, np.einsum("qd,qkd->qk", queries, decoded[rows]), atol=1e-5)
     assert np.all(np.diff(coded_sims, axis=1) <= 0)
     # (random vectors have no neighbours for PQ codes to tell apart, but each query has its own row)
     sims, found = main.search_rows(queries, 10)
@@ -218,8 +221,8 @@ def test_pq_candidates_cover_a_floor_per_query() -> None:
 
 
 def test_settings_name_their_lists_and_codes() -> None:
-    assert IVF.list_factory(360, DIM) == "IVF32,PQ32x4fsr,Refine(SQfp16)"
-    assert IndexSettings().list_factory(1_000_000, 384) == "IVF512,PQ192x4fsr,Refine(SQfp16)"
+    assert IVF.list_factory(360, DIM) == "IVF32,PQ32x4fsr,Refine(SQ8)"
+    assert IndexSettings().list_factory(1_000_000, 384) == "IVF512,PQ192x4fsr,Refine(SQ8)"
     assert IndexSettings().codes_label(384, 1_000_000) == "pq4x192"
     assert IVF_FP16.list_factory(1_000, 384) == "IVF128,SQfp16"
     assert IVF_RAW.list_factory(1_000, 384) == "IVF128,Flat"

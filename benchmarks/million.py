@@ -160,6 +160,24 @@ def rss_split() -> dict[str, float]:
     return {"rss": rss_now_mb(), "anon": rss_now_mb("RssAnon"), "file": rss_now_mb("RssFile")}
 
 
+def cpu_seconds() -> dict[str, Any]:
+    """This process's CPU seconds so far (user, system) and per thread (by name), from /proc:
+    the steps overlap in threads, so their wall times say little about the work they did."""
+    times = os.times()
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    threads: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = names.get(int(task.name)) or (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return {"user": round(times.user, 2), "system": round(times.system, 2),
+            "threads": {k: round(v, 2) for k, v in sorted(threads.items())}}  # fmt: skip
+
+
 def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -314,6 +332,7 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     if not replica.ready.is_set():
         raise TimeoutError(f"replica not ready within {args.timeout} s")
     ready = time.perf_counter()
+    cpu_ready = cpu_seconds()
     rss_ready = rss_split()
     # until ready: afterwards the tailing fetches (long polls of an idle log) would add up here
     breakdown = timers.as_dict()
@@ -348,6 +367,7 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
         "index_ready_s": indexed - began,
         "routes_in_table": len(table),
         "breakdown_s": breakdown,
+        "cpu_s_at_ready": cpu_ready,
         "stats": replica.stats.as_dict(),
         "decide_right_after_ready": right_after,
         "search": search,
@@ -491,6 +511,7 @@ def print_phase(phase: str, figures: dict[str, Any]) -> None:
           f"{search['decide_over_encode']:.3f}; recall@10 {search.get('recall_at_10')}; "
           f"peak RSS serving {figures['rss_mb']['peak_serving']:.0f} MB", flush=True)  # fmt: skip
     print(f"    breakdown {figures['breakdown_s']}", flush=True)
+    print(f"    cpu at ready {figures.get('cpu_s_at_ready')}", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,16 @@ def _load_object(raw: bytes | None, max_bytes: int, what: str) -> dict[str, Any]
     if len(raw) > max_bytes:
         raise ContractError(ErrorCode.TOO_LARGE, f"{what} is {len(raw)} bytes, limit {max_bytes}")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ContractError(
-            ErrorCode.INVALID_UTF8, f"{what} is not UTF-8: {exc.reason} at byte {exc.start}"
-        ) from None
-    try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        # orjson refuses input that is not UTF-8 before parsing it: only then is it checked
+        # apart, to name the fault (decoding every record first was 2 us of a shipped route's 10 KB)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as utf8:
+            raise ContractError(
+                ErrorCode.INVALID_UTF8, f"{what} is not UTF-8: {utf8.reason} at byte {utf8.start}"
+            ) from None
         raise ContractError(ErrorCode.INVALID_JSON, f"{what} is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ContractError(

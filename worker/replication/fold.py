@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -31,6 +31,7 @@ from worker.contracts import (
     RESERVED_KEY_PREFIX,
     Limits,
     RouteDefinition,
+    RouteMutation,
     decode_calibration,
     decode_mutation,
 )
@@ -42,6 +43,9 @@ from worker.routing.native import collector_paused
 #: turns a decoded definition into its vectors when it can (shipped ones), raising ContractError when
 #: the record is unusable; None means "embed it"
 Resolver = Callable[[RouteDefinition], RouteVectors | None]
+#: finds fault with resolved vectors, many at once: for each, the error that makes its record
+#: skipped, or None
+BatchCheck = Callable[[Sequence[RouteVectors]], Sequence[ContractError | None]]
 
 logger = logging.getLogger(__name__)
 
@@ -104,24 +108,38 @@ class FoldedMutations:
     def add(self, record: LogRecord, limits: Limits, resolve: Resolver | None = None) -> None:
         """Fold one record in; an unusable record is logged with its position and skipped, and
         its route is absent afterwards (see the module's docstring)."""
+        self._fold_in(record, limits, _decoded(record, limits, resolve))
+
+    def add_checked(
+        self, records: Sequence[LogRecord], limits: Limits, resolve: Resolver, check: BatchCheck
+    ) -> None:
+        """Fold ``records`` in as :meth:`add` each, with the vectors ``resolve`` made checked by one
+        call of ``check`` for them all (a record it finds fault with is skipped, as if ``resolve``
+        had raised)."""
+        decoded = [_decoded(record, limits, resolve) for record in records]
+        resolved = [d for d in decoded if d is not None and d.vectors is not None]
+        vectors = [d.vectors for d in resolved if d.vectors is not None]
+        for checked, fault in zip(resolved, check(vectors), strict=True):
+            if fault is not None:
+                checked.error, checked.vectors = fault, None
+        for record, entry in zip(records, decoded, strict=True):
+            self._fold_in(record, limits, entry)
+
+    def _fold_in(self, record: LogRecord, limits: Limits, decoded: _Decoded | None) -> None:
         self.records += 1
         self.offsets[record.partition] = max(self.offsets.get(record.partition, 0), record.offset + 1)
-        if record.key is not None and record.key.startswith(_RESERVED):
+        if decoded is None:
             self._add_reserved(record, limits)
             return
-        unknown: Counter[str] = Counter()
-        try:
-            mutation = decode_mutation(record.key, record.value, limits, unknown)
-            vectors = None
-            if mutation.definition is not None and resolve is not None:
-                vectors = resolve(mutation.definition)
-        except ContractError as error:
-            self.skip(record.topic, record.partition, record.offset, error, _route_name(record.key))
+        if decoded.error is not None:
+            self.skip(record.topic, record.partition, record.offset, decoded.error, _route_name(record.key))
             return
+        mutation = decoded.mutation
+        assert mutation is not None  # decoded without an error
         self._set(mutation.name, mutation.definition, (record.partition, record.offset))
-        self.unknown_fields.update(unknown)
-        if vectors is not None:
-            self.vectors[mutation.name] = vectors
+        self.unknown_fields.update(decoded.unknown)
+        if decoded.vectors is not None:
+            self.vectors[mutation.name] = decoded.vectors
 
     def skip(
         self, topic: str, partition: int, offset: int, error: ContractError, route: str | None
@@ -180,6 +198,32 @@ class FoldedMutations:
             self.calibration = later.calibration
 
 
+@dataclass(slots=True)
+class _Decoded:
+    """One route record decoded (and its vectors resolved), not yet folded in."""
+
+    mutation: RouteMutation | None
+    vectors: RouteVectors | None
+    unknown: Counter[str]
+    #: why the record cannot be applied (None: it can)
+    error: ContractError | None = None
+
+
+def _decoded(record: LogRecord, limits: Limits, resolve: Resolver | None) -> _Decoded | None:
+    """``record`` decoded and resolved; None for a key in the reserved namespace (folded apart)."""
+    if record.key is not None and record.key.startswith(_RESERVED):
+        return None
+    unknown: Counter[str] = Counter()
+    try:
+        mutation = decode_mutation(record.key, record.value, limits, unknown)
+        vectors = None
+        if mutation.definition is not None and resolve is not None:
+            vectors = resolve(mutation.definition)
+    except ContractError as error:
+        return _Decoded(None, None, unknown, error)
+    return _Decoded(mutation, vectors, unknown)
+
+
 def _route_name(key: bytes | None) -> str | None:
     """The route a record's key names, if it names one (a key that is not UTF-8 names none)."""
     if not key:
@@ -195,14 +239,16 @@ def fold(
     limits: Limits,
     resolve: Resolver | None = None,
     *,
+    check: BatchCheck | None = None,
     yield_gil: bool = True,
 ) -> FoldedMutations:
     """Fold ``records`` (in log order per partition) into their net effect.
 
-    ``yield_gil`` lets other threads run every few records (see below); a replica replaying its
-    log before it is ready turns it off: nothing is searching yet, and on a busy machine each
-    voluntary switch cost milliseconds (a 20k-route replay spent 19 s of its 30 s in them). It
-    then also pauses the cyclic garbage collector for the batch.
+    With ``check``, the vectors ``resolve`` made are checked by it for the whole batch at once
+    (see :meth:`FoldedMutations.add_checked`). ``yield_gil`` lets other threads run every few
+    records (see below); a replica replaying its log before it is ready turns it off: nothing is
+    searching yet, and on a busy machine each voluntary switch cost milliseconds (a 20k-route replay
+    spent 19 s of its 30 s in them). It then also pauses the cyclic garbage collector for the batch.
     """
     folded = FoldedMutations()
     if not yield_gil:
@@ -210,14 +256,35 @@ def fold(
         # cyclic collector's passes meanwhile only re-scan them (and the replay's growing heap):
         # a sixth of a shipped route's decoding
         with collector_paused():
-            for record in records:
-                folded.add(record, limits, resolve)
+            if check is not None and resolve is not None:
+                folded.add_checked(list(records), limits, resolve, check)
+            else:
+                for record in records:
+                    folded.add(record, limits, resolve)
         return folded
+    # live records come a few at a time: each checked on its own, between voluntary switches
+    resolve_checked = _checked(resolve, check)
     for count, record in enumerate(records, start=1):
-        folded.add(record, limits, resolve)
+        folded.add(record, limits, resolve_checked)
         if count % _YIELD_EVERY == 0:
             # Decoding is pure Python and holds the GIL; without a voluntary release, threads that
             # take the GIL back after each C call (searches, the event loop) wait a whole switch
             # interval (5 ms) every time, and query throughput collapses while mutations apply.
             time.sleep(0)
     return folded
+
+
+def _checked(resolve: Resolver | None, check: BatchCheck | None) -> Resolver | None:
+    """``resolve`` followed by ``check`` of what it made, raising the fault ``check`` finds."""
+    if resolve is None or check is None:
+        return resolve
+
+    def resolve_checked(definition: RouteDefinition) -> RouteVectors | None:
+        vectors = resolve(definition)
+        if vectors is not None:
+            (fault,) = check([vectors])
+            if fault is not None:
+                raise fault
+        return vectors
+
+    return resolve_checked

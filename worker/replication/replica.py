@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiokafka.errors import OffsetOutOfRangeError
@@ -52,7 +54,7 @@ from worker.replication.resume import (
 )
 from worker.replication.stats import ReplicaStats
 from worker.replication.topic_config import mutation_retention
-from worker.replication.vectors import embed_isolated, shipped_vectors
+from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_faults
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST
 from worker.routing.native import release_free_memory
@@ -61,6 +63,10 @@ from worker.routing.table import KEEP
 logger = logging.getLogger(__name__)
 
 _ABSENT = object()
+
+#: a replay of at least this many records before ``ready`` freezes what it made (see
+#: :func:`_collector_off_until_ready`); a smaller one leaves the collector as it was
+_FREEZE_AFTER_RECORDS = 10_000
 
 #: while tailing at the log's end, how often the "caught up at" time is written to the store
 _MARK_EVERY_MS = 30_000
@@ -234,9 +240,11 @@ class RouteReplica:
             logger.info(
                 "replaying %s from %s up to %s", self.settings.topic_mutations, self._stored, log.ends
             )
-            await self._catch_up_or_replay(log, on_start=True)
-            if self._stopping.is_set():
-                return
+            with _collector_off_until_ready(lambda: self.stats.replayed_on_start >= _FREEZE_AFTER_RECORDS):
+                await self._catch_up_or_replay(log, on_start=True)
+                if self._stopping.is_set():
+                    return
+                await self._install_pending()
             await self._become_ready(log)
             await self._tail(log)
 
@@ -332,6 +340,7 @@ class RouteReplica:
         """
         store, table = self._require()
         writing: asyncio.Future[None] | None = None
+        held = await asyncio.to_thread(store.held_open)  # keeps the WAL file between batches
         try:
             async for records in log.up_to_end(self._stopping.is_set):
                 folded, resolved, install = await self._resolve(records)
@@ -343,8 +352,11 @@ class RouteReplica:
                     asyncio.to_thread(self._commit, store, table, resolved, install, folded.offsets, True)
                 )
         finally:
-            if writing is not None:
-                await writing
+            try:
+                if writing is not None:
+                    await writing
+            finally:
+                await asyncio.to_thread(held.close)
 
     async def _apply(self, records: list[LogRecord]) -> None:
         """Apply one batch of live records: store, then table, then wake position waiters.
@@ -392,7 +404,8 @@ class RouteReplica:
         folded = fold(
             records,
             self.settings.limits,
-            lambda d: shipped_vectors(d, fingerprint, dim),
+            lambda d: shipped_unchecked(d, fingerprint, dim),
+            check=unit_faults,
             yield_gil=yield_gil,
         )
         self.stats.records += folded.records
@@ -466,8 +479,8 @@ class RouteReplica:
         return room
 
     async def _become_ready(self, log: MutationLog) -> None:
+        """Mark the store caught up and set ``ready`` (what catching up collected is installed)."""
         _, table = self._require()
-        await self._install_pending()
         # the store now holds the log up to the end offsets taken when it was opened
         await self._mark_caught_up(log.opened_at_ms)
         if self.stats.replayed_on_start:
@@ -553,6 +566,29 @@ class RouteReplica:
         if self._store is None or self._table is None:
             raise RuntimeError("RouteReplica.open() has not been called")
         return self._store, self._table
+
+
+@contextmanager
+def _collector_off_until_ready(freeze: Callable[[], bool]) -> Iterator[None]:
+    """The cyclic garbage collector off from the start of the replay until its table is installed,
+    then, if ``freeze()`` (a large replay), everything alive frozen out of its scans.
+
+    A replay makes millions of long-lived, acyclic objects (200k routes with their vectors, kept
+    until the table holds them): each collection meanwhile only scans them again. Paused per
+    batch, the collector caught up between batches with a collection over the whole growing heap
+    (3 s of a 200k-route replay); enabled again with all of them young, it would scan them three
+    more times after ``ready``, while serving. Frozen (``gc.freeze``), they are never scanned;
+    reference counting still frees them.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            if freeze():
+                gc.freeze()
+            gc.enable()
 
 
 def _fills_empty(table: RouteTable, upserts: Sequence[RouteVectors], overlay_max_rows: int) -> bool:

@@ -27,12 +27,17 @@ _NORM_TOLERANCE = 1e-3
 
 def route_of(definition: RouteDefinition) -> Route:
     """The routing engine's view of a published definition."""
-    return Route(
-        name=definition.name,
-        utterances=tuple(definition.utterances),
-        negative_utterances=tuple(definition.negative_utterances),
-        threshold=definition.threshold,
-        metadata=dict(definition.metadata),
+    # Route.stored: a definition's fields have the types a Route's own checks would ensure (its
+    # model validated them, or constructed_definition checked them), and the checks were a twentieth
+    # of a shipped route's decoding in a 200k-route replay
+    return Route.stored(
+        {
+            "name": definition.name,
+            "utterances": definition.utterances,
+            "negative_utterances": definition.negative_utterances,
+            "threshold": definition.threshold,
+            "metadata": dict(definition.metadata),
+        }
     )
 
 
@@ -41,6 +46,20 @@ def shipped_vectors(definition: RouteDefinition, fingerprint: str, dim: int) -> 
 
     Raises :class:`ContractError` when vectors of this model are unusable (not finite, not unit
     length): such a record is malformed, not a reason to trust or re-embed it.
+    """
+    vectors = shipped_unchecked(definition, fingerprint, dim)
+    if vectors is not None:
+        (error,) = unit_faults([vectors])
+        if error is not None:
+            raise error
+    return vectors
+
+
+def shipped_unchecked(definition: RouteDefinition, fingerprint: str, dim: int) -> RouteVectors | None:
+    """:func:`shipped_vectors` but for the unit-length check, which the caller makes for many routes
+    at once with :func:`unit_faults` (a replay folds thousands of records a batch).
+
+    Raises :class:`ContractError` when the vectors are of this model but of the wrong shape.
     """
     shipped = definition.embeddings
     if shipped is None or shipped.fingerprint != fingerprint:
@@ -57,17 +76,6 @@ def shipped_vectors(definition: RouteDefinition, fingerprint: str, dim: int) -> 
         negatives = shipped.matrix("negative_utterances", len(definition.negative_utterances))
     except (ValueError, binascii.Error) as error:  # a definition made without validation
         raise ContractError(ErrorCode.EMBEDDING_SHAPE, f"route {definition.name!r}: {error}") from error
-    for label, matrix in (("utterances", utterances), ("negative_utterances", negatives)):
-        if not matrix.shape[0]:
-            continue
-        # squared norms in one call, checked in one more (NaN and inf fail the comparison): this
-        # runs for every route, and each numpy call costs a few microseconds
-        squares = np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64)
-        if not _unit(squares):
-            raise ContractError(
-                ErrorCode.EMBEDDING_SHAPE,
-                f"route {definition.name!r}: embeddings.{label} are not finite unit vectors",
-            )
     route = route_of(definition)
     # the matrices are ShippedEmbeddings.matrix's: read-only float32 C-contiguous, one row per
     # utterance (checked above), which is all RouteVectors' own checks and copies would ensure
@@ -78,11 +86,33 @@ def shipped_vectors(definition: RouteDefinition, fingerprint: str, dim: int) -> 
 _LOW, _HIGH = 1.0 - 2 * _NORM_TOLERANCE, 1.0 + 2 * _NORM_TOLERANCE
 
 
-def _unit(squares: np.ndarray) -> bool:
-    """Whether squared norms are all within ``2 * _NORM_TOLERANCE`` of 1 (False for NaN or inf)."""
-    # a handful of rows: comparing a list's floats beats two numpy reductions (5 us a route);
-    # each value compared, not min() and max() of them, which step over a NaN
-    return all(_LOW <= value <= _HIGH for value in squares.tolist())
+def unit_faults(routes: Sequence[RouteVectors]) -> list[ContractError | None]:
+    """For each route, the :class:`ContractError` its shipped vectors deserve if they are not finite
+    unit vectors (utterances checked before negatives), else None.
+
+    Squared norms of all the routes' rows in one numpy call, in float64 (NaN and inf fail the
+    comparison): one call per route cost 5 us, and gave up the GIL each time, which the event loop
+    or the store writer then held (a replay's decoding runs beside both).
+    """
+    faults: list[ContractError | None] = [None] * len(routes)
+    for label in ("utterances", "negative_utterances"):
+        matrices = [rv.utterance_vectors if label == "utterances" else rv.negative_vectors for rv in routes]
+        counts = np.fromiter((m.shape[0] for m in matrices), dtype=np.int64, count=len(matrices))
+        if not counts.any():
+            continue
+        rows = np.concatenate([m for m in matrices if m.shape[0]], dtype=np.float64)
+        squares = np.einsum("ij,ij->i", rows, rows)
+        # good rows per route: a running count of rows within tolerance, differenced at route ends
+        within = np.concatenate(([0], np.cumsum((squares >= _LOW) & (squares <= _HIGH), dtype=np.int64)))
+        ends = np.cumsum(counts)
+        good = within[ends] - within[ends - counts]
+        for i in np.flatnonzero(good != counts).tolist():
+            if faults[i] is None:
+                faults[i] = ContractError(
+                    ErrorCode.EMBEDDING_SHAPE,
+                    f"route {routes[i].name!r}: embeddings.{label} are not finite unit vectors",
+                )
+    return faults
 
 
 async def embed_route(pool: EncoderPool, route: Route) -> RouteVectors:

@@ -12,7 +12,13 @@ import pytest
 from worker.contracts import Limits, RouteDefinition, encode
 from worker.replication import fold
 from worker.replication.fold import FoldedMutations
-from worker.replication.vectors import attach_embeddings, route_of, shipped_vectors
+from worker.replication.vectors import (
+    attach_embeddings,
+    route_of,
+    shipped_unchecked,
+    shipped_vectors,
+    unit_faults,
+)
 from worker.routing import RouteVectors, l2_normalise
 
 LIMITS = Limits()
@@ -184,3 +190,39 @@ def test_unknown_fields_of_a_record_that_is_skipped_are_not_counted() -> None:
     folded = fold([Record(0, 0, b"a", b'{"name": "b", "utterances": ["x"], "priority": 3}')], LIMITS)
     assert [s.code for s in folded.skipped] == ["key_mismatch"]
     assert not folded.unknown_fields
+
+
+def test_a_batch_checked_at_once_folds_as_records_checked_one_by_one() -> None:
+    rng = np.random.default_rng(4)
+    good = l2_normalise(rng.normal(size=(2, 8)))
+    other = l2_normalise(rng.normal(size=(3, 8)))
+    records = [
+        Record(0, 0, b"a", encode(_shipped("a", "m:1", good * 3))),  # bad, then replaced
+        Record(0, 1, b"b", encode(_shipped("b", "m:1", good))),
+        Record(0, 2, b"a", encode(_shipped("a", "m:1", other))),
+        Record(0, 3, b"c", b"not json"),
+        Record(0, 4, b"d", encode(_shipped("d", "m:1", other))),
+        Record(0, 5, b"d", encode(_shipped("d", "m:1", other * 0.5))),  # bad, last for d
+        upsert(0, 6, "e", "plain"),
+        Record(0, 7, b"f", encode(_shipped("f", "m:9", good))),  # another model: not resolved
+        Record(0, 8, b"b", None),
+    ]
+    one_by_one = fold(records, LIMITS, lambda d: shipped_vectors(d, "m:1", 8))
+    checked = fold(
+        records, LIMITS, lambda d: shipped_unchecked(d, "m:1", 8), check=unit_faults, yield_gil=False
+    )
+    live = fold(records, LIMITS, lambda d: shipped_unchecked(d, "m:1", 8), check=unit_faults)
+    for folded in (checked, live):
+        assert list(folded.changes.items()) == list(one_by_one.changes.items())
+        assert folded.vectors.keys() == one_by_one.vectors.keys() == {"a"}
+        assert np.array_equal(folded.vectors["a"].utterance_vectors, other)
+        assert folded.skipped == one_by_one.skipped
+        assert folded.positions == one_by_one.positions
+        assert folded.offsets == one_by_one.offsets == {0: 9}
+        assert folded.records == one_by_one.records == 9
+    assert [(s.offset, s.code) for s in checked.skipped] == [
+        (0, "embedding_shape"),
+        (3, "invalid_json"),
+        (5, "embedding_shape"),
+    ]
+    assert checked.changes["d"] is None

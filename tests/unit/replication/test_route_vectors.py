@@ -10,11 +10,11 @@ import pytest
 from worker.contracts import RouteDefinition
 from worker.embedding import EncoderPool
 from worker.embedding.hashing import hashing_pool
-from worker.errors import ContractError
+from worker.errors import ContractError, ErrorCode
 from worker.replication import ReplicaStats, with_embeddings
 from worker.replication.fold import FoldedMutations
 from worker.replication.resolve import resolve_changes
-from worker.replication.vectors import attach_embeddings, embed_routes, route_of, shipped_vectors
+from worker.replication.vectors import attach_embeddings, embed_routes, route_of, shipped_vectors, unit_faults
 from worker.routing import RouteVectors, l2_normalise
 
 
@@ -124,3 +124,46 @@ def test_shipped_route_vectors_are_read_only_and_carry_their_digest() -> None:
         assert matrix.dtype == np.float32
         assert matrix.flags.c_contiguous
     assert np.array_equal(shipped.utterance_vectors, unit[:2])
+
+
+def _trusted(name: str, utterances: np.ndarray, negatives: np.ndarray) -> RouteVectors:
+    route = definition(
+        name,
+        *[f"u{i}" for i in range(len(utterances))],
+        negatives=tuple(f"n{i}" for i in range(len(negatives))),
+    )
+    return RouteVectors.trusted(
+        route_of(route), utterances.astype(np.float32), negatives.astype(np.float32), "m:1", "d"
+    )
+
+
+def test_unit_faults_name_each_route_whose_rows_are_not_finite_unit_vectors() -> None:
+    unit = l2_normalise(np.random.default_rng(3).normal(size=(6, 4)))
+    empty = np.zeros((0, 4))
+    long_row = unit[:2].copy()
+    long_row[1] *= 1.01
+    nan_negative = unit[:1].copy()
+    nan_negative[0, 0] = np.nan
+    routes = [
+        _trusted("ok", unit[:3], empty),
+        _trusted("long", long_row, empty),
+        _trusted("ok-negatives", unit[:1], unit[1:3]),
+        _trusted("bad-negative", unit[:2], nan_negative),
+        _trusted("both", unit[:1] * 2, nan_negative),
+        _trusted("last", unit[:1], unit[:1] * 0.5),
+    ]
+    faults = unit_faults(routes)
+    expected = [None, "utterances", None, "negative_utterances", "utterances", "negative_utterances"]
+    for rv, fault, label in zip(routes, faults, expected, strict=True):
+        if label is None:
+            assert fault is None
+        else:  # utterances before negatives, as one route at a time
+            assert fault is not None
+            assert fault.code is ErrorCode.EMBEDDING_SHAPE
+            assert fault.reason == f"route {rv.name!r}: embeddings.{label} are not finite unit vectors"
+    # the same verdicts as one route at a time
+    for rv, fault in zip(routes, faults, strict=True):
+        (alone,) = unit_faults([rv])
+        assert (alone is None) == (fault is None)
+    assert unit_faults([]) == []
+    assert unit_faults([_trusted("no-negatives", unit[:2], empty)]) == [None]

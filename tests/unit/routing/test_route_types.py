@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -9,6 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from worker.routing import DimensionMismatch, InvalidRoute, Route, RouteVectors, l2_normalise, make_version
+from worker.routing.types import canonical_text
 
 DIM = 64
 FINGERPRINT = "hashing-bow@test:0"
@@ -79,3 +81,43 @@ def test_a_stored_definition_reads_back_as_the_same_route() -> None:
     assert stored.canonical_json() == route.canonical_json()
     assert type(stored.utterances) is tuple
     assert Route.stored(orjson.loads(Route("x", ("a",)).canonical_json())).threshold is None
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(st.characters(codec=None, categories=None)),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_JSON_VALUES)
+@example(1e-05)
+@example(1e-07)
+@example(1e22)
+@example(float("nan"))
+@example(2**64)
+@example(-(2**63) - 1)
+@example({"b": 1, "a": [1.5, "é", "\u2028"]})
+@example({1: "int key", 2: True})
+@example("lone \ud800 surrogate")
+@example(["\x00\x1f\x7f", 0.1, -0.0])
+def test_canonical_text_is_json_dumps_text(value: object) -> None:
+    # the route digests of every replica and version depend on this text staying the same
+    assert canonical_text(value) == _json_text(value)
+
+
+def test_a_route_canonical_json_is_the_json_dumps_text() -> None:
+    route = Route("billing", ("pay my bill",), ("pay a friend",), 1e-05, {"team": "é", "n": [1, 2.5]})
+    assert route.canonical_json() == _json_text(route.definition())

@@ -264,11 +264,10 @@ def index_shape(main: Any) -> dict[str, Any]:
     """Lists and list codes of an IVF main index (what a search scans)."""
     if main.kind != "ivf" or main.index is None:
         return {}
-    from worker.routing.index import holds_raw_vectors
+    from worker.routing.index import codes_label
     from worker.routing.native import faiss
 
-    raw = holds_raw_vectors(main.index)
-    return {"lists": int(faiss.extract_index_ivf(main.index).nlist), "codes": "float32" if raw else "float16"}
+    return {"lists": int(faiss.extract_index_ivf(main.index).nlist), "codes": codes_label(main.index)}
 
 
 def measure_search(replica: Any, pool: Any, texts: list[str], rounds: int) -> dict[str, Any]:

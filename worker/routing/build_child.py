@@ -33,19 +33,19 @@ def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
-        lists = settings.lists_for(rows)
-        codes = "SQfp16" if settings.ivf_codes == "float16" else "Flat"
-        index = faiss.index_factory(dim, f"IVF{lists},{codes}", faiss.METRIC_INNER_PRODUCT)
-        index.cp.max_points_per_centroid = settings.train_rows_per_list
-        index.cp.min_points_per_centroid = 1  # a deliberately small sample is no cause for a warning
-        index.cp.niter = settings.kmeans_iterations
+        index = faiss.index_factory(dim, settings.list_factory(rows, dim), faiss.METRIC_INNER_PRODUCT)
+        lists = faiss.extract_index_ivf(index)  # a "pq4" index wraps its lists in a float16 re-ranker
+        lists.cp.max_points_per_centroid = settings.train_rows_per_list
+        lists.cp.min_points_per_centroid = 1  # a deliberately small sample is no cause for a warning
+        lists.cp.niter = settings.kmeans_iterations
+        # k-means samples its rows (seeded); PQ codes are trained on a seeded sample of residuals
         index.train(vectors)
-        index.nprobe = settings.probe_lists
+        lists.nprobe = settings.probe_lists
     step = 16_384
     for start in range(0, rows, step):
         index.add(np.ascontiguousarray(vectors[start : start + step], dtype=np.float32))
     if kind == "ivf":
-        index.nprobe = calibrate_probes(index, vectors, settings).probe_lists
+        faiss.extract_index_ivf(index).nprobe = calibrate_probes(index, vectors, settings).probe_lists
     return index
 
 

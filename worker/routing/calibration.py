@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.routing.index import holds_raw_vectors, shortlist_size
+from worker.routing.index import holds_raw_vectors, shortlist, shortlist_size
 from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss
 from worker.routing.types import Int64s, Vectors
@@ -31,10 +31,18 @@ class Calibration:
     recalls: tuple[tuple[int, float], ...]
 
 
+#: a calibration stops scanning more lists after this many steps that did not raise recall: the
+#: codes, not the lists, limit it then (lossy codes whose shortlist misses a neighbour however many
+#: lists are scanned), and it takes the fewest lists that gave the best recall
+_FLAT_STEPS = 2
+
+
 def calibrate_probes(index: Any, vectors: Vectors, settings: IndexSettings) -> Calibration:
     """The fewest lists (from ``settings.probe_lists`` up, ~x1.4 a step) giving recall@10 of at
     least ``settings.recall_target`` against exact search, on a seeded sample of ``vectors`` used
-    as queries, each left out of its own answer (a stored utterance is not a query's best match)."""
+    as queries, each left out of its own answer (a stored utterance is not a query's best match).
+
+    When more lists stop raising recall below the target, the fewest lists giving the best recall."""
     probes = settings.probe_lists
     sample = LeaveOneOut.of(vectors)
     if sample is None:
@@ -46,6 +54,10 @@ def calibrate_probes(index: Any, vectors: Vectors, settings: IndexSettings) -> C
         tried.append((probes, sample.recall(index, probes)))
         if tried[-1][1] >= settings.recall_target or probes >= min(ceiling, lists):
             return Calibration(probes, tuple(tried))
+        best = max(recall for _, recall in tried)
+        first_best = next(at for at, (_, recall) in enumerate(tried) if recall == best)
+        if len(tried) - 1 - first_best >= _FLAT_STEPS:
+            return Calibration(tried[first_best][0], tuple(tried))
         probes = min(max(probes + 1, round(probes * 1.41)), ceiling, lists)
 
 
@@ -76,12 +88,11 @@ class LeaveOneOut:
 
     def recall(self, index: Any, probes: int) -> float:
         """Recall@k of IVF ``index`` scanning ``probes`` lists per query (shortlist re-scored
-        exactly when its lists hold float16 codes)."""
-        params = faiss.SearchParametersIVF(nprobe=probes)
+        exactly when its lists hold codes)."""
         if holds_raw_vectors(index):
-            _, found = index.search(self.queries, self.k + 1, params=params)
+            _, found = shortlist(index, self.queries, self.k + 1, probes)
         else:
-            _, found = index.search(self.queries, shortlist_size(self.k + 1, index.ntotal), params=params)
+            _, found = shortlist(index, self.queries, shortlist_size(self.k + 1, index.ntotal), probes)
             exact = np.einsum("qd,qsd->qs", self.queries, self.vectors[np.maximum(found, 0)])
             exact = np.where(found >= 0, exact, -np.inf)
             best = np.argsort(-exact, axis=1, kind="stable")[:, : self.k + 1]

@@ -2,9 +2,10 @@
 
 Rows are laid out route by route in name order, so the same routes always give the same index.
 Exact inner-product search (``IndexFlatIP``) by default; an inverted-file index (IVF) above a size
-threshold (:mod:`worker.routing.index_settings`). An IVF index whose lists hold float16 codes finds
-a shortlist, re-scored exactly from the routes' own float32 vectors: the similarities it returns are
-those of exact search. Building is in :mod:`worker.routing.builder`, persisting and loading in
+threshold (:mod:`worker.routing.index_settings`). An IVF index whose lists hold codes (float16, or
+4-bit PQ codes whose candidates 8-bit codes of every row rank first) finds a shortlist, re-scored
+exactly from the routes' own float32 vectors: the similarities it returns are those of exact
+search. Building is in :mod:`worker.routing.builder`, persisting and loading in
 :mod:`worker.routing.index_file`.
 """
 
@@ -40,9 +41,18 @@ def table_digest(route_digests: Iterable[tuple[str, str]]) -> str:
 
 #: an approximate-code search fetches this many rows per wanted row (at least ``k + _SHORTLIST_MIN``)
 #: and keeps the best ``k`` by exact similarity: float16 similarities are off by about 1e-3, so the
-#: shortlist must hold every row that close to the k-th
+#: shortlist must hold every row that close to the k-th (a "pq4" index's 8-bit ranking lost no
+#: more of the top 32 with it than float16 ranking did: benchmarks/results/ivf_codes_k32.json)
 _SHORTLIST_FACTOR = 2
 _SHORTLIST_MIN = 16
+
+
+#: a "pq4" index (4-bit PQ lists, 8-bit codes of every row) ranks this many PQ candidates per
+#: shortlisted row by their 8-bit codes, and at least ``_PQ_MIN_CANDIDATES`` per query: PQ codes
+#: of 2 dimensions are too coarse to shortlist from (at 1M vectors, 16 of 512 lists, recall@32 of
+#: the exactly re-scored answer was 0.975 from 4 x 64 candidates, 0.988 from 8 x 64)
+_PQ_CANDIDATES = 8
+_PQ_MIN_CANDIDATES = 256
 
 
 def shortlist_size(k: int, rows: int) -> int:
@@ -50,9 +60,39 @@ def shortlist_size(k: int, rows: int) -> int:
     return max(k, min(max(k * _SHORTLIST_FACTOR, k + _SHORTLIST_MIN), rows))
 
 
+def pq_candidates(wanted: int) -> float:
+    """PQ candidates per shortlisted row of a "pq4" index (faiss's refine ``k_factor``)."""
+    return float(max(_PQ_CANDIDATES, -(-_PQ_MIN_CANDIDATES // max(wanted, 1))))
+
+
 def holds_raw_vectors(index: Any) -> bool:
     """Whether an IVF index's lists hold the float32 vectors themselves (not lossy codes)."""
     return int(faiss.extract_index_ivf(index).code_size) == 4 * int(index.d)
+
+
+def codes_label(index: Any) -> str:
+    """What an IVF index's lists hold: "float32", "float16", or "pq4xM" (M 4-bit PQ codes a row,
+    re-ranked by 8-bit codes); as :meth:`IndexSettings.codes_label` names them."""
+    if holds_raw_vectors(index):
+        return "float32"
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    if isinstance(ivf, faiss.IndexIVFPQFastScan):
+        return f"pq4x{int(ivf.pq.M)}"
+    return "float16"
+
+
+def shortlist(index: Any, queries: Vectors, wanted: int, probes: int) -> tuple[Vectors, Int64s]:
+    """An IVF index's best ``wanted`` rows per query scanning ``probes`` lists, by its codes'
+    similarities: float16 codes, or a "pq4" index's 8-bit codes (they rank its PQ candidates)."""
+    # Per-call parameters: setting index.nprobe would race with concurrent searches. At most every
+    # list: faiss 1.15's fast-scan lists answered every query alike when asked to scan more.
+    lists = faiss.SearchParametersIVF(nprobe=min(probes, int(faiss.extract_index_ivf(index).nlist)))
+    if isinstance(index, faiss.IndexRefine):
+        params = faiss.IndexRefineSearchParameters(k_factor=pq_candidates(wanted), base_index_params=lists)
+        distances, rows = index.search(queries, wanted, params=params)
+    else:
+        distances, rows = index.search(queries, wanted, params=lists)
+    return distances, rows
 
 
 def map_index(path: Path) -> Any:
@@ -193,13 +233,9 @@ class MainIndex:
         if self.kind != "ivf":
             distances, rows = self.index.search(queries, k)
             return distances, rows
-        # Per-call parameters: setting index.nprobe would race with concurrent searches.
-        params = faiss.SearchParametersIVF(nprobe=self.probe_lists)
         if not self._rescored:
-            distances, rows = self.index.search(queries, k, params=params)
-            return distances, rows
-        wanted = shortlist_size(k, self.rows)
-        approximate, rows = self.index.search(queries, wanted, params=params)
+            return shortlist(self.index, queries, k, self.probe_lists)
+        approximate, rows = shortlist(self.index, queries, shortlist_size(k, self.rows), self.probe_lists)
         return _best_exact(queries, approximate, rows, self._exact_rows(rows), k)
 
     @cached_property

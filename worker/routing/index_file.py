@@ -29,7 +29,7 @@ import orjson
 from worker.routing.build_job import JOB_PREFIX
 from worker.routing.build_layout import is_sorted
 from worker.routing.calibration import searched_lists
-from worker.routing.index import MainIndex, holds_raw_vectors, map_index
+from worker.routing.index import MainIndex, codes_label, map_index
 from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss, pause
 from worker.routing.store import RouteStore, StoredState
@@ -40,8 +40,9 @@ from worker.routing.vectors_file import MappedVectors, map_vectors, vectors_besi
 logger = logging.getLogger(__name__)
 
 MANIFEST = "main-index.json"
-#: 4: IVF lists may hold float16 codes ("codes" in the header)
-_FORMAT = 4
+#: 4: IVF lists may hold float16 codes ("codes" in the header); 5: or 4-bit PQ codes of residuals
+#: beside 8-bit codes of every row (a faiss IndexRefine over an IndexIVFPQFastScan, "pq4xM")
+_FORMAT = 5
 #: manifest entries serialised between two pauses
 _COLUMN_SLICE = 4_096
 
@@ -141,9 +142,7 @@ def _lists(index: Any, kind: IndexKind) -> int:
 
 
 def _codes(index: Any, kind: IndexKind) -> str | None:
-    if kind != "ivf":
-        return None
-    return "float32" if holds_raw_vectors(index) else "float16"
+    return codes_label(index) if kind == "ivf" else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -246,8 +245,8 @@ def load_main(
         reason = f"a {kind} index where settings want {settings.kind_for(rows)}"
     elif kind == "ivf" and manifest.get("lists") != settings.lists_for(rows):
         reason = f"{manifest.get('lists')} lists where settings want {settings.lists_for(rows)}"
-    elif kind == "ivf" and manifest.get("codes") != settings.ivf_codes:
-        reason = f"{manifest.get('codes')} codes where settings want {settings.ivf_codes}"
+    elif kind == "ivf" and manifest.get("codes") != settings.codes_label(dim, rows):
+        reason = f"{manifest.get('codes')} codes where settings want {settings.codes_label(dim, rows)}"
     elif not is_sorted(names):
         reason = "slots out of name order"
     if reason is not None:

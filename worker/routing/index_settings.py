@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 IndexKind = Literal["flat", "ivf"]
-#: how an IVF index's lists hold the vectors: raw float32, or float16 codes re-scored exactly
-IvfCodes = Literal["float32", "float16"]
+#: how an IVF index's lists hold the vectors: raw float32; float16 codes re-scored exactly; or 4-bit
+#: product-quantizer codes of the residuals, scanned with SIMD look-up tables (faiss "fast scan"),
+#: whose candidates are ranked by 8-bit codes of every row and then re-scored exactly
+IvfCodes = Literal["float32", "float16", "pq4"]
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,26 @@ class IndexSettings:
     #: lists were 1.6 TFLOP and most of a 56 s build (benchmarks/million.py). A search scans the
     #: same share of the table for the same recall either way.
     max_lists: int = 512
-    #: what the lists hold: float16 codes halve the bytes a search streams (it is bound by memory
-    #: bandwidth: 32 queries scanned 770 MB of float32 rows in 114 ms at 1M vectors) and the index
-    #: file; the shortlist they give is re-scored exactly from the routes' float32 vectors, so the
-    #: similarities served are exact. float32 keeps raw vectors in the lists.
-    ivf_codes: IvfCodes = "float16"
+    #: what the lists hold. At 1M vectors, 32 queries scanning 11 of 512 lists took 73 ms over
+    #: float16 codes (114 over float32 rows) and no less over 8-bit ones (decoding, not memory, is
+    #: their limit), ~10 ms over 4-bit PQ codes of 2 dimensions each, 96 bytes a row, scanned with
+    #: SIMD look-up tables (benchmarks/ivf_codes.py). Those rank too coarsely to be re-scored
+    #: directly (the best 64 held 0.73 of the top 32), so "pq4" keeps 8-bit codes of every row
+    #: beside them (mapped from the index file like the lists, read for candidates only) to rank
+    #: the PQ candidates (``worker.routing.index.pq_candidates``) first: 18 ms, top 32 at 0.988
+    #: (0.992 from float16 lists); float16 codes there ranked no better and took twice the bytes.
+    #: Every shortlist is re-scored exactly from the routes' float32 vectors: the similarities
+    #: served are exact. "pq4" costs the build its PQ encoding: 1M vectors took 21 s to add
+    #: instead of 9.5 s, and their index build + install in benchmarks/million.py 43 s instead of
+    #: 25 s. float32 keeps raw vectors in the lists.
+    ivf_codes: IvfCodes = "pq4"
+    #: dimensions per 4-bit code of "pq4" lists (float16 lists where it does not divide the vector
+    #: dimension): 2 gives a 384-dim vector 192 codes. 1 ranked as well as float16 but took 66 s
+    #: to build at 1M vectors; 4 ranked so coarsely that 256 candidates held 85% of the top 10.
+    pq_dims: int = 2
+    #: "pq4" lists learn 16 centroids per code from the table's rows: fewer rows than this get
+    #: float16 lists (real IVF tables have ``approximate_above`` rows; small ones are tests)
+    pq_min_rows: int = 64
     #: k-means learns the lists from at most this many sampled vectors per list (faiss's seeded sample)
     train_rows_per_list: int = 16
     #: k-means iterations of an IVF build (faiss's default is 25): the lists only need to be
@@ -87,6 +104,27 @@ class IndexSettings:
     def kind_for(self, rows: int) -> IndexKind:
         """The index kind used for ``rows`` vectors."""
         return "ivf" if rows > self.approximate_above else "flat"
+
+    def list_factory(self, rows: int, dim: int) -> str:
+        """The faiss factory string of an IVF index over ``rows`` vectors of ``dim`` dimensions."""
+        lists = self.lists_for(rows)
+        codes = self.codes_label(dim, rows)
+        if codes == "float32":
+            return f"IVF{lists},Flat"
+        if codes == "float16":
+            return f"IVF{lists},SQfp16"
+        return f"IVF{lists},PQ{dim // self.pq_dims}x4fsr,Refine(SQ8)"
+
+    def codes_label(self, dim: int, rows: int) -> str:
+        """What the lists of an IVF index over ``rows`` vectors of ``dim`` dimensions hold, as index
+        manifests name it: "float32", "float16" or "pq4xM" (M codes a row). "pq4" lists hold
+        float16 codes where ``pq_dims`` does not divide ``dim`` or there are fewer than
+        ``pq_min_rows`` rows."""
+        if self.ivf_codes != "pq4":
+            return self.ivf_codes
+        if self.pq_dims < 1 or dim % self.pq_dims or rows < self.pq_min_rows:
+            return "float16"
+        return f"pq4x{dim // self.pq_dims}"
 
     def lists_for(self, rows: int) -> int:
         """Inverted lists of an IVF index over ``rows`` vectors (a power of two, at most ``rows``)."""

@@ -29,9 +29,9 @@ from worker.routing import table as table_module
 from worker.routing.build_job import JOB_PREFIX
 from worker.routing.build_layout import is_sorted, take
 from worker.routing.builder import build_main
-from worker.routing.calibration import calibrate_probes
+from worker.routing.calibration import LeaveOneOut, calibrate_probes
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.index import holds_raw_vectors
+from worker.routing.index import codes_label, holds_raw_vectors, pq_candidates, shortlist
 from worker.routing.index_file import MANIFEST
 from worker.routing.native import faiss
 
@@ -42,6 +42,8 @@ RandomRoute = Callable[..., RouteVectors]
 IVF = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2)
 #: the same with raw float32 lists (a rebuild can read unchanged rows back from them)
 IVF_RAW = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2, ivf_codes="float32")
+#: the same with float16 codes in the lists (the default lists hold 4-bit PQ codes)
+IVF_FP16 = IndexSettings(approximate_above=0, list_rows=8, probe_lists=2, ivf_codes="float16")
 
 
 def _routes(count: int, seed: int) -> list[RouteVectors]:
@@ -151,24 +153,31 @@ def test_a_persisted_index_of_other_codes_is_ignored_and_rebuilt(tmp_path: Path)
     RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF_RAW, tmp_path)
     (raw_file,) = tmp_path.glob("main-ivf-*.faiss")
     assert holds_raw_vectors(faiss.read_index(str(raw_file)))
-    # settings now want float16 lists: the float32 index on disk is not served, a new one is built
+    # settings now want PQ lists: the float32 index on disk is not served, a new one is built
     rebuilt = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF, tmp_path).snapshot().main
     assert rebuilt.path != raw_file
     assert not holds_raw_vectors(rebuilt.index)
     assert rebuilt.path is not None
     assert rebuilt.path.parent == tmp_path
-    assert orjson.loads((tmp_path / MANIFEST).read_bytes())["codes"] == "float16"
-    # and back: the float16 one is not taken for float32 lists either
+    assert orjson.loads((tmp_path / MANIFEST).read_bytes())["codes"] == codes_label(rebuilt.index) == "pq4x32"
+    # nor is it taken for float16 lists, nor for PQ codes of another width
+    for settings, label in ((IVF_FP16, "float16"), (dataclasses.replace(IVF, pq_dims=4), "pq4x16")):
+        other = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, settings, tmp_path).snapshot().main
+        assert codes_label(other.index) == label
+        assert other.path != rebuilt.path
+    # and back: a coded one is not taken for float32 lists either
     again = RouteTable.from_routes(routes, ((0, 100),), DIM, FP, IVF_RAW, tmp_path).snapshot().main
     assert holds_raw_vectors(again.index)
     assert again.path != rebuilt.path
 
 
-def test_float16_lists_give_exact_similarities_of_the_rows_they_find() -> None:
-    routes = _routes(120, seed=41)
+@pytest.mark.parametrize("settings", [IVF_FP16, IVF], ids=["float16", "pq4"])
+def test_coded_lists_give_exact_similarities_of_the_rows_they_find(settings: IndexSettings) -> None:
+    # 240 rows: fewer than the PQ candidates of a query, so with every list probed all are ranked
+    routes = _routes(80, seed=41)
     vectors = np.concatenate([rv.utterance_vectors for rv in routes])
     queries = l2_normalise(vectors[:40] + 0.1 * np.random.default_rng(42).normal(size=(40, DIM)))
-    coded = build_main(routes, DIM, dataclasses.replace(IVF, probe_lists=10**6))
+    coded = build_main(routes, DIM, dataclasses.replace(settings, probe_lists=10**6))
     assert not holds_raw_vectors(coded.index)
     sims, rows = coded.search_rows(queries, 10)
     exact_sims, exact_rows = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
@@ -176,10 +185,66 @@ def test_float16_lists_give_exact_similarities_of_the_rows_they_find() -> None:
     assert np.array_equal(rows, exact_rows)
     assert np.allclose(sims, exact_sims, atol=1e-6)
     assert np.allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[rows]), atol=1e-6)
-    # a float16 similarity alone is further off than that
-    _, shortlist = coded.index.search(queries, 10)
-    coded_sims = coded.index.search(queries, 10)[0]
+    # a similarity of the codes alone is further off than that
+    coded_sims, shortlist = coded.index.search(queries, 10)
     assert not np.allclose(coded_sims, np.einsum("qd,qkd->qk", queries, vectors[shortlist]), atol=1e-6)
+
+
+def test_pq_lists_hold_4_bit_codes_and_rank_their_candidates_by_8_bit_codes() -> None:
+    routes = _routes(400, seed=43)
+    vectors = np.concatenate([rv.utterance_vectors for rv in routes])
+    main = build_main(routes, DIM, dataclasses.replace(IVF, probe_lists=10**6))
+    assert isinstance(main.index, faiss.IndexRefine)
+    lists = faiss.downcast_index(faiss.extract_index_ivf(main.index))
+    assert isinstance(lists, faiss.IndexIVFPQFastScan)
+    assert (lists.pq.M, lists.pq.nbits, lists.by_residual) == (DIM // IVF.pq_dims, 4, True)
+    assert codes_label(main.index) == IVF.codes_label(DIM, main.rows) == "pq4x32"
+    # the 1200 rows are more than the candidates: the shortlist is the 8-bit best of PQ's best
+    queries = l2_normalise(vectors[:20] + 0.02 * np.random.default_rng(44).normal(size=(20, DIM)))
+    coded_sims, rows = shortlist(main.index, queries, 26, 10**6)
+    ranker = faiss.downcast_index(main.index.refine_index)
+    assert isinstance(ranker, faiss.IndexScalarQuantizer)
+    assert ranker.sq.qtype == faiss.ScalarQuantizer.QT_8bit
+    decoded = ranker.reconstruct_n(0, main.rows)
+    assert np.allclose(coded_sims, np.einsum("qd,qkd->qk", queries, decoded[rows]), atol=1e-5)
+    assert np.all(np.diff(coded_sims, axis=1) <= 0)
+    # (random vectors have no neighbours for PQ codes to tell apart, but each query has its own row)
+    sims, found = main.search_rows(queries, 10)
+    assert found[:, 0].tolist() == list(range(20))
+    assert np.allclose(sims, np.einsum("qd,qkd->qk", queries, vectors[found]), atol=1e-6)
+
+
+def test_pq_candidates_cover_a_floor_per_query() -> None:
+    assert pq_candidates(64) == 8.0  # 512 candidates for a 64-row shortlist
+    assert pq_candidates(26) == 10.0  # at least 256
+    assert pq_candidates(1) == 256.0
+
+
+def test_settings_name_their_lists_and_codes() -> None:
+    assert IVF.list_factory(360, DIM) == "IVF32,PQ32x4fsr,Refine(SQ8)"
+    assert IndexSettings().list_factory(1_000_000, 384) == "IVF512,PQ192x4fsr,Refine(SQ8)"
+    assert IndexSettings().codes_label(384, 1_000_000) == "pq4x192"
+    assert IVF_FP16.list_factory(1_000, 384) == "IVF128,SQfp16"
+    assert IVF_RAW.list_factory(1_000, 384) == "IVF128,Flat"
+    # PQ codes of 2 dimensions cannot split an odd dimension, nor learn from a handful of rows
+    assert IndexSettings().codes_label(383, 1_000_000) == "float16"
+    assert IndexSettings().list_factory(70_000, 383) == "IVF512,SQfp16"
+    assert IVF.codes_label(DIM, 63) == "float16"
+    assert IVF.codes_label(DIM, 64) == "pq4x32"
+
+
+def test_a_calibration_whose_recall_stops_rising_takes_the_fewest_lists_of_the_best(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # codes that hold recall at 0.9 however many lists are scanned: the target is out of reach
+    routes = _routes(400, seed=45)
+    vectors = np.concatenate([rv.utterance_vectors for rv in routes])
+    index = build_main(routes, DIM, IVF).index
+    monkeypatch.setattr(LeaveOneOut, "recall", lambda _self, _index, probes: min(0.9, probes / 10))
+    settings = IndexSettings(approximate_above=0, list_rows=8, probe_lists=1, recall_target=0.99)
+    calibration = calibrate_probes(index, vectors, settings)
+    assert [probes for probes, _ in calibration.recalls] == [1, 2, 3, 4, 6, 8, 11, 16, 23]
+    assert calibration.probe_lists == 11
 
 
 def test_a_rebuild_swaps_in_a_mapped_index_while_an_old_one_is_searched(tmp_path: Path) -> None:
@@ -273,10 +338,10 @@ def test_a_rebuild_reads_unchanged_rows_from_the_old_index_and_builds_the_same_i
 
 
 @pytest.mark.parametrize("vectors_file", [True, False])
-def test_a_rebuild_over_float16_lists_reads_unchanged_rows_from_the_vectors_file_and_builds_the_same_index(
+def test_a_rebuild_over_coded_lists_reads_unchanged_rows_from_the_vectors_file_and_builds_the_same_index(
     tmp_path: Path, sent: list[int], vectors_file: bool
 ) -> None:
-    # float16 codes are not the vectors: without the vectors file every vector is sent
+    # PQ codes are not the vectors: without the vectors file every vector is sent
     routes = _routes(90, seed=21)
     table = RouteTable.from_routes(routes, ((0, 90),), DIM, FP, IVF, tmp_path)
     assert not holds_raw_vectors(table.snapshot().main.index)
@@ -418,3 +483,16 @@ def test_ivf_lists_stop_growing_at_max_lists() -> None:
     assert settings.lists_for(64 * 1024) == 1024
     assert settings.lists_for(1_000_000) == 2048
     assert IndexSettings(list_rows=8, max_lists=16).lists_for(360) == 16
+
+
+def test_probing_more_lists_than_an_index_has_probes_them_all() -> None:
+    # faiss 1.15's fast-scan lists answered every query alike when asked for more lists than held
+    routes = _routes(100, seed=46)
+    vectors = np.concatenate([rv.utterance_vectors for rv in routes])
+    main = build_main(routes, DIM, IVF)
+    lists = int(faiss.extract_index_ivf(main.index).nlist)
+    queries = l2_normalise(vectors[:10] + 0.02 * np.random.default_rng(47).normal(size=(10, DIM)))
+    every = shortlist(main.index, queries, 26, lists)
+    beyond = shortlist(main.index, queries, 26, lists * 100)
+    assert np.array_equal(every[1], beyond[1])
+    assert every[1][:, 0].tolist() == list(range(10))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -127,6 +127,7 @@ documents = st.fixed_dictionaries(
 
 
 @settings(max_examples=400, deadline=None)
+@example({"name": "\x08", "utterances": ["0"]})  # a control character: validation only
 @given(documents)
 def test_generated_documents_construct_only_what_validation_accepts_equally(doc: dict[str, Any]) -> None:
     made = check_agrees(doc)
@@ -134,6 +135,8 @@ def test_generated_documents_construct_only_what_validation_accepts_equally(doc:
     plain = "extra" not in doc and (
         expected is None or expected.embeddings is None or "negative_utterances" in doc
     )
-    if expected is not None and plain and type(doc["name"]) is str and doc["name"].isascii():
-        # the shape a writer of this version makes: the fast path takes it
+    name = doc["name"]
+    if expected is not None and plain and type(name) is str and name.isascii() and name.isprintable():
+        # the shape a writer of this version makes: the fast path takes it (a name with a control
+        # character, which the model's pattern allows, is left to validation)
         assert made is not None

@@ -14,6 +14,8 @@ from worker.replication.replica import _collector_off_until_ready
 def _collector_restored() -> Iterator[None]:
     enabled = gc.isenabled()
     gc.enable()
+    # earlier tests' store loads froze their objects (process-wide): start from none frozen
+    gc.unfreeze()
     yield
     gc.unfreeze()
     if not enabled:

@@ -60,6 +60,15 @@ def pause() -> None:
     time.sleep(0.000_2)
 
 
+def spread_sample(count: int, at_most: int) -> list[int]:
+    """Up to ``at_most`` positions evenly spread over ``range(count)``, then the last one: the few
+    items a spot check looks at (empty when ``count`` is 0)."""
+    if count <= 0:
+        return []
+    step = max(1, count // at_most)
+    return [*range(0, count, step)[:at_most], count - 1]
+
+
 def in_slices(items: Sequence[_Item], size: int = SLICE) -> Iterator[Sequence[_Item]]:
     """``items`` in consecutive slices of ``size``, pausing (:func:`pause`) between slices."""
     for start in range(0, len(items), size):

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from worker.routing.errors import OffsetRegression, SchemaTooNew, StoreError
-from worker.routing.native import collector_paused
+from worker.routing.native import collector_paused, spread_sample
 from worker.routing.types import Route, RouteVectors, TableVersion, Vectors, make_version, route_digest
 
 logger = logging.getLogger(__name__)
@@ -379,10 +379,7 @@ def _utterance_blobs(conn: sqlite3.Connection, names: Sequence[str], routes: int
 
 def _spot_checked(given: Sequence[RouteVectors]) -> bool:
     """Whether a few of the routes ``given`` vectors from outside (evenly spread) match their digests."""
-    if not given:
-        return True
-    step = max(1, len(given) // _SPOT_CHECKS)
-    sample = [*given[::step][:_SPOT_CHECKS], given[-1]]
+    sample = [given[at] for at in spread_sample(len(given), _SPOT_CHECKS)]
     return all(
         route_digest(rv.route, rv.utterance_vectors, rv.negative_vectors, rv.fingerprint) == rv.digest
         for rv in sample

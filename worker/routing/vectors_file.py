@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.native import collector_paused, in_slices
+from worker.routing.native import collector_paused, in_slices, spread_sample
 from worker.routing.types import Int64s, RouteVectors, Vectors
 
 #: the suffix of a vectors file beside its index file (``main-ivf-<id>.faiss``)
@@ -144,8 +144,7 @@ def routes_on_file(
     bounds = _bounds(counts)
     if vectors.shape[0] != bounds[-1] or len(routes) != len(counts):
         raise IndexBuildFailed(f"vectors file of {vectors.shape[0]} rows for {bounds[-1]} rows of routes")
-    step = max(1, len(routes) // _COMPARED)
-    for slot in [*range(0, len(routes), step), len(routes) - 1][: _COMPARED + 1] if routes else ():
+    for slot in spread_sample(len(routes), _COMPARED):
         if not np.array_equal(routes[slot].utterance_vectors, vectors[bounds[slot] : bounds[slot + 1]]):
             raise IndexBuildFailed(f"vectors file does not hold the vectors of route {routes[slot].name!r}")
     made: list[RouteVectors] = []

@@ -200,12 +200,15 @@ def read_persisted(directory: Path, dim: int, fingerprint: str) -> Persisted | N
 
 
 def load_stored(
-    store: RouteStore, directory: Path, dim: int, fingerprint: str
+    store: RouteStore, directory: Path, dim: int, fingerprint: str, *, check_later: bool = False
 ) -> tuple[StoredState, Persisted | None]:
     """The store's state, with the utterance vectors of routes unchanged since the persisted index
-    was built taken from its vectors file (not read from the store), and the manifest read."""
+    was built taken from its vectors file (not read from the store), and the manifest read.
+
+    ``check_later``: as :meth:`RouteStore.load` takes it (then call ``state.check()`` before serving).
+    """
     persisted = read_persisted(directory, dim, fingerprint)
-    state = store.load(None if persisted is None else persisted.vectors)
+    state = store.load(None if persisted is None else persisted.vectors, check_later=check_later)
     if persisted is not None and persisted.vectors is not None and not state.from_known:
         # not used (nothing matched, or it failed the store's check): nobody may read rows from it
         persisted = dataclasses.replace(persisted, vectors=None)

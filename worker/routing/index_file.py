@@ -27,7 +27,6 @@ import numpy as np
 import orjson
 
 from worker.routing.build_job import JOB_PREFIX
-from worker.routing.build_layout import is_sorted
 from worker.routing.calibration import searched_lists
 from worker.routing.index import MainIndex, codes_label, map_index
 from worker.routing.index_settings import IndexKind, IndexSettings
@@ -250,7 +249,8 @@ def load_main(
         reason = f"{manifest.get('lists')} lists where settings want {settings.lists_for(rows)}"
     elif kind == "ivf" and manifest.get("codes") != settings.codes_label(dim, rows):
         reason = f"{manifest.get('codes')} codes where settings want {settings.codes_label(dim, rows)}"
-    elif not is_sorted(names):
+    # in one C pass: nothing searches yet (is_sorted's pauses for them were 97 sleeps at 200k)
+    elif not all(map(operator.lt, names, names[1:])):
         reason = "slots out of name order"
     if reason is not None:
         logger.info("ignoring persisted index in %s: %s", directory, reason)

@@ -289,8 +289,6 @@ class RouteStore:
     ) -> tuple[tuple[RouteVectors, ...], dict[str, RouteVectors], list[RouteVectors], int]:
         """Every stored route (also by name), those of them whose utterance vectors ``known``
         gave, and how many utterance vectors they have between them."""
-        # table order, not name order: a sequential scan is what makes a cold start fast
-        rows = conn.execute(_SELECT_ROUTES).fetchall()
         if len(models) == 1:  # the usual case: one model made every route (one string shared)
             ((model, width),) = models
             fingerprints: Iterable[str] = repeat(model)
@@ -298,9 +296,11 @@ class RouteStore:
         else:
             each = conn.execute(_SELECT_KINDS).fetchall()
             fingerprints, dims = [str(row[0]) for row in each], [int(row[1]) for row in each]
-        # 200k routes are 600k+ new objects without cycles: collections while they are
-        # made, or after, only re-scan them (the load took twice as long)
+        # 200k rows read, then 600k+ new objects without cycles: collections while they are made,
+        # or after, only re-scan them (the load took twice as long)
         with collector_paused(freeze=True):
+            # table order, not name order: a sequential scan is what makes a cold start fast
+            rows = conn.execute(_SELECT_ROUTES).fetchall()
             if known is None:
                 mapped: list[Vectors | None] = [None] * len(rows)
             else:

@@ -141,9 +141,9 @@ class Route:
 
         A restart makes 200k routes and serves from their names and vectors; a decision reads the
         threshold of its winner alone. Parsing every definition up front was a fifth of a restart.
-        The store checks every definition it hands out this way (see
-        :meth:`worker.routing.store.RouteStore.load`): reading one later fails only if the
-        store's file changed under it, and then says so (:class:`StoreError`).
+        The store checks every definition it hands out this way before they serve (see
+        :meth:`worker.routing.store.RouteStore.load`); a read that fails all the same (the file
+        changed under it) names the route (:class:`StoreError`).
         """
         made = object.__new__(cls)
         made.__dict__.update(name=name, _definition=definition)

@@ -324,3 +324,16 @@ def test_a_store_written_during_the_check_is_checked_route_by_route(
     state.check()
     assert [rv.name for rv in state.routes] == ["billing"]
     assert checked_each == [1]  # the routes the load read, not the store's newer state
+
+
+def test_routes_of_two_models_load_each_with_its_own(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    billing, weather = make_route("billing", ["pay my bill"]), make_route("weather", ["rain today"])
+    older = RouteVectors(
+        weather.route, weather.utterance_vectors[:, :32], weather.negative_vectors[:, :32], "older@test:0"
+    )
+    store.apply([billing, older], [], {0: 2})
+    state = store.load()
+    assert state.models == {("hashing-bow@test:0", 64), ("older@test:0", 32)}
+    assert _same(state.by_name["billing"], billing)
+    assert _same(state.by_name["weather"], older)

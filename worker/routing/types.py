@@ -191,7 +191,10 @@ class _FromDefinition:
                 raise AttributeError(self.name)
             return self.default  # what the dataclass left on the class: the field's default
         route._read_definition()
-        return route.__dict__[self.name]
+        try:
+            return route.__dict__[self.name]
+        except KeyError:  # a route made bare some other way: as a missing attribute always was
+            raise AttributeError(self.name) from None
 
 
 for _field in fields(Route):

@@ -4,6 +4,8 @@ and deciding 32 real queries against that table (issue 16, part 4).
     python benchmarks/million.py                       # 200k routes x 5 (1M vectors of 384 dims)
     python benchmarks/million.py --routes 20000        # a quick run while developing
     python benchmarks/million.py --republish           # publish the log again (new topic)
+    python benchmarks/million.py --only restart --output /tmp/restart.json
+                                                       # the restart alone, on a full run's store
 
 1. Publish (once): ``--routes`` routes of 5 utterances to a private Apache Kafka (LocalKafka, one
    KRaft node) whose log directory persists in ``--workdir`` between runs, each record a full
@@ -461,12 +463,20 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--republish", action="store_true", help="publish to a new topic")
+    parser.add_argument(
+        "--only",
+        choices=("restart",),
+        help="restart: only the restart phase, on the store and persisted index a previous full run "
+        "left in --workdir (kept, not replaced); the JSON then has no fresh section",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args.child, args.child_output)
         return 0
+    if args.only and args.output == RESULTS:
+        parser.error("--only writes a partial result: give it an --output other than " + str(RESULTS))
     logging.basicConfig(level=logging.WARNING)
     from worker.local.kafka import LocalKafka
 
@@ -508,10 +518,17 @@ def main() -> int:
             published = json.loads(marker.read_text()) | {"this_run": False}
         results["publish"] = published
         store = args.workdir / f"replica-{args.routes}" / "routes.sqlite3"
-        store.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(store.parent, ignore_errors=True)  # a fresh replica: empty store, no index
-        store.parent.mkdir(parents=True)
-        for phase in ("fresh", "restart"):
+        phases: tuple[str, ...] = ("fresh", "restart")
+        if args.only == "restart":
+            if not (store.exists() and (store.parent / "routes.sqlite3.index" / "main-index.json").exists()):
+                raise SystemExit(f"--only restart needs the store and index of a full run in {store.parent}")
+            phases = ("restart",)
+        else:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(store.parent, ignore_errors=True)  # a fresh replica: empty store, no index
+            store.parent.mkdir(parents=True)
+        results["phases"] = list(phases)
+        for phase in phases:
             print(f"{phase} replica ...", flush=True)
             results[phase] = run_child(args, phase, topic, kafka.bootstrap, store, queries)
             print_phase(phase, results[phase])

@@ -20,7 +20,6 @@ import asyncio
 import functools
 import gc
 import logging
-import operator
 import threading
 import time
 from collections import Counter
@@ -147,11 +146,13 @@ class RouteReplica:
         # since it was built, so the store load reads only the others (a derived cache: missing or
         # not matching, the store has them all, and a log line says so).
         index_dir = index_dir_for(self.store_path)
-        state, persisted = await asyncio.to_thread(load_stored, store, index_dir, dim, fingerprint)
-        # what may be 200k routes: checked in C first (the usual case: all of this model)
-        shapes = set(map(_SHAPE, state.routes))
+        # (the store's check of its definitions runs meanwhile, in SQLite: waited for below)
+        state, persisted = await asyncio.to_thread(
+            load_stored, store, index_dir, dim, fingerprint, check_later=True
+        )
+        # what may be 200k routes: the store says which models made them (the usual case: this one)
         routes, stale = [], []
-        if set(map(_FINGERPRINT, state.routes)) <= {fingerprint} and all(shape[1] == dim for shape in shapes):
+        if state.models <= {(fingerprint, dim)}:
             routes = list(state.routes)
         else:
             for rv in state.routes:
@@ -172,7 +173,13 @@ class RouteReplica:
             routes.extend(fresh)
             self.stats.re_embedded_at_open += len(fresh)
             self.stats.skipped_malformed += len(failed)
-        table = await asyncio.to_thread(self._build_table, routes, state.version, persisted)
+        by_name = None if stale else state.by_name
+        table = await asyncio.to_thread(self._build_table, routes, state.version, persisted, by_name)
+        try:
+            await asyncio.to_thread(state.check)  # a store that is not sound never serves
+        except BaseException:
+            table.close()
+            raise
         stored = state.records.get(CALIBRATION_KEY)
         if stored is not None:
             install = await asyncio.to_thread(stored_calibration, stored, self._calibration_context())
@@ -190,7 +197,11 @@ class RouteReplica:
         )
 
     def _build_table(
-        self, routes: list[RouteVectors], version: TableVersion, persisted: Persisted | None
+        self,
+        routes: list[RouteVectors],
+        version: TableVersion,
+        persisted: Persisted | None,
+        by_name: Mapping[str, RouteVectors] | None = None,
     ) -> RouteTable:
         index_dir = index_dir_for(self.store_path)
         dim, fingerprint = self.encoder.dim, self.encoder.fingerprint
@@ -199,7 +210,9 @@ class RouteReplica:
         )
         if (index_dir / MANIFEST).exists():
             # Restart: the persisted main index is reused; routes changed since are overlaid.
-            table = RouteTable.from_routes(routes, version, dim, fingerprint, settings, index_dir, persisted)
+            table = RouteTable.from_routes(
+                routes, version, dim, fingerprint, settings, index_dir, persisted, by_name
+            )
             table.on_rebuild = self._rebuilt
             return table
         # No index on disk yet (first start, or killed before the first rebuild finished): serve
@@ -600,10 +613,6 @@ def _collector_off_until_ready(freeze: Callable[[], bool]) -> Iterator[None]:
             if freeze():
                 gc.freeze()
             gc.enable()
-
-
-_SHAPE: Callable[[RouteVectors], tuple[int, ...]] = operator.attrgetter("utterance_vectors.shape")
-_FINGERPRINT: Callable[[RouteVectors], str] = operator.attrgetter("fingerprint")
 
 
 def _fills_empty(table: RouteTable, upserts: Sequence[RouteVectors], overlay_max_rows: int) -> bool:

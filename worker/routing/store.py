@@ -13,15 +13,16 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
 from worker.routing.errors import OffsetRegression, SchemaTooNew, StoreError
 from worker.routing.native import collector_paused, spread_sample
@@ -83,6 +84,34 @@ class StoredState:
     records: Mapping[str, bytes] = field(default_factory=dict)
     #: routes whose utterance vectors came from the ``known`` vectors given to the load
     from_known: int = 0
+    #: the (model fingerprint, dimension) of every route's vectors, each pair once
+    models: frozenset[tuple[str, int]] = frozenset()
+    #: ``routes`` by name (made as they were read: a restart's table wants them so)
+    by_name: Mapping[str, RouteVectors] = field(default_factory=dict)
+    #: waits for the check of the routes' definitions (see :meth:`RouteStore.load`), raising
+    #: :class:`StoreError` for one that is not sound; at once when the load waited for it
+    check: Callable[[], None] = field(default=lambda: None, compare=False)
+
+
+class _DefinitionCheck:
+    """:meth:`RouteStore.sound_definitions`, in a thread started with a load, compared with what
+    the load read: a difference has every route read and checked in the caller's thread."""
+
+    def __init__(self, store: RouteStore) -> None:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="route-store-check")
+        self._counted = pool.submit(store.sound_definitions)
+        pool.shutdown(wait=False)  # its one task runs on; the thread ends with it
+
+    def wait(self, routes: Sequence[RouteVectors], utterances: int, version: TableVersion) -> None:
+        """Return once the routes a load read are known sound, else raise :class:`StoreError`."""
+        # fewer sound routes, other counts, or another version (the store changed between the
+        # two reads): the routes the load read are checked one by one
+        try:
+            counted = self._counted.result()
+        except sqlite3.OperationalError:  # a JSON function's "malformed JSON"
+            counted = None
+        if counted != (len(routes), utterances, version):
+            _check_each(routes)
 
 
 class RouteStore:
@@ -202,18 +231,28 @@ class RouteStore:
                     f"partition {partition}: offset {offset} is behind the stored {stored[partition]}"
                 )
 
-    def load(self, known: KnownVectors | None = None) -> StoredState:
+    def load(self, known: KnownVectors | None = None, *, check_later: bool = False) -> StoredState:
         """Read every route with its vectors, and the offsets they reflect, in one consistent read.
 
         Utterance vectors ``known`` holds for a route's name and digest are taken from it (not read
         from the store, whose rows of them are then never touched); the others are read here. A
         few routes given such vectors have them checked against their digest: on a mismatch the
         cache is not what it claims, a warning says so and every route is read from the store.
+
+        Routes are made without reading their definitions (:meth:`Route.stored_lazily`). That
+        every definition is sound, and has as many utterances and negatives as its route has
+        vectors, is checked in SQL meanwhile, in a thread of its own (SQLite's JSON functions run
+        without the GIL); a store that fails it has each route read and checked, and the first
+        that is not sound is named (:class:`StoreError`). The load waits for it unless
+        ``check_later``: then :attr:`StoredState.check` does, and must be called before the
+        routes serve.
         """
+        check = _DefinitionCheck(self)
         with self._connect() as conn:
             conn.execute("BEGIN")
             try:
-                routes, given = self._load_routes(conn, known)
+                models = frozenset((str(fp), int(dim)) for fp, dim in conn.execute(_SELECT_MODELS))
+                routes, by_name, given, utterances = self._load_routes(conn, models, known)
                 if not _spot_checked(given):
                     logger.warning(
                         "vectors of %s do not match the routes' digests: reading every route's "
@@ -221,7 +260,7 @@ class RouteStore:
                         known,
                         self.path,
                     )
-                    routes, given = self._load_routes(conn, None)
+                    routes, by_name, given, utterances = self._load_routes(conn, models, None)
                 version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
                 caught_up = _caught_up_at(conn)
                 records = {
@@ -229,30 +268,48 @@ class RouteStore:
                 }
             finally:
                 conn.execute("COMMIT")
+        checked = functools.partial(check.wait, routes, utterances, version)
+        if not check_later:
+            checked()
         logger.info("loaded %d routes at %s from %s", len(routes), version, self.path)
-        return StoredState(routes, version, caught_up_at_ms=caught_up, records=records, from_known=len(given))
+        return StoredState(
+            routes,
+            version,
+            caught_up_at_ms=caught_up,
+            records=records,
+            from_known=len(given),
+            models=models,
+            by_name=by_name,
+            check=checked,
+        )
 
     @staticmethod
     def _load_routes(
-        conn: sqlite3.Connection, known: KnownVectors | None
-    ) -> tuple[tuple[RouteVectors, ...], list[RouteVectors]]:
-        """Every stored route, and those of them whose utterance vectors ``known`` gave."""
-        # table order, not name order: a sequential scan is what makes a cold start fast
-        rows = conn.execute(
-            "SELECT name, definition, fingerprint, dim, digest, negative_vectors FROM routes"
-        ).fetchall()
-        # 200k routes are 1M+ new objects without cycles: collections while they are
-        # made, or after, only re-scan them (the load took twice as long)
+        conn: sqlite3.Connection, models: frozenset[tuple[str, int]], known: KnownVectors | None
+    ) -> tuple[tuple[RouteVectors, ...], dict[str, RouteVectors], list[RouteVectors], int]:
+        """Every stored route (also by name), those of them whose utterance vectors ``known``
+        gave, and how many utterance vectors they have between them."""
+        if len(models) == 1:  # the usual case: one model made every route (one string shared)
+            ((model, width),) = models
+            fingerprints: Iterable[str] = repeat(model)
+            dims: Iterable[int] = repeat(width)
+        else:
+            each = conn.execute(_SELECT_KINDS).fetchall()
+            fingerprints, dims = [str(row[0]) for row in each], [int(row[1]) for row in each]
+        # 200k rows read, then 600k+ new objects without cycles: collections while they are made,
+        # or after, only re-scan them (the load took twice as long)
         with collector_paused(freeze=True):
+            # table order, not name order: a sequential scan is what makes a cold start fast
+            rows = conn.execute(_SELECT_ROUTES).fetchall()
             if known is None:
                 mapped: list[Vectors | None] = [None] * len(rows)
             else:
-                mapped = known.utterance_vectors_of([row[0] for row in rows], [row[4] for row in rows])
+                mapped = known.utterance_vectors_of([row[0] for row in rows], [row[2] for row in rows])
             missing = [row[0] for row, vectors in zip(rows, mapped, strict=True) if vectors is None]
             blobs = _utterance_blobs(conn, missing, len(rows))
-            routes = _routes_from_rows(rows, mapped, blobs)
+            routes, by_name, utterances = _routes_from_rows(rows, fingerprints, dims, mapped, blobs)
         if known is None:
-            return routes, []
+            return routes, by_name, [], utterances
         logger.info(
             "%d of %d routes' utterance vectors taken from %s, %d read from the store",
             len(rows) - len(missing),
@@ -261,7 +318,19 @@ class RouteStore:
             len(missing),
         )
         given = [rv for rv, vectors in zip(routes, mapped, strict=True) if vectors is not None]
-        return routes, given
+        return routes, by_name, given, utterances
+
+    def sound_definitions(self) -> tuple[int, int, TableVersion]:
+        """How many routes have a sound definition (see ``_SOUND``), how many utterances those
+        have between them, and the offsets, in one read."""
+        with self._connect() as conn:
+            conn.execute("BEGIN")
+            try:
+                sound, utterances = conn.execute(_COUNT_SOUND).fetchone()
+                version = make_version(dict(conn.execute("SELECT partition, next_offset FROM offsets")))
+            finally:
+                conn.execute("COMMIT")
+        return int(sound), int(utterances or 0), version
 
     def version(self) -> TableVersion:
         """The stored mutation-log position."""
@@ -307,6 +376,26 @@ class RouteStore:
 
 
 _CAUGHT_UP_KEY = "caught_up_at_ms"
+
+_SELECT_ROUTES = "SELECT name, definition, digest, negative_vectors FROM routes ORDER BY rowid"
+_SELECT_KINDS = "SELECT fingerprint, dim FROM routes ORDER BY rowid"
+_SELECT_MODELS = "SELECT DISTINCT fingerprint, dim FROM routes"
+#: a stored definition whose route can be made without reading it: what canonical_json writes
+#: (JSON of these fields, of the row's name), with one negative vector per negative utterance
+_SOUND = (
+    "json_valid(definition)"
+    " AND json_extract(definition, '$.name') = name"
+    " AND json_type(definition, '$.utterances') = 'array'"
+    " AND json_type(definition, '$.negative_utterances') = 'array'"
+    " AND json_type(definition, '$.threshold') IN ('null', 'real', 'integer')"
+    " AND json_type(definition, '$.metadata') = 'object'"
+    " AND length(negative_vectors) = json_array_length(definition, '$.negative_utterances') * dim * 4"
+)
+#: the sound routes and their utterances (JSON functions of one row share one parse of its text)
+_COUNT_SOUND = (
+    "SELECT count(*), sum(json_array_length(definition, '$.utterances')) FROM routes WHERE " + _SOUND
+)
+
 
 #: routes written per INSERT statement at most (6 parameters each; fewer where the SQLite build
 #: allows fewer parameters per statement: 999 before 3.32)
@@ -414,49 +503,81 @@ def _blob(vectors: Vectors) -> memoryview:
 
 
 def _routes_from_rows(
-    rows: Sequence[tuple[str, str, str, int, str, bytes]],
+    rows: Sequence[tuple[str, str, str, bytes]],
+    fingerprints: Iterable[str],
+    dims: Iterable[int],
     mapped: Sequence[Vectors | None],
     blobs: Mapping[str, bytes],
-) -> tuple[RouteVectors, ...]:
-    """Routes from their ``routes`` rows and their utterance vectors: rows of a vectors file
-    (``mapped``, read-only float32 as the store would make them), else their stored blobs.
+) -> tuple[tuple[RouteVectors, ...], dict[str, RouteVectors], int]:
+    """Routes from their ``routes`` rows (name, definition, digest, negative vectors), models
+    and utterance vectors: rows of a vectors file (``mapped``, read-only float32 as the store
+    would make them), else their stored blobs; also by name; and how many utterance vectors
+    they have. (By name here, while each is at hand: a pass over 200k routes afterwards is a
+    tenth of a second of cache misses.)
 
-    One loop with everything in locals: it runs 200k times at a restart, and calls per route
-    (a helper, a cached empty matrix) were a third of it.
+    Definitions are kept to be read when asked for (:meth:`Route.stored_lazily`, inlined);
+    the load checks they match the vectors (see :class:`_DefinitionCheck`). One loop with
+    everything in locals: it runs 200k times at a restart, and calls per route (a helper, a
+    cached empty matrix) were a third of it.
     """
-    loads, trusted = orjson.loads, RouteVectors.trusted
     new_route, set_field = functools.partial(object.__new__, Route), object.__setattr__
+    new_route_vectors = functools.partial(object.__new__, RouteVectors)
     empty: dict[int, Vectors] = {}
     made: list[RouteVectors] = []
     add = made.append
-    for (name, definition, fingerprint, dim, digest, negatives), got in zip(rows, mapped, strict=True):
-        # Route.stored, inlined: the parsed definition (exactly the fields, as canonical_json wrote
-        # them) becomes the instance's __dict__, its lists made tuples
-        fields = loads(definition)
-        fields["utterances"] = tuple(fields["utterances"])
-        fields["negative_utterances"] = tuple(fields["negative_utterances"])
-        if fields["threshold"] is not None:
-            fields["threshold"] = float(fields["threshold"])
+    by_name: dict[str, RouteVectors] = {}
+    counted = 0
+    for (name, definition, digest, negatives), fingerprint, dim, got in zip(
+        rows, fingerprints, dims, mapped, strict=False
+    ):
         route = new_route()
-        set_field(route, "__dict__", fields)
-        utterances = _stored_vectors(blobs.get(name, b""), len(route.utterances), dim) if got is None else got
+        set_field(route, "__dict__", {"name": name, "_definition": definition})
+        if got is None:
+            utterances = _stored_vectors(blobs.get(name, b""), dim)
+        else:
+            utterances = got if got.shape[1] == dim else None
         if negatives:
-            negative_vectors = _stored_vectors(negatives, len(route.negative_utterances), dim)
-        elif route.negative_utterances:
-            negative_vectors = None
+            negative_vectors = _stored_vectors(negatives, dim)
         else:
             negative_vectors = empty.get(dim)
             if negative_vectors is None:
                 negative_vectors = empty[dim] = _no_vectors(dim)
-        if utterances is None or negative_vectors is None or utterances.shape != (len(route.utterances), dim):
+        if utterances is None or negative_vectors is None:
+            raise StoreError(f"route {name!r}: stored vectors do not match its utterances")
+        counted += len(utterances)
+        # RouteVectors.trusted, inlined (its keyword arguments and dict update were a sixth of this)
+        made_vectors = new_route_vectors()
+        set_field(
+            made_vectors,
+            "__dict__",
+            {
+                "route": route,
+                "utterance_vectors": utterances,
+                "negative_vectors": negative_vectors,
+                "fingerprint": fingerprint,
+                "digest": digest,
+            },
+        )
+        add(made_vectors)
+        by_name[name] = made_vectors
+    return tuple(made), by_name, counted
+
+
+def _check_each(routes: Sequence[RouteVectors]) -> None:
+    """Read every route's definition and check its vectors match it: the first that does not is
+    named (:class:`StoreError`), as a route's construction would (a store that failed ``_SOUND``)."""
+    for rv in routes:
+        route = rv.route
+        if rv.utterance_vectors.shape[0] != len(route.utterances) or rv.negative_vectors.shape[0] != len(
+            route.negative_utterances
+        ):
             raise StoreError(f"route {route.name!r}: stored vectors do not match its utterances")
-        add(trusted(route, utterances, negative_vectors, fingerprint, digest))
-    return tuple(made)
 
 
-def _stored_vectors(blob: bytes, rows: int, dim: int) -> Vectors | None:
-    """``rows`` x ``dim`` float32 over ``blob`` (no copy), None when its size differs."""
-    if len(blob) != rows * dim * 4:
+def _stored_vectors(blob: bytes, dim: int) -> Vectors | None:
+    """Rows of ``dim`` float32 over ``blob`` (no copy), None when it is not a whole number of rows."""
+    rows, rest = divmod(len(blob), dim * 4)
+    if rest:
         return None
     if not rows:
         return _no_vectors(dim)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -105,16 +105,19 @@ class RouteTable:
         settings: IndexSettings | None = None,
         index_dir: Path | None = None,
         persisted: Persisted | None = None,
+        by_name: Mapping[str, RouteVectors] | None = None,
     ) -> RouteTable:
         """A table holding ``routes`` (e.g. loaded from the store), reusing a persisted index.
 
         ``persisted`` is ``index_dir``'s manifest if already read (the store load used its
-        vectors file). Blocking: builds the main index when no persisted one fits (call it from
+        vectors file); ``by_name``, ``routes`` by name if the caller has them so (a store load
+        makes them). Blocking: builds the main index when no persisted one fits (call it from
         a thread).
         """
         settings = settings or IndexSettings()
         _check_all(routes, dim, fingerprint)
-        by_name = dict(zip(map(_NAME, routes), routes, strict=True))
+        if by_name is None:
+            by_name = dict(zip(map(_NAME, routes), routes, strict=True))
         main = load_main(index_dir, by_name, dim, fingerprint, settings, persisted) if index_dir else None
         if main is None:
             table = cls(dim, fingerprint, settings, index_dir, version=version)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from worker.routing.errors import DimensionMismatch, InvalidRoute
+from worker.routing.errors import DimensionMismatch, InvalidRoute, StoreError
 
 Vectors = npt.NDArray[np.float32]
 Int64s = npt.NDArray[np.int64]
@@ -133,6 +133,73 @@ class Route:
             metadata=definition["metadata"],
         )
         return made
+
+    @classmethod
+    def stored_lazily(cls, name: str, definition: str) -> Route:
+        """The route ``name`` whose :meth:`canonical_json` the store holds as ``definition``, read
+        only when one of its other fields is first asked for (then as :meth:`stored` reads it).
+
+        A restart makes 200k routes and serves from their names and vectors; a decision reads the
+        threshold of its winner alone. Parsing every definition up front was a fifth of a restart.
+        The store checks every definition it hands out this way before they serve (see
+        :meth:`worker.routing.store.RouteStore.load`); a read that fails all the same (the file
+        changed under it) names the route (:class:`StoreError`).
+        """
+        made = object.__new__(cls)
+        made.__dict__.update(name=name, _definition=definition)
+        return made
+
+    def _read_definition(self) -> None:
+        """Fill in the fields of a :meth:`stored_lazily` route from its definition."""
+        held = self.__dict__
+        definition = held.get("_definition")
+        if definition is None:
+            return  # read meanwhile by another thread (the fields go in before the text goes)
+        try:
+            try:
+                fields = orjson.loads(definition)
+            except orjson.JSONDecodeError:
+                # what canonical_text left to json.dumps (NaN, nesting deeper than orjson reads)
+                fields = json.loads(definition)
+            if fields["name"] != held["name"]:
+                raise ValueError(f"it names {fields['name']!r}")
+            threshold = fields["threshold"]
+            parsed = {
+                "utterances": tuple(fields["utterances"]),
+                "negative_utterances": tuple(fields["negative_utterances"]),
+                "threshold": None if threshold is None else float(threshold),
+                "metadata": fields["metadata"],
+            }
+        except (ValueError, KeyError, TypeError, RecursionError) as error:
+            raise StoreError(f"route {held['name']!r}: stored definition cannot be read: {error}") from error
+        held.update(parsed)
+        held.pop("_definition", None)
+
+
+class _FromDefinition:
+    """A :class:`Route` field of a route made by :meth:`Route.stored_lazily`: read from its
+    definition on first access, then held in the instance (whose own attribute wins over this
+    non-data descriptor, so routes made any other way never come here)."""
+
+    def __init__(self, name: str, default: object) -> None:
+        self.name = name
+        self.default = default
+
+    def __get__(self, route: Route | None, owner: type | None = None) -> object:
+        if route is None:
+            if self.default is MISSING:
+                raise AttributeError(self.name)
+            return self.default  # what the dataclass left on the class: the field's default
+        route._read_definition()
+        try:
+            return route.__dict__[self.name]
+        except KeyError:  # a route made bare some other way: as a missing attribute always was
+            raise AttributeError(self.name) from None
+
+
+for _field in fields(Route):
+    if _field.name != "name":
+        setattr(Route, _field.name, _FromDefinition(_field.name, Route.__dict__.get(_field.name, MISSING)))
 
 
 def canonical_text(value: object) -> str:

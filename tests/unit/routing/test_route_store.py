@@ -8,7 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.routing import OffsetRegression, RouteStore, RouteTable, RouteVectors, SchemaTooNew, StoreError
+from worker.routing import (
+    OffsetRegression,
+    Route,
+    RouteStore,
+    RouteTable,
+    RouteVectors,
+    SchemaTooNew,
+    StoreError,
+)
 from worker.routing import store as store_module
 from worker.routing.store import SCHEMA_VERSION
 
@@ -207,3 +215,125 @@ def test_stored_vectors_that_do_not_match_their_utterances_are_an_error(
         conn.execute("UPDATE route_vectors SET utterance_vectors = substr(utterance_vectors, 1, 256)")
     with pytest.raises(StoreError, match="billing"):
         store.load()
+
+
+def _definitions(path: Path, set_to: str) -> None:
+    """Rewrite the stored definition of every route with SQL ``set_to`` (over ``definition``)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE routes SET definition = {set_to}")
+
+
+def test_loaded_routes_are_the_applied_routes_on_every_field(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    applied = [
+        make_route("billing", ["pay my bill", "invoice"], ["pay a friend"], 0.7),
+        make_route("weather", ["rain today"]),
+        make_route("news", ["headlines", "sport", "politics"], ["weather news", "fake"]),
+    ]
+    store.apply(applied, [], {0: 3})
+    state = store.load()
+    assert state.models == {("hashing-bow@test:0", 64)}
+    assert dict(state.by_name) == {rv.name: rv for rv in state.routes}
+    for rv in applied:
+        loaded = state.by_name[rv.name]
+        assert _same(loaded, rv)
+        for field in ("name", "utterances", "negative_utterances", "threshold", "metadata"):
+            assert getattr(loaded.route, field) == getattr(Route.stored(rv.route.definition()), field)
+        assert loaded.route.canonical_json() == rv.route.canonical_json()
+
+
+@pytest.mark.parametrize(
+    ("set_to", "reason"),
+    [
+        ("substr(definition, 1, 40)", "cannot be read"),  # torn
+        ("json_remove(definition, '$.utterances')", "utterances"),
+        ("json_set(definition, '$.threshold', 'high')", "high"),
+        ("json_set(definition, '$.name', 'other')", "other"),
+        ("json_set(definition, '$.utterances', json_array('a', 'b', 'c'))", "do not match"),
+        ("json_set(definition, '$.negative_utterances', json_array())", "do not match"),
+    ],
+)
+def test_a_stored_definition_that_is_not_sound_fails_the_load_naming_its_route(
+    tmp_path: Path, make_route: MakeRoute, set_to: str, reason: str
+) -> None:
+    # as before routes were made without reading their definitions: the load fails, it does not
+    # hand out a route that fails later, in a decision
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay my bill", "invoice"], ["pay a friend"])], [], {0: 1})
+    _definitions(tmp_path / "routes.db", set_to)
+    with pytest.raises(StoreError, match=f"'billing'.*{reason}"):
+        store.load()
+    state = store.load(check_later=True)  # a replica's load: its check is waited for later
+    with pytest.raises(StoreError, match=f"'billing'.*{reason}"):
+        state.check()
+
+
+def test_a_definition_the_check_in_sql_cannot_read_is_read_in_python(
+    tmp_path: Path, make_route: MakeRoute
+) -> None:
+    # json.dumps writes NaN, which SQLite's json_valid refuses: every route is read and checked
+    store = RouteStore(tmp_path / "routes.db")
+    nan = make_route("billing", ["pay my bill"], [], float("nan"))
+    store.apply([nan, make_route("weather", ["rain today"])], [], {0: 2})
+    state = store.load()
+    loaded = state.by_name["billing"]
+    assert loaded.route.threshold != loaded.route.threshold
+    assert loaded.route.canonical_json() == nan.route.canonical_json()
+    assert loaded.digest == nan.digest
+
+
+def test_the_check_waits_in_the_load_unless_asked_to_wait_later(
+    tmp_path: Path, make_route: MakeRoute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay my bill"])], [], {0: 1})
+    release = threading.Event()
+    counted = store.sound_definitions
+
+    def held_back() -> tuple[int, int, tuple[tuple[int, int], ...]]:
+        release.wait(timeout=30)
+        return counted()
+
+    monkeypatch.setattr(store, "sound_definitions", held_back)
+    state = store.load(check_later=True)  # returns while the check is held back
+    assert [rv.name for rv in state.routes] == ["billing"]
+    release.set()
+    state.check()
+    assert store.load().by_name.keys() == {"billing"}
+
+
+def test_a_store_written_during_the_check_is_checked_route_by_route(
+    tmp_path: Path, make_route: MakeRoute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    store.apply([make_route("billing", ["pay my bill"])], [], {0: 1})
+    counted = store.sound_definitions
+    checked_each: list[int] = []
+    monkeypatch.setattr(store_module, "_check_each", lambda routes: checked_each.append(len(routes)))
+
+    loaded = threading.Event()
+
+    def after_a_write() -> tuple[int, int, tuple[tuple[int, int], ...]]:
+        loaded.wait(timeout=30)  # the load has read its routes: now the store moves on
+        store.apply([make_route("weather", ["rain today"])], [], {0: 2})
+        return counted()
+
+    monkeypatch.setattr(store, "sound_definitions", after_a_write)
+    state = store.load(check_later=True)
+    loaded.set()
+    state.check()
+    assert [rv.name for rv in state.routes] == ["billing"]
+    assert checked_each == [1]  # the routes the load read, not the store's newer state
+
+
+def test_routes_of_two_models_load_each_with_its_own(tmp_path: Path, make_route: MakeRoute) -> None:
+    store = RouteStore(tmp_path / "routes.db")
+    billing, weather = make_route("billing", ["pay my bill"]), make_route("weather", ["rain today"])
+    older = RouteVectors(
+        weather.route, weather.utterance_vectors[:, :32], weather.negative_vectors[:, :32], "older@test:0"
+    )
+    store.apply([billing, older], [], {0: 2})
+    state = store.load()
+    assert state.models == {("hashing-bow@test:0", 64), ("older@test:0", 32)}
+    assert _same(state.by_name["billing"], billing)
+    assert _same(state.by_name["weather"], older)

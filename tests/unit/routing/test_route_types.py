@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 from collections.abc import Callable
 
 import numpy as np
@@ -9,7 +11,15 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from worker.routing import DimensionMismatch, InvalidRoute, Route, RouteVectors, l2_normalise, make_version
+from worker.routing import (
+    DimensionMismatch,
+    InvalidRoute,
+    Route,
+    RouteVectors,
+    StoreError,
+    l2_normalise,
+    make_version,
+)
 from worker.routing.types import canonical_text
 
 DIM = 64
@@ -121,3 +131,72 @@ def test_canonical_text_is_json_dumps_text(value: object) -> None:
 def test_a_route_canonical_json_is_the_json_dumps_text() -> None:
     route = Route("billing", ("pay my bill",), ("pay a friend",), 1e-05, {"team": "é", "n": [1, 2.5]})
     assert route.canonical_json() == _json_text(route.definition())
+
+
+_ROUTES = st.builds(
+    Route,
+    name=st.text(min_size=1, max_size=12),
+    utterances=st.lists(st.text(max_size=12), max_size=4).map(tuple),
+    negative_utterances=st.lists(st.text(max_size=12), max_size=3).map(tuple),
+    threshold=st.none() | st.floats(-1, 1),
+    metadata=st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=3),
+)
+
+
+@given(_ROUTES)
+@example(Route("x", ("a",), threshold=float("nan")))  # text json.dumps writes and orjson cannot read
+@example(Route("deep", ("a",), metadata={"m": json.loads("[" * 300 + "]" * 300)}))
+def test_a_lazily_stored_route_is_the_eagerly_stored_route_on_every_field(route: Route) -> None:
+    text = route.canonical_json()
+    lazy = Route.stored_lazily(route.name, text)
+    assert "_definition" in vars(lazy)  # nothing read yet
+    for field in dataclasses.fields(Route):
+        value = getattr(_eager(text), field.name)
+        assert json.dumps(getattr(lazy, field.name)) == json.dumps(value)
+        assert type(getattr(lazy, field.name)) is type(value)
+    assert "_definition" not in vars(lazy)  # read once, then held like any route's fields
+    eager = _eager(text)
+    assert lazy.canonical_json() == eager.canonical_json()
+    assert repr(Route.stored_lazily(route.name, text)) == repr(lazy) == repr(eager)
+    if route.threshold == route.threshold:  # NaN is not equal to itself
+        assert lazy == eager
+        assert hash(lazy) == hash(eager)
+
+
+def _eager(text: str) -> Route:
+    try:
+        return Route.stored(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        return Route.stored(json.loads(text))
+
+
+def test_a_lazily_stored_route_compares_pickles_and_replaces_like_any_route() -> None:
+    route = Route("billing", ("pay my bill", "invoice"), ("pay a friend",), 0.5, {"team": "payments"})
+    assert Route.stored_lazily("billing", route.canonical_json()) == route
+    assert route == Route.stored_lazily("billing", route.canonical_json())
+    assert pickle.loads(pickle.dumps(Route.stored_lazily("billing", route.canonical_json()))) == route
+    lazy = Route.stored_lazily("billing", route.canonical_json())
+    assert dataclasses.replace(lazy, threshold=None) == dataclasses.replace(route, threshold=None)
+    # the class keeps its defaults, and a field without one is still no class attribute
+    assert Route.negative_utterances == ()
+    assert Route.threshold is None
+    with pytest.raises(AttributeError):
+        Route.utterances  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"name":"billing","utterances":["a"', "cannot be read"),
+        ('{"metadata":{},"name":"billing","negative_utterances":[],"threshold":null}', "utterances"),
+        ('{"metadata":{},"name":"billing","negative_utterances":[],"threshold":"hi","utterances":[]}', "hi"),
+        ('{"metadata":{},"name":"other","negative_utterances":[],"threshold":null,"utterances":[]}', "other"),
+    ],
+)
+def test_a_lazily_stored_route_that_cannot_be_read_says_which_when_asked(text: str, reason: str) -> None:
+    route = Route.stored_lazily("billing", text)  # made without reading it
+    assert route.name == "billing"
+    with pytest.raises(StoreError, match=f"'billing'.*{reason}"):
+        route.threshold  # noqa: B018
+    with pytest.raises(StoreError):  # and again: it is not half read
+        route.utterances  # noqa: B018

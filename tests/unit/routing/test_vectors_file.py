@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.routing import IndexSettings, Route, RouteStore, RouteTable, RouteVectors, l2_normalise
+from worker.routing import (
+    IndexSettings,
+    Route,
+    RouteStore,
+    RouteTable,
+    RouteVectors,
+    StoreError,
+    l2_normalise,
+)
 from worker.routing import store as store_module
 from worker.routing.index_file import MANIFEST, load_stored
 from worker.routing.types import Vectors
@@ -292,3 +300,19 @@ def test_searches_read_the_rows_they_rescore_without_mapping_them(tmp_path: Path
     expected = np.concatenate([rv.utterance_vectors for rv in routes])[wanted]
     assert np.array_equal(main.row_reader.read(wanted), expected)
     assert main.row_reader.read(np.zeros(0, dtype=np.int64)).shape == (0, DIM)
+
+
+def test_a_restart_from_the_vectors_file_still_checks_every_stored_definition(tmp_path: Path) -> None:
+    # the file holds r010's three rows (its digest is unchanged), its definition now says two
+    store, index_dir = _served(tmp_path, _routes(60))
+    with sqlite3.connect(tmp_path / "routes.db") as conn:
+        conn.execute(
+            "UPDATE routes SET definition = json_set(definition, '$.utterances', json_array('a', 'b')) "
+            "WHERE name = 'r010'"
+        )
+    with pytest.raises(StoreError, match=r"'r010'.*do not match"):
+        load_stored(store, index_dir, DIM, FP)
+    state, _ = load_stored(store, index_dir, DIM, FP, check_later=True)
+    assert state.from_known == 60
+    with pytest.raises(StoreError, match="'r010'"):
+        state.check()

@@ -64,11 +64,13 @@ def million_table(results: Path) -> str:
     now = [phase["search"].get("rss_mb_serving", {}).get("rss") for phase in (fresh, restart)]
     build = f"{fresh['rss_mb']['build_process_peak'] / 1024:.2f} GB"
     rows = [
-        ["fresh replica joining the log: ready (serving from its main index)",
+        [f"fresh replica joining the log: ready (serving from its main index; model loaded before, "
+         f"{fresh['model_load_s']:.1f} s)",
          f"{ready:.1f} s", f"≤ {_TARGET_READY_S:.0f} s", _met(ready, _TARGET_READY_S)],
         ["… of which (summed per step; fetch and decode overlap the store writes)",
          _breakdown(fresh), "", ""],
-        ["restart from its store and persisted index: ready",
+        [f"restart from its store and persisted index: ready (model loaded before, "
+         f"{restart['model_load_s']:.1f} s)",
          f"{restarted:.2f} s", f"≤ {_TARGET_RESTART_S:.0f} s", _met(restarted, _TARGET_RESTART_S)],
         ["… of which", _breakdown(restart), "", ""],
         [f"search + decide of {search['queries']} real queries ÷ encoding them (fp32, one thread; "

@@ -23,6 +23,9 @@ from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss, use_blas_from
 from worker.routing.types import Vectors
 
+#: bytes per write of the vectors file
+_WRITE_BYTES = 16 * 1024 * 1024
+
 
 def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any:
     """A Faiss index over ``vectors`` (rows in order). Deterministic for equal inputs.
@@ -58,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = IndexSettings(**spec["settings"])
     use_blas_from(settings.blas_min_queries)
     rows, dim = int(spec["rows"]), int(spec["dim"])
-    if "previous" in spec or "previous_vectors" in spec:
+    writer = None
+    if "previous" in spec or "previous_vectors" in spec or "fresh_vectors" in spec:
         vectors = assemble_vectors(
             job,
             Path(spec["previous"]) if "previous" in spec else None,
@@ -66,18 +70,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             dim,
             Path(spec["previous_vectors"]) if "previous_vectors" in spec else None,
             int(spec.get("previous_rows", 0)),
+            Path(spec["fresh_vectors"]) if "fresh_vectors" in spec else None,
         )
-        # the job's vectors file held only the changed rows: the parent maps the whole set
-        vectors.tofile(job / (VECTORS_FILE + ".tmp"))
-        os.replace(job / (VECTORS_FILE + ".tmp"), job / VECTORS_FILE)
+        # the parent maps the whole set in order: written while the index is built (faiss releases
+        # the GIL), the file costs the build no time on a machine with a second CPU
+        writer = _write_in_background(vectors, job / VECTORS_FILE)
     else:
         vectors = np.memmap(job / VECTORS_FILE, dtype=np.float32, mode="r", shape=(rows, dim))
     index = new_index(spec["kind"], vectors, settings)
+    if writer is not None:
+        thread, failures = writer
+        thread.join()
+        if failures:
+            raise failures[0]
     del vectors  # the vectors file stays: the parent keeps it beside the index (vectors_file)
     temporary = job / (INDEX_FILE + ".tmp")
     faiss.write_index(index, str(temporary))
     os.replace(temporary, job / INDEX_FILE)
     return 0
+
+
+def _write_in_background(vectors: Any, path: Path) -> tuple[threading.Thread, list[BaseException]]:
+    """Start writing ``vectors`` to ``path`` (under a temporary name, renamed when complete); the
+    thread, and the list its error goes into."""
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            temporary = path.with_name(path.name + ".tmp")
+            with open(temporary, "wb") as out:
+                view = memoryview(vectors).cast("B")
+                for start in range(0, len(view), _WRITE_BYTES):  # each write releases the GIL
+                    out.write(view[start : start + _WRITE_BYTES])
+            os.replace(temporary, path)
+        except BaseException as error:  # noqa: BLE001 - re-raised by the main thread
+            failures.append(error)
+
+    thread = threading.Thread(target=write, name="vectors-writer", daemon=True)
+    thread.start()
+    return thread, failures
 
 
 def _exit_with(parent: int) -> None:

@@ -4,7 +4,8 @@
 for a rebuild over an approximate index mapped from a file, only the changed routes' vectors, with
 ``sources.npy``/``counts.npy`` saying where each route's rows are: in the previous index's
 vectors file or (raw float32 lists) its index file, which the build process reads itself, or in
-``vectors.f32``. The built index is ``index.faiss``;
+``vectors.f32`` (or in the spill file of a fresh replay, which holds every row: see
+:mod:`worker.routing.spill`). The built index is ``index.faiss``;
 the build process leaves ``vectors.f32`` holding every row in order (assembled if it held only the
 changed ones), which the parent keeps beside the index (:mod:`worker.routing.vectors_file`).
 """
@@ -22,6 +23,7 @@ import numpy as np
 from worker.routing.build_layout import Carried, Layout, take
 from worker.routing.errors import IndexBuildFailed
 from worker.routing.native import faiss, in_slices
+from worker.routing.spill import OnFile
 from worker.routing.types import Int64s, RouteVectors
 
 #: job folders are created under the index folder with this prefix (stale ones are removed)
@@ -78,6 +80,18 @@ def first_rows(counts: Int64s) -> Int64s:
     return first
 
 
+def write_on_file(job: Path, layout: Layout, on_file: OnFile) -> None:
+    """Say where every route's rows are in ``on_file``'s file (the build reads them there): the
+    sources and counts of :func:`write_changes` with every route fresh, and no vectors written."""
+    try:
+        rows = map(on_file.first_rows.__getitem__, layout.names)
+        first = np.fromiter(rows, dtype=np.int64, count=len(layout.names))
+    except KeyError as error:
+        raise IndexBuildFailed(f"{on_file.path} holds no rows of route {error}") from error
+    np.save(job / SOURCES_FILE, -1 - first)
+    np.save(job / COUNTS_FILE, layout.counts)
+
+
 def assemble_vectors(
     job: Path,
     previous_path: Path | None,
@@ -85,10 +99,11 @@ def assemble_vectors(
     dim: int,
     previous_vectors: Path | None = None,
     previous_rows: int = 0,
+    fresh_path: Path | None = None,
 ) -> Any:
     """The rows of the index to build, in order: carried ones from the previous index's vectors
-    file (``previous_rows`` rows) if given, else from its lists, the others from the job's vectors
-    file (see :func:`write_changes`)."""
+    file (``previous_rows`` rows) if given, else from its lists, the others from ``fresh_path``
+    (the job's vectors file by default; see :func:`write_changes` and :func:`write_on_file`)."""
     sources, counts = np.load(job / SOURCES_FILE), np.load(job / COUNTS_FILE)
     if int(counts.sum()) != rows:
         raise IndexBuildFailed(f"job lists {int(counts.sum())} rows, wants {rows}")
@@ -97,8 +112,17 @@ def assemble_vectors(
     first = sources[route_of_row]
     carried = first >= 0
     vectors = np.empty((rows, dim), dtype=np.float32)
-    fresh = np.fromfile(job / VECTORS_FILE, dtype=np.float32).reshape(-1, dim)
-    vectors[~carried] = fresh[-1 - first[~carried] + offset[~carried]]
+    fresh_file = job / VECTORS_FILE if fresh_path is None else fresh_path
+    fresh_rows = fresh_file.stat().st_size // (dim * 4)
+    wanted = -1 - first[~carried] + offset[~carried]
+    if len(wanted) and int(wanted.max()) >= fresh_rows:
+        raise IndexBuildFailed(f"{fresh_file} holds {fresh_rows} rows, the job reads row {int(wanted.max())}")
+    if fresh_rows:
+        fresh = np.memmap(fresh_file, dtype=np.float32, mode="r", shape=(fresh_rows, dim))
+        vectors[~carried] = fresh[wanted]
+        del fresh
+    if not carried.any():
+        return vectors
     if previous_vectors is not None:
         if previous_vectors.stat().st_size != previous_rows * dim * 4:
             raise IndexBuildFailed(f"{previous_vectors} does not hold {previous_rows} rows of dim {dim}")

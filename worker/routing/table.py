@@ -37,6 +37,7 @@ from worker.routing.native import use_blas_from, use_faiss_threads
 from worker.routing.overlay import Overlay
 from worker.routing.route_calibration import RouteCalibration
 from worker.routing.snapshot import TableSnapshot
+from worker.routing.spill import OnFile
 from worker.routing.types import RouteVectors, TableVersion
 
 logger = logging.getLogger(__name__)
@@ -186,9 +187,11 @@ class RouteTable:
         version: TableVersion,
         *,
         calibration: RouteCalibration | _Keep | None = KEEP,
+        on_file: OnFile | None = None,
     ) -> None:
         """Fill an EMPTY table with ``routes``: the main index is built over them at once, in the
         calling thread (blocking, at its priority, never idle), and persisted into ``index_dir``.
+        ``on_file`` says where their vectors already are (see :func:`~worker.routing.builder.build_main`).
 
         For a replica that replayed its whole log before serving: through :meth:`apply` every
         vector would be copied into the overlay (1.5 GB at 1M vectors, beside the routes' own
@@ -205,7 +208,7 @@ class RouteTable:
             approximate = self.settings.kind_for(rows) != "flat"
             directory = self.index_dir or (self._scratch() if approximate else None)
             settings = dataclasses.replace(self.settings, build_idle_s=None)
-            main = build_main(routes, self.dim, settings, directory)
+            main = build_main(routes, self.dim, settings, directory, on_file)
             if directory is not None:
                 main = place_index(main, directory, keep=base.main.path)
             with self._swap_lock:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.routing.build_job import INDEX_FILE, JOB_FILE, VECTORS_FILE, assemble_vectors
+from worker.routing.build_job import INDEX_FILE, JOB_FILE, VECTORS_FILE, assemble_vectors, ordered_from
 from worker.routing.calibration import calibrate_probes
 from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss, use_blas_from
@@ -62,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_blas_from(settings.blas_min_queries)
     rows, dim = int(spec["rows"]), int(spec["dim"])
     writer = None
-    if "previous" in spec or "previous_vectors" in spec or "fresh_vectors" in spec:
+    if "fresh_vectors" in spec and "previous" not in spec and "previous_vectors" not in spec:
+        # every row is in a fresh replay's spill file: the job's vectors file is made from it
+        vectors = ordered_from(job, Path(spec["fresh_vectors"]), rows, dim)
+    elif "previous" in spec or "previous_vectors" in spec:
         vectors = assemble_vectors(
             job,
             Path(spec["previous"]) if "previous" in spec else None,
@@ -70,7 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             dim,
             Path(spec["previous_vectors"]) if "previous_vectors" in spec else None,
             int(spec.get("previous_rows", 0)),
-            Path(spec["fresh_vectors"]) if "fresh_vectors" in spec else None,
         )
         # the parent maps the whole set in order: written while the index is built (faiss releases
         # the GIL), the file costs the build no time on a machine with a second CPU

@@ -30,7 +30,8 @@ _WRITE_BYTES = 16 * 1024 * 1024
 def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any:
     """A Faiss index over ``vectors`` (rows in order). Deterministic for equal inputs.
 
-    The caller sets faiss to one thread (k-means and list assignment are then reproducible).
+    The caller sets faiss to one thread (k-means is then reproducible); rows are added with
+    ``settings.add_threads``, which makes the same index.
     """
     rows, dim = vectors.shape
     if kind == "flat":
@@ -45,8 +46,12 @@ def new_index(kind: IndexKind, vectors: Vectors, settings: IndexSettings) -> Any
         index.train(vectors)
         lists.nprobe = settings.probe_lists
     step = 16_384
-    for start in range(0, rows, step):
-        index.add(np.ascontiguousarray(vectors[start : start + step], dtype=np.float32))
+    faiss.omp_set_num_threads(settings.add_threads)  # the same index with any count (IndexSettings)
+    try:
+        for start in range(0, rows, step):
+            index.add(np.ascontiguousarray(vectors[start : start + step], dtype=np.float32))
+    finally:
+        faiss.omp_set_num_threads(1)
     if kind == "ivf":
         faiss.extract_index_ivf(index).nprobe = calibrate_probes(index, vectors, settings).probe_lists
     return index

@@ -39,8 +39,9 @@ PREFIX = "replay-"
 _VECTORS: Callable[[RouteVectors], Any] = attrgetter("utterance_vectors")
 #: routes of a batch whose views are compared with the arrays they replace
 _COMPARED = 4
-#: the file is extended and mapped this much at a time (at least a batch)
-_SEGMENT_BYTES = 256 * 1024 * 1024
+#: the file is extended and mapped this much at a time (at least a batch); a segment's pages leave
+#: this process's resident set when its last route's views go (the store written after ready)
+_SEGMENT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,12 @@ class SpillFile:
             made.append(trusted(rv.route, rows, rv.negative_vectors, rv.fingerprint, rv.digest))
             at += count
         for i in spread_sample(len(routes), _COMPARED):
-            if not np.array_equal(routes[i].utterance_vectors, made[i].utterance_vectors):
+            # read back, not through the mapping: a touch maps a whole folio (up to 2 MB) of the
+            # page cache into this process, and a replay spills hundreds of batches
+            wanted = routes[i].utterance_vectors
+            first = first_rows[routes[i].route.name] * self._row_bytes
+            back = os.pread(self._descriptor, wanted.nbytes, first)
+            if back != np.ascontiguousarray(wanted, dtype="<f4").tobytes():
                 raise IndexBuildFailed(f"spill file {self.path} does not hold route {routes[i].name!r}")
         return made
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -49,6 +50,12 @@ class _Keep(enum.Enum):
 
 #: ``RouteTable.apply(calibration=KEEP)``: the calibration in service stays as it is
 KEEP = _Keep.KEEP
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on, at most 4 (more were never measured)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, available or 1))
 
 
 class RouteTable:
@@ -207,7 +214,8 @@ class RouteTable:
             rows = sum(rv.utterance_vectors.shape[0] for rv in routes)
             approximate = self.settings.kind_for(rows) != "flat"
             directory = self.index_dir or (self._scratch() if approximate else None)
-            settings = dataclasses.replace(self.settings, build_idle_s=None)
+            # nothing is served yet: the build may have every CPU, at once
+            settings = dataclasses.replace(self.settings, build_idle_s=None, add_threads=_cpus())
             main = build_main(routes, self.dim, settings, directory, on_file)
             if directory is not None:
                 main = place_index(main, directory, keep=base.main.path)

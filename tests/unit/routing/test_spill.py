@@ -1,8 +1,10 @@
 """A fresh replay's spill file: routes hold views of what was written instead of heap copies, and
-the first index build reads their rows from it, making the same index, vectors file and answers."""
+the first index build reads their rows from it, making the same index, vectors file and answers
+(with its rows added by every CPU: the same index too)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from test_vectors_file import DIM, FP, IVF, VERSION, _by_name, _on_file, _routes
 
 from worker.routing import RouteTable
 from worker.routing import spill as spill_module
+from worker.routing.builder import build_main
 from worker.routing.spill import SpillFile
 
 
@@ -63,3 +66,14 @@ def test_an_index_built_from_the_spill_file_is_the_one_built_from_the_routes(tmp
     held = _by_name(from_file)
     assert all(_on_file(rv.utterance_vectors) for rv in held.values() if len(rv.utterance_vectors))
     assert not list((tmp_path / "spilled.index").glob("replay-*"))
+
+
+def test_a_first_build_adding_rows_with_more_threads_makes_the_same_index(tmp_path: Path) -> None:
+    routes = _routes(400)
+    built = []
+    for threads in (1, 2):
+        directory = tmp_path / f"threads-{threads}"
+        main = build_main(routes, DIM, dataclasses.replace(IVF, add_threads=threads), directory)
+        assert main.path is not None
+        built.append(main.path.read_bytes())
+    assert built[0] == built[1]

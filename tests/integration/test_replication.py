@@ -451,6 +451,8 @@ async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_
     alive = {name for name, definition in partial.changes.items() if definition is not None}
     assert {rv.name for rv in state.routes} == alive
     monkeypatch.setattr(RouteStore, "apply", real_apply)
+    stale_spill = tmp_path / "r.db.index" / "replay-0123456789abcdef.f32"  # as a crash in a replay leaves
+    stale_spill.write_bytes(b"\0" * 4096)
     # never marked caught up, its offsets are not trusted against compaction: like a replica that
     # crashed during its replay, it replays the whole log (its table serving meanwhile)
     async with replica_running(settings, pool, store_path) as restarted:
@@ -459,6 +461,7 @@ async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_
         assert restarted.table.version == reference.table.version
     assert store.caught_up_at_ms() is not None
     assert RouteStore(store_path).load().version == reference.table.version
+    assert not stale_spill.exists()
     async with replica_running(settings, pool, tmp_path / "held.db") as held:  # not interrupted
         assert held.table.digest() == expected
         assert held.stats.batches == reference.stats.batches

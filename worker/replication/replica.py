@@ -65,7 +65,7 @@ from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_f
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST, Persisted, load_stored
 from worker.routing.native import release_free_memory
-from worker.routing.spill import SpillFile
+from worker.routing.spill import SpillFile, remove_stale
 from worker.routing.table import KEEP
 
 logger = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class RouteReplica:
         # since it was built, so the store load reads only the others (a derived cache: missing or
         # not matching, the store has them all, and a log line says so).
         index_dir = index_dir_for(self.store_path)
+        await asyncio.to_thread(remove_stale, index_dir)  # a replay's, interrupted: never read again
         state, persisted = await asyncio.to_thread(load_stored, store, index_dir, dim, fingerprint)
         # what may be 200k routes: checked in C first (the usual case: all of this model)
         shapes = set(map(_SHAPE, state.routes))

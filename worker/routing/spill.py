@@ -64,8 +64,7 @@ class SpillFile:
 
     def __init__(self, directory: Path, dim: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(PREFIX + "*.f32"):
-            stale.unlink(missing_ok=True)
+        remove_stale(directory)
         self.path = directory / f"{PREFIX}{uuid.uuid4().hex[:16]}.f32"
         self.dim = dim
         self._row_bytes = dim * 4
@@ -134,6 +133,14 @@ class SpillFile:
             os.close(self._descriptor)
             self._descriptor = -1
         self.path.unlink(missing_ok=True)
+
+
+def remove_stale(directory: Path) -> None:
+    """Delete spill files left in ``directory`` by a replica that stopped before its first index
+    was built (nothing reads them after that)."""
+    for stale in directory.glob(PREFIX + "*.f32"):
+        logger.info("removing spill file %s left by an interrupted replay", stale)
+        stale.unlink(missing_ok=True)
 
 
 def _write_all(descriptor: int, views: list[memoryview], offset: int) -> None:

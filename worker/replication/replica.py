@@ -129,7 +129,8 @@ class RouteReplica:
         self._stopping = asyncio.Event()
         self._halt = threading.Event()  # the same request, seen by the apply thread
         self._advanced = asyncio.Condition()  # notified whenever the table's version moves
-        #: partition -> next offset written to the store (ahead of the table while catching up)
+        #: partition -> next offset written to the store (ahead of the table while catching up,
+        #: behind it while a fresh replay's writes are held)
         self._stored: dict[int, int] = {}
         #: changes stored (or held, see below) but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
@@ -584,7 +585,10 @@ class RouteReplica:
         return room
 
     async def _become_ready(self, log: MutationLog) -> None:
-        """Mark the store caught up and set ``ready`` (what catching up collected is installed)."""
+        """Mark the store caught up and set ``ready`` (what catching up collected is installed).
+
+        With its writes held (a fresh replay), the store is marked once they are in (:meth:`_store_held`).
+        """
         _, table = self._require()
         if self._held is None:
             # the store now holds the log up to the end offsets taken when it was opened

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from replication_harness import (
     wait_for,
 )
 
+import worker.replication.replica as replica_module
 import worker.routing.table as table_module
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation, encode
@@ -42,10 +43,10 @@ from worker.replication import (
     route_of,
     with_embeddings,
 )
-from worker.replication.fold import LogRecord
+from worker.replication.fold import FoldedMutations, LogRecord
 from worker.replication.log import MutationLog
 from worker.replication.vectors import embed_routes
-from worker.routing import EncoderError, Router, RouteVectors, l2_normalise
+from worker.routing import EncoderError, Router, RouteStore, RouteVectors, l2_normalise
 
 pytestmark = pytest.mark.integration
 
@@ -396,3 +397,77 @@ async def test_a_fresh_replica_serves_its_replayed_routes_from_a_main_index_not_
     async with replica_running(settings, pool, tmp_path / "r.db") as restarted:  # the index was persisted
         assert restarted.table.snapshot().overlay.rows == 0
         assert restarted.table.digest() == digest
+
+
+async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_it_is_done_loses_nothing(
+    broker: LocalBroker, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
+    await create_mutation_topic(settings)
+    whole_batches = MutationLog.up_to_end
+
+    async def in_fours(log: MutationLog, stopping: Any = lambda: False) -> AsyncIterator[list[LogRecord]]:
+        # the replay comes in many batches, held until ready, then stored one by one
+        async for records in whole_batches(log, stopping):
+            for start in range(0, len(records), 4):
+                yield records[start : start + 4]
+
+    monkeypatch.setattr(MutationLog, "up_to_end", in_fours)
+    await apply_routes(settings, routes(30), encoder=pool)
+    await publish(settings, [RouteMutation(name="route-3", definition=None)])  # a delete among them
+    async with replica_running(settings, pool, tmp_path / "reference.db") as reference:
+        assert reference.stats.batches > 3
+        expected = reference.table.digest()  # stored during its replay (too small a log to hold)
+    monkeypatch.setattr(replica_module, "_DEFER_STORE_FROM_RECORDS", 1)
+    real_apply, calls = RouteStore.apply, []
+
+    def crash_on_the_third(self: RouteStore, *args: Any, **kwargs: Any) -> None:
+        calls.append(len(calls))
+        if len(calls) == 3:
+            raise RuntimeError("killed while the store caught up")
+        real_apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(RouteStore, "apply", crash_on_the_third)
+    store_path = tmp_path / "r.db"
+    replica = RouteReplica(settings, pool, store_path=store_path)
+    task = asyncio.create_task(replica.run())
+    with pytest.raises(RuntimeError, match="killed while the store caught up"):
+        await asyncio.wait_for(task, timeout=30)
+    assert replica.ready.is_set()  # it served the whole table while its store lagged
+    assert replica.table.digest() == expected
+    assert len(calls) == 3  # nothing was stored during the replay
+    store = RouteStore(store_path)
+    state = store.load()
+    assert store.caught_up_at_ms() is None  # never marked caught up: the store lagged the table
+    assert 0 < len(state.routes) < 30
+    # the store is the log up to its offsets, no more: rows never run ahead of them
+    async with MutationLog.opened(settings) as log:
+        await log.seek({})
+        partial = FoldedMutations()
+        async for records in log.up_to_end():
+            for record in records:
+                if record.offset < dict(state.version).get(record.partition, 0):
+                    partial.add(record, settings.limits)
+    alive = {name for name, definition in partial.changes.items() if definition is not None}
+    assert {rv.name for rv in state.routes} == alive
+    monkeypatch.setattr(RouteStore, "apply", real_apply)
+    stale_spill = tmp_path / "r.db.index" / "replay-0123456789abcdef.f32"  # as a crash in a replay leaves
+    stale_spill.write_bytes(b"\0" * 4096)
+    # never marked caught up, its offsets are not trusted against compaction: like a replica that
+    # crashed during its replay, it replays the whole log (its table serving meanwhile)
+    async with replica_running(settings, pool, store_path) as restarted:
+        assert restarted.stats.rebuilt_from_log == 1
+        assert restarted.table.digest() == expected
+        assert restarted.table.version == reference.table.version
+    assert store.caught_up_at_ms() is not None
+    assert RouteStore(store_path).load().version == reference.table.version
+    assert not stale_spill.exists()
+    async with replica_running(settings, pool, tmp_path / "held.db") as held:  # not interrupted
+        assert held.table.digest() == expected
+        assert held.stats.batches == reference.stats.batches
+    held_store = RouteStore(tmp_path / "held.db")
+    assert held_store.caught_up_at_ms() is not None
+    assert {rv.name: rv.digest for rv in held_store.load().routes} == {
+        rv.name: rv.digest for rv in RouteStore(tmp_path / "reference.db").load().routes
+    }
+    assert not list((tmp_path / "held.db.index").glob("replay-*"))  # the spill file is gone

@@ -26,7 +26,10 @@ def mutation_consumer_options(settings: Settings) -> dict[str, Any]:
         "enable_auto_commit": False,
         "auto_offset_reset": "none",
         "max_partition_fetch_bytes": fetch_bytes,
-        "fetch_max_bytes": max(fetch_bytes, 52_428_800),
+        # one response at most one partition's worth (the first batch always comes whole, whatever
+        # its size): 24-50 MB responses were fresh mappings of the C heap each, three copies of
+        # each paid for in page faults while holding the GIL (several seconds of a 1M-vector replay)
+        "fetch_max_bytes": fetch_bytes,
         "fetch_max_wait_ms": 100,
         "isolation_level": "read_committed",
     }

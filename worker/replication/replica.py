@@ -7,6 +7,11 @@ with its offsets in one transaction; only then does the table see it. Until the 
 at start are reached, changes are collected and applied to the table in one go, so replaying a
 large log costs one table update instead of thousands.
 
+A fresh replica replaying a large log (:func:`_defers_store`) writes nothing to its store until it
+is ready: its decoded vectors go to a spill file (:mod:`worker.routing.spill`) that the first index
+build reads, and its batches are written to the store after ``ready``, in log order, each with its
+own offsets, as they would have been before (see :meth:`RouteReplica._store_held`).
+
 Stored offsets are resumed from only when that is safe (:mod:`worker.replication.resume`): when
 records the replica has not read may have been removed (its offsets below the log start, or it has
 been away from the log's end longer than the topic keeps tombstones), it replays the whole log
@@ -25,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiokafka.errors import OffsetOutOfRangeError
@@ -58,6 +64,7 @@ from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_f
 from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
 from worker.routing.index_file import MANIFEST, Persisted, load_stored
 from worker.routing.native import release_free_memory
+from worker.routing.spill import SpillFile, remove_stale
 from worker.routing.table import KEEP
 
 logger = logging.getLogger(__name__)
@@ -67,6 +74,10 @@ _ABSENT = object()
 #: a replay of at least this many records before ``ready`` freezes what it made (see
 #: :func:`_collector_off_until_ready`); a smaller one leaves the collector as it was
 _FREEZE_AFTER_RECORDS = 10_000
+
+#: a fresh replica (empty store and table) with at least this many records to replay writes its
+#: store after ``ready`` instead of during the replay (see :meth:`RouteReplica._store_held`)
+_DEFER_STORE_FROM_RECORDS = 10_000
 
 #: while tailing at the log's end, how often the "caught up at" time is written to the store
 _MARK_EVERY_MS = 30_000
@@ -117,10 +128,17 @@ class RouteReplica:
         self._stopping = asyncio.Event()
         self._halt = threading.Event()  # the same request, seen by the apply thread
         self._advanced = asyncio.Condition()  # notified whenever the table's version moves
-        #: partition -> next offset written to the store (ahead of the table while catching up)
+        #: partition -> next offset written to the store (ahead of the table while catching up,
+        #: behind it while a fresh replay's writes are held)
         self._stored: dict[int, int] = {}
-        #: changes stored but not yet in the table (only while catching up)
+        #: changes stored (or held, see below) but not yet in the table (only while catching up)
         self._pending: dict[str, RouteVectors | None] = {}
+        #: a fresh replay's batches in the table's keeping but not yet in the store, in log order,
+        #: and the offsets they reach (see :meth:`_store_held`); None: batches are stored at once
+        self._held: list[_HeldBatch] | None = None
+        self._held_offsets: dict[int, int] = {}
+        #: where a fresh replay's vectors are written as they are decoded (while ``_held``)
+        self._spill: SpillFile | None = None
         #: a calibration stored but not yet in service (only while catching up)
         self._pending_calibration: CalibrationInstall | None = None
         #: live mutations are decoded and written here, at a lower priority than the queries
@@ -146,6 +164,7 @@ class RouteReplica:
         # since it was built, so the store load reads only the others (a derived cache: missing or
         # not matching, the store has them all, and a log line says so).
         index_dir = index_dir_for(self.store_path)
+        await asyncio.to_thread(remove_stale, index_dir)  # a replay's, interrupted: never read again
         # (the store's check of its definitions runs meanwhile, in SQLite: waited for below)
         state, persisted = await asyncio.to_thread(
             load_stored, store, index_dir, dim, fingerprint, check_later=True
@@ -264,12 +283,15 @@ class RouteReplica:
             logger.info(
                 "replaying %s from %s up to %s", self.settings.topic_mutations, self._stored, log.ends
             )
+            if _defers_store(self.table, self._stored, log):
+                self._hold_store_writes()
             with _collector_off_until_ready(lambda: self.stats.replayed_on_start >= _FREEZE_AFTER_RECORDS):
                 await self._catch_up_or_replay(log, on_start=True)
                 if self._stopping.is_set():
                     return
                 await self._install_pending()
             await self._become_ready(log)
+            await self._store_held(log)
             await self._tail(log)
 
     async def _tail(self, log: MutationLog) -> None:
@@ -317,6 +339,8 @@ class RouteReplica:
         self._stored = {}
         self._pending = {}
         self._pending_calibration = None
+        if self._held is not None:
+            self._held, self._held_offsets = [], {}
         self._caught_up_ms = self._marked_ms = None
         self._replaying = reason
         self._replay_started = time.monotonic()
@@ -372,9 +396,13 @@ class RouteReplica:
                     self.stats.replayed_on_start += folded.records
                 if writing is not None:
                     await writing
-                writing = asyncio.ensure_future(
-                    asyncio.to_thread(self._commit, store, table, resolved, install, folded.offsets, True)
-                )
+                if self._held is not None:
+                    job = functools.partial(self._hold, resolved, install, folded.offsets)
+                else:
+                    job = functools.partial(
+                        self._commit, store, table, resolved, install, folded.offsets, True
+                    )
+                writing = asyncio.ensure_future(asyncio.to_thread(job))
         finally:
             try:
                 if writing is not None:
@@ -486,6 +514,73 @@ class RouteReplica:
             )
             self.events.overlay_rows(table.snapshot().overlay.rows)
 
+    def _hold_store_writes(self) -> None:
+        """From now on until ready, batches go to the table's pending changes and a spill file only;
+        the store gets them after ``ready`` (see :meth:`_store_held`)."""
+        logger.info("a fresh replay of a large log: the store is written once the table is ready")
+        self._held, self._held_offsets = [], {}
+        self._spill = SpillFile(index_dir_for(self.store_path), self.encoder.dim)
+
+    def _hold(
+        self, resolved: ResolvedChanges, install: CalibrationInstall | None, offsets: dict[int, int]
+    ) -> None:
+        # Runs in a worker thread, beside the next batch's decoding, instead of :meth:`_commit`:
+        # the vectors go to the spill file (the routes keep views of it, not heap copies).
+        assert self._held is not None
+        assert self._spill is not None
+        resolved.upserts = self._spill.spill(resolved.upserts)
+        self._held.append(_HeldBatch(resolved.upserts, resolved.deletes, install, offsets))
+        self._held_offsets.update(offsets)
+        self.stats.batches += 1
+        self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
+        self._pending.update((rv.name, rv) for rv in resolved.upserts)
+        self._pending.update((name, None) for name in resolved.deletes)
+        if install is not None:
+            self._pending_calibration = install
+
+    async def _store_held(self, log: MutationLog) -> None:
+        """Write a fresh replay's held batches to the store, then mark it caught up.
+
+        Why this is safe: the compacted log is the source and the store only the replica's durable
+        copy of it. Each batch is written exactly as :meth:`_commit` would have written it during
+        the replay (its upserts, deletions, calibration record and offsets in ONE transaction, in
+        log order), so the store always holds the state of a prefix of the log at the offsets it
+        stores: never rows its offsets do not cover, never offsets ahead of its rows. Until the last
+        batch is in, the store lags the table, and the "caught up" mark (which lets a restart trust
+        its offsets against tombstone compaction) is written only after it. A crash or kill in
+        between loses nothing: the store is then what a crash during the replay leaves today, a
+        prefix never marked caught up, so the next start replays the whole log (the persisted index
+        is reused for the routes the store has) and ends with the same table.
+        Live mutations wait for this (their store writes must come after these); queries do not.
+        A stop waits for it too: the next start would otherwise replay what is missing.
+        """
+        held, self._held = self._held, None
+        if held is None:
+            return
+        started = time.monotonic()
+        store, _ = self._require()
+        connection = await asyncio.to_thread(store.held_open)
+        try:
+            batches = len(held)
+            while held:
+                batch = held.pop(0)  # its routes' spill views go with it: the spill file's pages too
+                await asyncio.to_thread(self._store_batch, store, batch)
+        finally:
+            await asyncio.to_thread(connection.close)
+        self._held_offsets = {}
+        await self._mark_caught_up(log.opened_at_ms)
+        logger.info(
+            "the store caught up with the table: %d batches at %s in %.1f s after ready",
+            batches,
+            self._stored,
+            time.monotonic() - started,
+        )
+
+    def _store_batch(self, store: RouteStore, batch: _HeldBatch) -> None:
+        records = {CALIBRATION_KEY: batch.install.value} if batch.install is not None else None
+        store.apply(batch.upserts, batch.deletes, batch.offsets, records)
+        self._stored.update(batch.offsets)
+
     def _wait_for_room(self, table: RouteTable) -> bool:
         """Backpressure of the bounded overlay: this (apply) thread waits, queries never do."""
         if table.has_room():
@@ -503,10 +598,14 @@ class RouteReplica:
         return room
 
     async def _become_ready(self, log: MutationLog) -> None:
-        """Mark the store caught up and set ``ready`` (what catching up collected is installed)."""
+        """Mark the store caught up and set ``ready`` (what catching up collected is installed).
+
+        With its writes held (a fresh replay), the store is marked once they are in (:meth:`_store_held`).
+        """
         _, table = self._require()
-        # the store now holds the log up to the end offsets taken when it was opened
-        await self._mark_caught_up(log.opened_at_ms)
+        if self._held is None:
+            # the store now holds the log up to the end offsets taken when it was opened
+            await self._mark_caught_up(log.opened_at_ms)
         if self.stats.replayed_on_start:
             # what decoding the replay freed between the routes it kept, back to the system
             await asyncio.to_thread(release_free_memory)
@@ -535,16 +634,24 @@ class RouteReplica:
             deletes.extend(name for name in table.route_names() if name not in pending)
         # after a full replay without a usable calibration record, none is served any more
         calibration = install.calibration if install is not None else None if replaying is not None else KEEP
-        version = make_version(self._stored)
-        if _fills_empty(table, upserts, self.settings.overlay_max_rows):
-            # a fresh replica: its main index is built now, before it serves, not via the overlay
-            await asyncio.to_thread(
-                functools.partial(table.install, upserts, version, calibration=calibration)
-            )
-        else:
-            await asyncio.to_thread(
-                functools.partial(table.apply, upserts, deletes, version, calibration=calibration)
-            )
+        version = make_version({**self._stored, **self._held_offsets})
+        spill, self._spill = self._spill, None
+        try:
+            if _fills_empty(table, upserts, self.settings.overlay_max_rows):
+                # a fresh replica: its main index is built now, before it serves, not via the overlay
+                on_file = None if spill is None else spill.on_file()
+                await asyncio.to_thread(
+                    functools.partial(
+                        table.install, upserts, version, calibration=calibration, on_file=on_file
+                    )
+                )
+            else:
+                await asyncio.to_thread(
+                    functools.partial(table.apply, upserts, deletes, version, calibration=calibration)
+                )
+        finally:
+            if spill is not None:
+                spill.remove()  # the routes' views keep what they map until they go
         if replaying is not None:
             seconds = time.monotonic() - self._replay_started
             logger.warning(
@@ -590,6 +697,26 @@ class RouteReplica:
         if self._store is None or self._table is None:
             raise RuntimeError("RouteReplica.open() has not been called")
         return self._store, self._table
+
+
+@dataclass(frozen=True, slots=True)
+class _HeldBatch:
+    """One replayed batch as :meth:`RouteReplica._commit` would have stored it."""
+
+    upserts: list[RouteVectors]
+    deletes: list[str]
+    install: CalibrationInstall | None
+    offsets: dict[int, int]
+
+
+def _defers_store(table: RouteTable, stored: Mapping[int, int], log: MutationLog) -> bool:
+    """Whether a replay starting now holds its store writes until ready: a fresh replica (nothing
+    stored, an empty table) with at least :data:`_DEFER_STORE_FROM_RECORDS` records to read."""
+    snapshot = table.snapshot()
+    if stored or len(snapshot) or snapshot.overlay.rows:
+        return False
+    records = sum(max(0, end - log.starts.get(partition, 0)) for partition, end in log.ends.items())
+    return records >= _DEFER_STORE_FROM_RECORDS
 
 
 @contextmanager

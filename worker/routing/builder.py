@@ -36,6 +36,7 @@ from worker.routing.build_job import (
     JOB_PREFIX,
     VECTORS_FILE,
     write_changes,
+    write_on_file,
     write_vectors,
 )
 from worker.routing.build_layout import Layout
@@ -45,6 +46,7 @@ from worker.routing.errors import IndexBuildFailed
 from worker.routing.index import MainIndex, map_index
 from worker.routing.index_settings import IndexKind, IndexSettings
 from worker.routing.native import faiss, in_slices
+from worker.routing.spill import OnFile
 from worker.routing.types import RouteVectors
 from worker.routing.vectors_file import map_vectors, routes_on_file
 
@@ -58,18 +60,25 @@ def build_main(
     dim: int,
     settings: IndexSettings,
     directory: Path | None = None,
+    on_file: OnFile | None = None,
 ) -> MainIndex:
     """Build a main index over ``routes`` (ideally already in name order; sorted otherwise).
 
     An approximate index is built by a child process (at the calling thread's priority, which it
     inherits) in a job folder under ``directory`` (the system's temporary folder when None) and
     mapped from there; :func:`~worker.routing.index_file.place_index` moves the file into place.
+    ``on_file`` says where the routes' vectors already are (a fresh replay's spill file): the
+    child process then reads them there instead of being sent them.
     """
-    return build_laid_out(Layout.of(routes), dim, settings, directory)
+    return build_laid_out(Layout.of(routes), dim, settings, directory, on_file)
 
 
 def build_laid_out(
-    layout: Layout, dim: int, settings: IndexSettings, directory: Path | None = None
+    layout: Layout,
+    dim: int,
+    settings: IndexSettings,
+    directory: Path | None = None,
+    on_file: OnFile | None = None,
 ) -> MainIndex:
     """Build a main index over ``layout``'s routes (see :func:`build_main`)."""
     if not layout.routes:
@@ -81,7 +90,7 @@ def build_laid_out(
     if rows and kind == "flat":
         index = _build_here(layout.routes, dim)
     elif rows:
-        index, path = _build_in_child(layout, kind, dim, settings, directory)
+        index, path = _build_in_child(layout, kind, dim, settings, directory, on_file)
         kept = None if path is None else path.with_name(VECTORS_FILE)
         vectors = None if kept is None else map_vectors(kept, rows, dim)
         if vectors is not None:
@@ -117,6 +126,7 @@ def _build_in_child(
     dim: int,
     settings: IndexSettings,
     directory: Path | None,
+    on_file: OnFile | None = None,
 ) -> tuple[Any, Path | None]:
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -134,7 +144,10 @@ def _build_in_child(
             "parent": os.getpid(),
         }
         carried = layout.carried
-        if carried is None or not carried.usable_for(len(layout.routes)):
+        if on_file is not None and carried is None and on_file.dim == dim:
+            spec["fresh_vectors"] = str(on_file.path)
+            write_on_file(job, layout, on_file)
+        elif carried is None or not carried.usable_for(len(layout.routes)):
             write_vectors(job / VECTORS_FILE, layout.routes)
         else:
             source = carried.vectors_file()

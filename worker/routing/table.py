@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -37,6 +38,7 @@ from worker.routing.native import use_blas_from, use_faiss_threads
 from worker.routing.overlay import Overlay
 from worker.routing.route_calibration import RouteCalibration
 from worker.routing.snapshot import TableSnapshot
+from worker.routing.spill import OnFile
 from worker.routing.types import RouteVectors, TableVersion
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,12 @@ class _Keep(enum.Enum):
 
 #: ``RouteTable.apply(calibration=KEEP)``: the calibration in service stays as it is
 KEEP = _Keep.KEEP
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on, at most 4 (more were never measured)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, available or 1))
 
 
 class RouteTable:
@@ -189,9 +197,11 @@ class RouteTable:
         version: TableVersion,
         *,
         calibration: RouteCalibration | _Keep | None = KEEP,
+        on_file: OnFile | None = None,
     ) -> None:
         """Fill an EMPTY table with ``routes``: the main index is built over them at once, in the
         calling thread (blocking, at its priority, never idle), and persisted into ``index_dir``.
+        ``on_file`` says where their vectors already are (see :func:`~worker.routing.builder.build_main`).
 
         For a replica that replayed its whole log before serving: through :meth:`apply` every
         vector would be copied into the overlay (1.5 GB at 1M vectors, beside the routes' own
@@ -207,8 +217,9 @@ class RouteTable:
             rows = sum(rv.utterance_vectors.shape[0] for rv in routes)
             approximate = self.settings.kind_for(rows) != "flat"
             directory = self.index_dir or (self._scratch() if approximate else None)
-            settings = dataclasses.replace(self.settings, build_idle_s=None)
-            main = build_main(routes, self.dim, settings, directory)
+            # nothing is served yet: the build may have every CPU, at once
+            settings = dataclasses.replace(self.settings, build_idle_s=None, add_threads=_cpus())
+            main = build_main(routes, self.dim, settings, directory, on_file)
             if directory is not None:
                 main = place_index(main, directory, keep=base.main.path)
             with self._swap_lock:

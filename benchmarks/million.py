@@ -335,6 +335,8 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     timers.wrap(store_module.RouteStore, "load", "store_load")
     timers.wrap(RouteReplica, "_install_pending", "table_install", coroutine=True)
     timers.wrap(replica_module.RouteTable, "from_routes", "table_from_store")
+    # a fresh replay's store writes, held until ready (nothing to do for a restart)
+    timers.wrap(RouteReplica, "_store_held", "store_after_ready", coroutine=True)
     rss_before_model = rss_now_mb()
     began = time.perf_counter()
     pool = await asyncio.to_thread(encoder_pool, settings.model_copy(update={"encoder_threads": 1}))
@@ -382,6 +384,8 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     pool.close()
     return {
         "model_load_s": model_s,
+        # from ready until the store held the whole replay (it ran beside the searches above)
+        "store_caught_up_after_ready_s": timers.seconds.get("store_after_ready", 0.0),
         "open_s": opened - began,
         "ready_s": ready - began,
         "index_ready_s": indexed - began,

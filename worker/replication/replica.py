@@ -551,20 +551,23 @@ class RouteReplica:
         between loses nothing: the store is then what a crash during the replay leaves today, a
         prefix never marked caught up, so the next start replays the whole log (the persisted index
         is reused for the routes the store has) and ends with the same table.
-        Live mutations wait for this (their store writes must come after these); queries do not.
-        A stop waits for it too: the next start would otherwise replay what is missing.
+        Live mutations wait for this (their store writes must come after these); queries do not,
+        and the writes run on the low-priority background thread, as live mutations' do, so the
+        queries the replica now serves keep the CPU. A stop waits for it too: the next start would
+        otherwise replay what is missing.
         """
         held, self._held = self._held, None
         if held is None:
             return
         started = time.monotonic()
         store, _ = self._require()
+        loop = asyncio.get_running_loop()
         connection = await asyncio.to_thread(store.held_open)
         try:
             batches = len(held)
             while held:
                 batch = held.pop(0)  # its routes' spill views go with it: the spill file's pages too
-                await asyncio.to_thread(self._store_batch, store, batch)
+                await loop.run_in_executor(self._background, self._store_batch, store, batch)
         finally:
             await asyncio.to_thread(connection.close)
         self._held_offsets = {}

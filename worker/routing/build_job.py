@@ -22,7 +22,7 @@ import numpy as np
 
 from worker.routing.build_layout import Carried, Layout, take
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.native import faiss, in_slices
+from worker.routing.native import faiss, in_slices, pwrite_all
 from worker.routing.spill import OnFile
 from worker.routing.types import Int64s, RouteVectors
 
@@ -40,21 +40,15 @@ _VECTORS: Callable[[RouteVectors], Any] = attrgetter("utterance_vectors")
 def write_vectors(path: Path, ordered: Sequence[RouteVectors]) -> None:
     """Write the routes' vectors in order, straight from their arrays (no joined copy).
 
-    ``os.writev`` releases the GIL while the kernel copies; joining them first took the GIL for
-    the whole copy and twice the time.
+    The write releases the GIL while the kernel copies (:func:`~worker.routing.native.pwrite_all`);
+    joining them first took the GIL for the whole copy and twice the time.
     """
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        offset = 0
         for part in in_slices(ordered, 512):  # below IOV_MAX (1024 on Linux)
             views = [memoryview(vectors).cast("B") for vectors in map(_VECTORS, part) if vectors.size]
-            while views:
-                written = os.writev(descriptor, views)
-                if not written:
-                    raise OSError(f"no progress writing {path}")
-                while views and written >= views[0].nbytes:
-                    written -= views.pop(0).nbytes
-                if written:  # a short write ends inside views[0]
-                    views[0] = views[0][written:]
+            offset = pwrite_all(descriptor, views, offset, path)
     finally:
         os.close(descriptor)
 

@@ -12,6 +12,7 @@ import ctypes.util
 import functools
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -75,6 +76,23 @@ def in_slices(items: Sequence[_Item], size: int = SLICE) -> Iterator[Sequence[_I
         if start:
             pause()
         yield items[start : start + size]
+
+
+def pwrite_all(descriptor: int, views: Sequence[memoryview], offset: int, name: object) -> int:
+    """Write ``views`` (at most IOV_MAX, 1024 on Linux) one after the other at ``offset`` of the
+    file ``name`` is open on, short writes resumed; the offset after them. ``os.pwritev`` releases
+    the GIL while the kernel copies."""
+    part = list(views)
+    while part:
+        written = os.pwritev(descriptor, part, offset)
+        if not written:
+            raise OSError(f"no progress writing {name}")
+        offset += written
+        while part and written >= part[0].nbytes:
+            written -= part.pop(0).nbytes
+        if written:  # a short write ends inside part[0]
+            part[0] = part[0][written:]
+    return offset
 
 
 @contextmanager

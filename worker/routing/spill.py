@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from worker.routing.errors import IndexBuildFailed
-from worker.routing.native import spread_sample
+from worker.routing.native import pwrite_all, spread_sample
 from worker.routing.types import RouteVectors, Vectors
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class SpillFile:
         segment = self._room_for(total)
         start = self._rows
         views = [memoryview(v).cast("B") for v in map(_VECTORS, routes) if v.size]
-        _write_all(self._descriptor, views, start * self._row_bytes)
+        _write_all(self._descriptor, views, start * self._row_bytes, self.path)
         self._rows = start + total
         at = start - self._segment_start
         made: list[RouteVectors] = []
@@ -143,16 +143,7 @@ def remove_stale(directory: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _write_all(descriptor: int, views: list[memoryview], offset: int) -> None:
-    """Write ``views`` one after the other at ``offset`` (``os.pwritev`` releases the GIL)."""
+def _write_all(descriptor: int, views: list[memoryview], offset: int, path: Path) -> None:
+    """Write ``views`` one after the other at ``offset`` (the write releases the GIL)."""
     for start in range(0, len(views), 512):  # below IOV_MAX (1024 on Linux)
-        part = views[start : start + 512]
-        while part:
-            written = os.pwritev(descriptor, part, offset)
-            if not written:
-                raise OSError("no progress writing a spill file")
-            offset += written
-            while part and written >= part[0].nbytes:
-                written -= part.pop(0).nbytes
-            if written:  # a short write ends inside part[0]
-                part[0] = part[0][written:]
+        offset = pwrite_all(descriptor, views[start : start + 512], offset, path)

@@ -497,17 +497,11 @@ class RouteReplica:
         # whose new snapshot carries the routes and the calibration of this batch together.
         if not catching_up and not self._wait_for_room(table):
             return  # stopping: the batch is read again on the next start
-        records = {CALIBRATION_KEY: install.value} if install is not None else None
-        store.apply(resolved.upserts, resolved.deletes, offsets, records)
-        self._stored.update(offsets)
-        self.stats.batches += 1
-        self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
+        self._write(store, resolved.upserts, resolved.deletes, install, offsets)
         if catching_up:
-            self._pending.update((rv.name, rv) for rv in resolved.upserts)
-            self._pending.update((name, None) for name in resolved.deletes)
-            if install is not None:
-                self._pending_calibration = install
+            self._collect(resolved, install)
         else:
+            self._count(resolved)
             calibration = install.calibration if install is not None else KEEP
             table.apply(
                 resolved.upserts, resolved.deletes, make_version(self._stored), calibration=calibration
@@ -531,12 +525,19 @@ class RouteReplica:
         resolved.upserts = self._spill.spill(resolved.upserts)
         self._held.append(_HeldBatch(resolved.upserts, resolved.deletes, install, offsets))
         self._held_offsets.update(offsets)
-        self.stats.batches += 1
-        self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
+        self._collect(resolved, install)
+
+    def _collect(self, resolved: ResolvedChanges, install: CalibrationInstall | None) -> None:
+        """Keep a caught-up batch's changes for the table's one update at ready (and count it)."""
+        self._count(resolved)
         self._pending.update((rv.name, rv) for rv in resolved.upserts)
         self._pending.update((name, None) for name in resolved.deletes)
         if install is not None:
             self._pending_calibration = install
+
+    def _count(self, resolved: ResolvedChanges) -> None:
+        self.stats.batches += 1
+        self.stats.applied += len(resolved.upserts) + len(resolved.deletes)
 
     async def _store_held(self, log: MutationLog) -> None:
         """Write a fresh replay's held batches to the store, then mark it caught up.
@@ -580,9 +581,21 @@ class RouteReplica:
         )
 
     def _store_batch(self, store: RouteStore, batch: _HeldBatch) -> None:
-        records = {CALIBRATION_KEY: batch.install.value} if batch.install is not None else None
-        store.apply(batch.upserts, batch.deletes, batch.offsets, records)
-        self._stored.update(batch.offsets)
+        self._write(store, batch.upserts, batch.deletes, batch.install, batch.offsets)
+
+    def _write(
+        self,
+        store: RouteStore,
+        upserts: Sequence[RouteVectors],
+        deletes: Sequence[str],
+        install: CalibrationInstall | None,
+        offsets: Mapping[int, int],
+    ) -> None:
+        """One batch into the store: its routes, deletions, calibration record and offsets in ONE
+        transaction; then the offsets it reached are the stored ones."""
+        records = {CALIBRATION_KEY: install.value} if install is not None else None
+        store.apply(upserts, deletes, offsets, records)
+        self._stored.update(offsets)
 
     def _wait_for_room(self, table: RouteTable) -> bool:
         """Backpressure of the bounded overlay: this (apply) thread waits, queries never do."""

@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from worker.contracts.limits import MAX_TOP_N, ContractMode, Limits
 from worker.embedding.batching import DEFAULT_RUN_TOKENS
+from worker.embedding.cpus import available_cpus
 from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
@@ -131,7 +132,11 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")
     encoder_threads: int = Field(
-        1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
+        default_factory=available_cpus,
+        ge=1,
+        le=64,
+        description="ONNX sessions in the pool, 1 intra-op thread each, all sharing every batch; "
+        "default: one per CPU this process may use (its affinity, capped by its cgroup CPU quota).",
     )
     encoder_max_pending: int = Field(8, ge=1, description="Embedding batches queued before callers wait.")
     encoder_run_tokens: int = Field(

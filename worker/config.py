@@ -146,7 +146,9 @@ class Settings(BaseSettings):
         description="Most tokens (padding included) per model run: a batch's texts go in length order.",
     )
     # --- batching and flow control ---
-    batch_size: int = Field(32, ge=1, le=4096, description="Most queries per batch.")
+    # 256: a batch is this large only when a backlog waits (batches grow with the load), and there
+    # two sessions drain it faster than in batches of 32 (benchmarks/pipeline.py runs both)
+    batch_size: int = Field(256, ge=1, le=4096, description="Most queries per batch.")
     # 0 by default: a batch is formed when the embedding stage can take one, and takes every query
     # that arrived meanwhile (so batches grow with the load); waiting on top of that only delays a
     # query that arrives at an idle encoder, where companions within a few ms are rare

@@ -38,13 +38,15 @@ def pipeline(results: Path) -> str:
             f"{latency['p50']:.0f} / {latency['p99']:.0f}",
             f"{floor['p50']:.0f} / {floor['p99']:.0f}",
             f"{100 * run['top1_accuracy_through_kafka']:.2f}%",
+            _cpu(run["sustained"]),
+            _cpu(run["latency_at_half_load"]),
         ])  # fmt: skip
     table = markdown_table(
         ["configuration", "naive encoder alongside, texts/s", "encoder alone, texts/s", "routed q/s",
          "÷ encoder alone", "÷ naive", "p50 / p99 ms at half load", "broker alone, p50 / p99 ms",
-         "top-1"],
+         "top-1", "vCPUs busy, sustained", "vCPUs busy, half load"],
         rows,
-        "lrrrrrrrr",
+        "lrrrrrrrrrr",
     )  # fmt: skip
     targets = []
     for name, label in (("served_defaults", "served defaults"), ("best_config", "best configuration")):
@@ -66,7 +68,10 @@ def pipeline(results: Path) -> str:
         markdown_table(["", "sustained ÷ naive encoder", "p99 produce → intent, half load"], targets, "lrr"),
         f"The naive encoder (fp32, fastembed, batches of 32 in arrival order) is measured just "
         f"before and just after each worker, and the faster of the two is that row's reference; "
-        f"the fastest of the whole run was {naive:.0f} texts/s. "
+        f"the fastest of the whole run was {naive:.0f} texts/s. Workers ran "
+        f"{data['settings']['encoder_threads']} encoder session(s) of one thread each. vCPUs busy: "
+        f"CPU seconds per second of the whole machine (of 2) and, in brackets, of the worker · "
+        f"the broker · this benchmark (load generator and reader) · anything else. "
         f"Load average {noise['load_average_before'][0]:.1f} at the start, "
         f"{noise['load_average_after'][0]:.1f} at the end; steal {noise['steal_share']:.1%}; "
         f"{data['settings']['broker']} broker, {data['settings']['partitions']} partitions.",
@@ -75,3 +80,11 @@ def pipeline(results: Path) -> str:
         f"{cache['settings']['routes']:,} routes): {warm:.0f} queries/s with a warm Redis cache, "
         f"{warm / zipf:.1f}× without a cache.",
     ])  # fmt: skip
+
+
+def _cpu(phase: dict[str, object]) -> str:
+    shares = phase.get("cpu_per_wall_s")
+    if not isinstance(shares, dict):
+        return "–"  # runs from before the benchmark measured it
+    parts = " · ".join(f"{shares[k]:.2f}" for k in ("worker", "broker", "benchmark", "rest"))
+    return f"{shares['machine']:.2f} ({parts})"

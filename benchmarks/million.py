@@ -324,6 +324,7 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     from worker.embedding.pool import encoder_pool
     from worker.replication import RouteReplica
     from worker.replication import replica as replica_module
+    from worker.replication.decoder import ReplayDecoder
     from worker.replication.log import MutationLog
     from worker.routing import store as store_module
 
@@ -331,6 +332,8 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     timers = Timers()
     timers.wrap(MutationLog, "next_batch", "fetch", coroutine=True)
     timers.wrap(RouteReplica, "_prepare", "decode")
+    # a large fresh replay decodes in a process of its own: the replica waits for each batch there
+    timers.wrap(ReplayDecoder, "answer", "decode_process")
     timers.wrap(store_module.RouteStore, "apply", "store_write")
     timers.wrap(store_module.RouteStore, "load", "store_load")
     timers.wrap(RouteReplica, "_install_pending", "table_install", coroutine=True)

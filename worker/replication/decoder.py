@@ -19,6 +19,7 @@ stops the replay: a replica never serves a table that is missing part of its log
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -35,10 +36,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 from worker.contracts import Limits
 from worker.replication.fold import LogRecord
 from worker.routing.native import pwrite_all
-from worker.routing.spill import SpillPosition
+from worker.routing.spill import SpillFile, SpillPosition
+from worker.routing.types import Route, RouteVectors, Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +139,44 @@ def decode_answer(payload: bytes) -> DecodedBatch:
     """The :class:`DecodedBatch` of an answer frame's payload."""
     (segment_start, segment_rows, rows), routes = pickle.loads(payload)
     return DecodedBatch(SpillPosition(segment_start, segment_rows, rows), [DecodedRoute(*r) for r in routes])
+
+
+def routes_of(
+    answer: DecodedBatch, records: Sequence[LogRecord], spill: SpillFile, fingerprint: str, dim: int
+) -> tuple[dict[int, RouteVectors], dict[int, int]]:
+    """The routes of ``answer`` (to ``records``), their vectors views of ``spill`` (which takes the
+    answer's position): by record index (what ``fold`` takes as ``elsewhere``), and each one's
+    first row by its ``id`` (what ``SpillFile.spill`` takes as ``placed``)."""
+    spill.adopt(answer.at)
+    elsewhere: dict[int, RouteVectors] = {}
+    placed: dict[int, int] = {}
+    stored_lazily, trusted, row_bytes = Route.stored_lazily, RouteVectors.trusted, dim * 4
+    for decoded in answer.routes:
+        key = records[decoded.index].key
+        if key is None or len(decoded.negatives) % row_bytes:
+            raise ReplayDecodeFailed(f"the decode process answered record {decoded.index} wrongly")
+        # the process decoded this key and checked it names the route
+        route = stored_lazily(key.decode("utf-8"), decoded.definition, decoded.canonical)
+        negatives = _negatives(decoded.negatives, dim)
+        utterances = spill.rows(decoded.first_row, decoded.rows)
+        vectors = trusted(route, utterances, negatives, fingerprint, decoded.digest)
+        elsewhere[decoded.index] = vectors
+        placed[id(vectors)] = decoded.first_row
+    return elsewhere, placed
+
+
+def _negatives(data: bytes, dim: int) -> Vectors:
+    """Negative utterances' vectors sent by the decode process: read-only rows over ``data``."""
+    if not data:
+        return _no_rows(dim)
+    return np.ndarray((len(data) // (dim * 4), dim), dtype="<f4", buffer=data)
+
+
+@functools.cache
+def _no_rows(dim: int) -> Vectors:
+    empty = np.zeros((0, dim), dtype="<f4")
+    empty.flags.writeable = False
+    return empty
 
 
 class ReplayDecoder:

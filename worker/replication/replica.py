@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from aiokafka.errors import OffsetOutOfRangeError
 
 from worker.background import background_executor
@@ -48,7 +47,7 @@ from worker.replication.calibrations import (
     installable,
     stored_calibration,
 )
-from worker.replication.decoder import ReplayDecodeFailed, ReplayDecoder
+from worker.replication.decoder import ReplayDecoder, routes_of
 from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, LogRecord, SkippedRecord, fold
 from worker.replication.log import MutationLog
@@ -65,7 +64,6 @@ from worker.replication.topic_config import mutation_retention
 from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_faults
 from worker.routing import (
     IndexSettings,
-    Route,
     RouteStore,
     RouteTable,
     RouteVectors,
@@ -76,7 +74,6 @@ from worker.routing.index_file import MANIFEST, Persisted, load_stored
 from worker.routing.native import release_free_memory
 from worker.routing.spill import SpillFile, remove_stale
 from worker.routing.table import KEEP
-from worker.routing.types import Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -551,21 +548,7 @@ class RouteReplica:
         spill = self._spill
         assert spill is not None
         answer = decoder.answer()
-        spill.adopt(answer.at)
-        fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
-        elsewhere: dict[int, RouteVectors] = {}
-        placed: dict[int, int] = {}
-        stored_lazily, trusted, row_bytes = Route.stored_lazily, RouteVectors.trusted, dim * 4
-        for decoded in answer.routes:
-            key = records[decoded.index].key
-            if key is None or len(decoded.negatives) % row_bytes:
-                raise ReplayDecodeFailed(f"the decode process answered record {decoded.index} wrongly")
-            route = stored_lazily(key.decode("utf-8"), decoded.definition, decoded.canonical)
-            negatives = _negatives(decoded.negatives, dim)
-            utterances = spill.rows(decoded.first_row, decoded.rows)
-            vectors = trusted(route, utterances, negatives, fingerprint, decoded.digest)
-            elsewhere[decoded.index] = vectors
-            placed[id(vectors)] = decoded.first_row
+        elsewhere, placed = routes_of(answer, records, spill, self.encoder.fingerprint, self.encoder.dim)
         folded, resolved, install = self._prepare(records, yield_gil=False, elsewhere=elsewhere)
         resolved.placed = placed
         return folded, resolved, install
@@ -858,20 +841,6 @@ def _defers_store(table: RouteTable, stored: Mapping[int, int], log: MutationLog
 def _to_replay(log: MutationLog) -> int:
     """The records a replay of the whole of ``log`` reads (at most: compaction leaves gaps)."""
     return sum(max(0, end - log.starts.get(partition, 0)) for partition, end in log.ends.items())
-
-
-def _negatives(data: bytes, dim: int) -> Vectors:
-    """Negative utterances' vectors sent by the decode process: read-only rows over ``data``."""
-    if not data:
-        return _no_rows(dim)
-    return np.ndarray((len(data) // (dim * 4), dim), dtype="<f4", buffer=data)
-
-
-@functools.cache
-def _no_rows(dim: int) -> Vectors:
-    empty = np.zeros((0, dim), dtype="<f4")
-    empty.flags.writeable = False
-    return empty
 
 
 @contextmanager

@@ -52,19 +52,15 @@ class _Record:
 class BatchDecoder:
     """Decodes batches for one replay: its model, limits and spill file."""
 
-    def __init__(
-        self, spill: SpillRows, at: SpillPosition, fingerprint: str, dim: int, limits: Limits
-    ) -> None:
+    def __init__(self, spill: SpillRows, fingerprint: str, dim: int, limits: Limits) -> None:
         self.spill = spill
-        #: where the next rows go in the spill file
-        self.at = at
         self.fingerprint = fingerprint
         self.dim = dim
         self.limits = limits
 
-    def decode(self, pairs: Sequence[tuple[bytes | None, bytes | None]]) -> DecodedBatch:
+    def decode(self, pairs: Sequence[tuple[bytes | None, bytes | None]], at: SpillPosition) -> DecodedBatch:
         """The records of ``pairs`` that decode to usable shipped routes, their vectors written to
-        the spill file."""
+        the spill file from ``at``, in its segment (set apart for this batch)."""
         fingerprint, dim, limits = self.fingerprint, self.dim, self.limits
 
         def resolve(definition: RouteDefinition) -> RouteVectors | None:
@@ -90,8 +86,8 @@ class BatchDecoder:
         kept = [(index, rv) for (index, rv), fault in zip(usable, faults, strict=True) if fault is None]
         matrices = [rv.utterance_vectors for _, rv in kept]
         if not sum(int(m.shape[0]) for m in matrices):
-            return DecodedBatch(self.at, [])
-        self.at, first = self.spill.append(self.at, matrices)
+            return DecodedBatch(at, [])
+        at, first = self.spill.append(at, matrices, grow=False)
         routes: list[DecodedRoute] = []
         firsts: list[int] = []
         for index, rv in kept:
@@ -104,7 +100,7 @@ class BatchDecoder:
             firsts.append(first)
             first += rows
         self.spill.check(matrices, firsts, [rv.name for _, rv in kept])
-        return DecodedBatch(self.at, routes)
+        return DecodedBatch(at, routes)
 
 
 def _read_exactly(source: BinaryIO, size: int) -> bytes | None:
@@ -142,9 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     descriptor = os.open(spec["spill"], os.O_RDWR)
     try:
         spill = SpillRows(descriptor, Path(spec["spill"]), int(spec["dim"]))
-        at = SpillPosition(*(int(n) for n in spec["at"]))
         limits = Limits(**spec["limits"])
-        decoder = BatchDecoder(spill, at, str(spec["fingerprint"]), int(spec["dim"]), limits)
+        decoder = BatchDecoder(spill, str(spec["fingerprint"]), int(spec["dim"]), limits)
         slots = [int(slot) for slot in spec["slots"]]
         source = sys.stdin.buffer
         gc.freeze()  # what the imports made: never scanned again
@@ -152,12 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             announced = _read_exactly(source, _ANNOUNCE.size)
             if announced is None:
                 return 0
-            slot, size = _ANNOUNCE.unpack(announced)
+            slot, size, region_start, region_rows = _ANNOUNCE.unpack(announced)
+            at = SpillPosition(region_start, region_rows, region_start)
             payload = _read_batch(slots[slot], size)
             pairs = decode_batch_frame(payload)
             del payload
             with collector_paused():  # a batch's objects go with it: the collector would only scan them
-                answer = decoder.decode(pairs)
+                answer = decoder.decode(pairs, at)
             answers.write(encode_answer(answer))
             answers.flush()
     finally:

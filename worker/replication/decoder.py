@@ -57,7 +57,7 @@ _LENGTH = struct.Struct("<Q")
 #: input by its slot and length: the process reads it in one call, whatever holds its GIL (through
 #: a pipe it took a read per 64 KB, each waiting for the GIL: most of a second per batch)
 SLOTS = 2
-_ANNOUNCE = struct.Struct("<QQ")
+_ANNOUNCE = struct.Struct("<QQqq")
 #: a batch's payload starts with the number of records
 _BATCH = struct.Struct("<I")
 #: bytes per read or write of a pipe
@@ -141,6 +141,12 @@ def decode_answer(payload: bytes) -> DecodedBatch:
     return DecodedBatch(SpillPosition(segment_start, segment_rows, rows), [DecodedRoute(*r) for r in routes])
 
 
+def rows_at_most(records: Sequence[LogRecord], dim: int) -> int:
+    """How many rows of utterance vectors ``records`` can hold at most: a row of ``dim`` float32 is
+    ``dim * 16 / 3`` characters of base64 in a record's value."""
+    return sum(len(record.value) for record in records if record.value) * 3 // (16 * dim) + 1
+
+
 def routes_of(
     answer: DecodedBatch, records: Sequence[LogRecord], spill: SpillFile, fingerprint: str, dim: int
 ) -> tuple[dict[int, RouteVectors], dict[int, int]]:
@@ -204,15 +210,11 @@ class ReplayDecoder:
         self._io = threading.Lock()
 
     @classmethod
-    def start(
-        cls, spill: Path, at: SpillPosition, fingerprint: str, dim: int, limits: Limits
-    ) -> ReplayDecoder:
-        """Start the decode process for a replay spilling into ``spill`` from ``at`` (nothing else
-        appends to it until :meth:`close`), with this replica's model (``fingerprint``, ``dim``)
-        and limits."""
-        spec = {
+    def start(cls, spill: Path, fingerprint: str, dim: int, limits: Limits) -> ReplayDecoder:
+        """Start a decode process for a replay spilling into ``spill``, with this replica's model
+        (``fingerprint``, ``dim``) and limits."""
+        spec: dict[str, object] = {
             "spill": str(spill),
-            "at": [at.segment_start, at.segment_rows, at.rows],
             "fingerprint": fingerprint,
             "dim": dim,
             "limits": asdict(limits),
@@ -240,9 +242,10 @@ class ReplayDecoder:
         logger.info("decoding the replay in process %d", process.pid)
         return cls(process, errors, slots)
 
-    def submit(self, records: Sequence[LogRecord]) -> None:
-        """Send a batch to be decoded (at most :data:`SLOTS` unanswered: the process takes it in
-        once it has decoded the one before)."""
+    def submit(self, records: Sequence[LogRecord], region: SpillPosition) -> None:
+        """Send a batch to be decoded, its vectors to be written in the spill file's segment
+        ``region`` (:meth:`SpillFile.reserve`, for at least :func:`rows_at_most` rows). At most
+        :data:`SLOTS` unanswered: the process takes it in once it has decoded the one before."""
         if len(self._sizes) >= SLOTS:
             raise RuntimeError(f"ReplayDecoder.submit() with {len(self._sizes)} batches unanswered")
         batch = encode_batch(records)
@@ -251,7 +254,8 @@ class ReplayDecoder:
             with self._io:
                 # the batch that was in this slot is answered: the process is done reading it
                 pwrite_all(self._slots[slot], [memoryview(batch)], 0, "the replay's batch slot")
-                self._send(_ANNOUNCE.pack(slot, len(batch)), time.monotonic() + DECODE_TIMEOUT_S)
+                announce = _ANNOUNCE.pack(slot, len(batch), region.segment_start, region.segment_rows)
+                self._send(announce, time.monotonic() + DECODE_TIMEOUT_S)
         except OSError as error:
             raise self._failed(f"{type(error).__name__}: {error}") from error
         self._sizes.append(len(records))

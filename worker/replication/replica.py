@@ -25,6 +25,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -47,7 +48,7 @@ from worker.replication.calibrations import (
     installable,
     stored_calibration,
 )
-from worker.replication.decoder import ReplayDecoder, routes_of
+from worker.replication.decoder import ReplayDecoder, routes_of, rows_at_most
 from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, LogRecord, SkippedRecord, fold
 from worker.replication.log import MutationLog
@@ -404,41 +405,46 @@ class RouteReplica:
 
         One batch is decoded while the previous one is written: decoding holds the GIL, SQLite
         mostly does not, so on a fresh replica the two overlap. A large fresh replay decodes in a
-        process of its own (:mod:`worker.replication.decoder`), a batch ahead of the one folded here.
+        processes of its own (:mod:`worker.replication.decoder`), batches ahead of the one folded here.
         """
         store, _ = self._require()
-        decoder = None
+        decoders: list[ReplayDecoder] = []
         held = await asyncio.to_thread(store.held_open)  # keeps the WAL file between batches
         try:
-            if self._decode_apart and self._spill is not None:
-                decoder = await asyncio.to_thread(self._start_decoder, self._spill)
-            submitted: list[list[LogRecord]] = []
+            spill = self._spill if self._decode_apart else None
+            if spill is not None:
+                for _ in range(_decode_processes()):
+                    decoders.append(await asyncio.to_thread(self._start_decoder, spill))
+            submitted: list[tuple[list[LogRecord], ReplayDecoder]] = []
+            turns = 0
             async for records in log.up_to_end(self._stopping.is_set):
-                if decoder is None:
-                    await self._take(records, on_start)
+                if spill is None:
+                    await self._take(records, None, on_start)
                     continue
-                await asyncio.to_thread(decoder.submit, records)
-                submitted.append(records)
-                if len(submitted) > 1:
-                    await self._take(submitted.pop(0), on_start, decoder)
-            while submitted and decoder is not None:
-                await self._take(submitted.pop(0), on_start, decoder)
+                # in turn to each process, each batch's rows in a segment of the spill file set apart
+                decoder = decoders[turns % len(decoders)]
+                turns += 1
+                region = spill.reserve(rows_at_most(records, self.encoder.dim))
+                await asyncio.to_thread(decoder.submit, records, region)
+                submitted.append((records, decoder))
+                if len(submitted) > len(decoders):
+                    await self._take(*submitted.pop(0), on_start)
+            while submitted:
+                await self._take(*submitted.pop(0), on_start)
         finally:
             try:
                 await self._written()
             finally:
                 try:
-                    if decoder is not None:
-                        await asyncio.to_thread(decoder.close)  # always reaped, also when cancelled
+                    for decoder in decoders:  # always reaped, also when cancelled
+                        await asyncio.to_thread(decoder.close)
                 finally:
                     await asyncio.to_thread(held.close)
-        if decoder is not None:
-            # the decode process is gone: the routes decoded here go to the spill file now
+        if decoders:
+            # the decode processes are gone: the routes decoded here go to the spill file now
             await asyncio.to_thread(self._spill_rest)
 
-    async def _take(
-        self, records: list[LogRecord], on_start: bool, decoder: ReplayDecoder | None = None
-    ) -> None:
+    async def _take(self, records: list[LogRecord], decoder: ReplayDecoder | None, on_start: bool) -> None:
         """Decode and resolve one batch of the replay, then have it written (or held) in a thread
         while the next one is decoded."""
         store, table = self._require()
@@ -460,8 +466,7 @@ class RouteReplica:
 
     def _start_decoder(self, spill: SpillFile) -> ReplayDecoder:
         encoder = self.encoder
-        at = spill.position()
-        return ReplayDecoder.start(spill.path, at, encoder.fingerprint, encoder.dim, self.settings.limits)
+        return ReplayDecoder.start(spill.path, encoder.fingerprint, encoder.dim, self.settings.limits)
 
     def _spill_rest(self) -> None:
         """Spill the routes of a replay decoded apart that were decoded here (see :meth:`_hold`),
@@ -836,6 +841,12 @@ def _defers_store(table: RouteTable, stored: Mapping[int, int], log: MutationLog
     if stored or len(snapshot) or snapshot.overlay.rows:
         return False
     return _to_replay(log) >= _DEFER_STORE_FROM_RECORDS
+
+
+def _decode_processes() -> int:
+    """How many decode processes a replay decoding apart runs: one per CPU this process may use
+    (the replica itself mostly waits for them), four at most."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 def _to_replay(log: MutationLog) -> int:

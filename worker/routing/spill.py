@@ -58,8 +58,9 @@ class OnFile:
 @dataclass(frozen=True, slots=True)
 class SpillPosition:
     """Where a spill file's next rows go: its current segment (first row and rows; 0 rows before
-    the first) and the next free row in it. Whoever appends (the replica, or its replay's decode
-    process, :mod:`worker.replication.decode_child`) starts from one and hands on the next."""
+    the first) and the next free row in it. The replica's own appends go on from one to the next;
+    a replay's decode process (:mod:`worker.replication.decode_child`) is given a segment of its
+    own for each batch (:meth:`SpillFile.reserve`)."""
 
     segment_start: int = 0
     segment_rows: int = 0
@@ -82,10 +83,18 @@ class SpillRows:
         # batches start on a mapping boundary: a whole number of rows and of granules
         self._align_rows = lcm(mmap.ALLOCATIONGRANULARITY, self.row_bytes) // self.row_bytes
 
-    def append(self, at: SpillPosition, matrices: Sequence[Vectors]) -> tuple[SpillPosition, int]:
+    def append(
+        self, at: SpillPosition, matrices: Sequence[Vectors], *, grow: bool = True
+    ) -> tuple[SpillPosition, int]:
         """Write ``matrices`` one after the other from ``at``: the position after them, and the row
-        the first is at. All of them go in one segment (a new one if the current has no room)."""
+        the first is at. All of them go in one segment (a new one if the current has no room;
+        without ``grow``, none: they must fit)."""
         total = sum(int(m.shape[0]) for m in matrices)
+        if not grow and at.rows + total > at.segment_start + at.segment_rows:
+            raise IndexBuildFailed(
+                f"spill file {self.path}: {total} rows do not fit in the segment of {at.segment_rows} "
+                f"rows from row {at.segment_start} ({at.rows - at.segment_start} taken)"
+            )
         at = self._room_for(at, total)
         start = at.rows
         views: list[memoryview] = [memoryview(m).cast("B") for m in matrices if m.size]  # type: ignore[arg-type]
@@ -96,10 +105,15 @@ class SpillRows:
         """``at`` if ``rows`` more fit in its segment, else a new segment after it (the file extended)."""
         if at.segment_rows and at.rows + rows <= at.segment_start + at.segment_rows:
             return at
+        return self.segment(at, max(rows, _SEGMENT_BYTES // self.row_bytes))
+
+    def segment(self, at: SpillPosition, rows: int) -> SpillPosition:
+        """A new segment of at least ``rows`` rows after ``at``'s (the file extended to hold it)."""
         start = -(-at.rows // self._align_rows) * self._align_rows  # on a mapping boundary
-        wanted = max(rows, _SEGMENT_BYTES // self.row_bytes)
-        length = -(-wanted // self._align_rows) * self._align_rows
-        os.ftruncate(self.descriptor, (start + length) * self.row_bytes)
+        length = max(1, -(-rows // self._align_rows)) * self._align_rows
+        end = (start + length) * self.row_bytes
+        if os.fstat(self.descriptor).st_size < end:  # never shorter: other segments may be mapped
+            os.ftruncate(self.descriptor, end)
         return SpillPosition(start, length, start)
 
     def check(self, matrices: Sequence[Vectors], first_rows: Sequence[int], names: Sequence[str]) -> None:
@@ -118,8 +132,9 @@ class SpillFile:
 
     Not thread-safe: one thread spills at a time (the replay's writer). Routes returned by
     :meth:`spill` keep their mappings alive; :meth:`remove` unlinks the file (mapped pages stay
-    readable until the last view goes). Rows may also be appended by another process (a replay's
-    decode process): it starts from :meth:`position`, and :meth:`adopt` takes its position back.
+    readable until the last view goes). Rows may also be written by other processes (a replay's
+    decode processes), each batch in a segment :meth:`reserve` sets apart; :meth:`adopt` maps
+    it, and :meth:`rows` gives views of it.
     """
 
     def __init__(self, directory: Path, dim: int) -> None:
@@ -130,26 +145,36 @@ class SpillFile:
         self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         self._writer = SpillRows(self._descriptor, self.path, dim)
         self._first_rows: dict[str, int] = {}
+        #: where this process's own next rows go (after every segment set apart too)
         self._at = SpillPosition()
-        #: the current segment mapped (None: none yet)
+        #: the segment of ``_at`` mapped (None: none yet)
         self._segment: Vectors | None = None
+        #: the segment another writer filled that :meth:`adopt` mapped last: its first row, and it
+        self._adopted: tuple[int, Vectors] | None = None
 
-    def position(self) -> SpillPosition:
-        """Where the next rows go."""
-        return self._at
+    def reserve(self, rows: int) -> SpillPosition:
+        """A segment of at least ``rows`` rows after all the others, for another writer to fill
+        (this process's own rows go after it)."""
+        region = self._writer.segment(self._at, rows)
+        end = region.segment_start + region.segment_rows
+        self._at = SpillPosition(region.segment_start, region.segment_rows, end)  # full
+        return region
 
     def adopt(self, at: SpillPosition) -> None:
-        """Rows up to ``at`` were appended by another writer (from :meth:`position`): go on from there."""
-        if at.segment_rows and (self._segment is None or at.segment_start != self._at.segment_start):
-            self._map(at)
-        self._at = at
+        """Another writer filled the segment ``at`` is in (one :meth:`reserve` gave): map it."""
+        if not at.segment_rows or (self._adopted is not None and self._adopted[0] == at.segment_start):
+            return
+        self._adopted = (at.segment_start, self._map(at))
 
     def rows(self, first: int, count: int) -> Vectors:
-        """A read-only view of ``count`` rows from row ``first`` of the current segment."""
-        at = first - self._at.segment_start
-        if self._segment is None or at < 0 or at + count > self._at.segment_rows:
+        """A read-only view of ``count`` rows from row ``first`` of the segment :meth:`adopt` mapped last."""
+        if self._adopted is None:
+            raise IndexBuildFailed(f"spill file {self.path}: no segment mapped for rows {first}+{count}")
+        start, segment = self._adopted
+        at = first - start
+        if at < 0 or at + count > len(segment):
             raise IndexBuildFailed(f"spill file {self.path}: rows {first}+{count} are not in its segment")
-        return self._segment[at : at + count]
+        return segment[at : at + count]
 
     def spill(
         self, routes: Sequence[RouteVectors], placed: Mapping[int, int] | None = None
@@ -169,11 +194,12 @@ class SpillFile:
             matrices = list(map(_VECTORS, written))
             at, start = self._writer.append(self._at, matrices)
             if at.segment_start != self._at.segment_start or self._segment is None:
-                self._map(at)
+                self._segment = self._map(at)
             self._at = at
+            segment, segment_start = self._segment, at.segment_start
             starts = np.cumsum([start, *counts[:-1]]).tolist()
             for rv, first, count in zip(written, starts, counts, strict=True):
-                rows = self.rows(first, count)
+                rows = segment[first - segment_start : first - segment_start + count]
                 made[id(rv)] = trusted(rv.route, rows, rv.negative_vectors, rv.fingerprint, rv.digest)
                 first_rows[rv.route.name] = first
             self._writer.check(matrices, starts, [rv.name for rv in written])
@@ -187,11 +213,13 @@ class SpillFile:
                 out.append(made.get(key, rv))
         return out
 
-    def _map(self, at: SpillPosition) -> None:
+    def _map(self, at: SpillPosition) -> Vectors:
+        """``at``'s segment, mapped read-only."""
         size, offset = at.segment_rows * self._writer.row_bytes, at.segment_start * self._writer.row_bytes
         mapped = mmap.mmap(self._descriptor, size, access=mmap.ACCESS_READ, offset=offset)
         mapped.madvise(mmap.MADV_RANDOM)  # read a route at a time, if at all: no read-ahead into RSS
-        self._segment = np.frombuffer(mapped, dtype="<f4").reshape(at.segment_rows, self.dim)
+        segment: Vectors = np.frombuffer(mapped, dtype="<f4").reshape(at.segment_rows, self.dim)
+        return segment
 
     def on_file(self) -> OnFile:
         """Where each spilled route's rows are (its last spill), for the index build."""

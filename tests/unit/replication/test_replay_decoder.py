@@ -16,7 +16,7 @@ import pytest
 
 from worker.contracts import RESERVED_KEY_PREFIX, Limits, RouteDefinition, encode
 from worker.replication import decoder as decoder_module
-from worker.replication.decoder import ReplayDecodeFailed, ReplayDecoder, routes_of
+from worker.replication.decoder import ReplayDecodeFailed, ReplayDecoder, routes_of, rows_at_most
 from worker.replication.fold import FoldedMutations, fold
 from worker.replication.vectors import attach_embeddings, route_of, shipped_unchecked, unit_faults
 from worker.routing import RouteVectors, l2_normalise
@@ -102,10 +102,10 @@ def resolve(definition: RouteDefinition) -> RouteVectors | None:
 
 def test_routes_decoded_apart_fold_as_decoded_here(spill: SpillFile) -> None:
     records = mixed_batch()
-    decoder = ReplayDecoder.start(spill.path, spill.position(), FP, DIM, LIMITS)
+    decoder = ReplayDecoder.start(spill.path, FP, DIM, LIMITS)
     try:
-        decoder.submit(records)
-        decoder.submit(records[:1])  # a batch ahead, as the replica submits them
+        decoder.submit(records, spill.reserve(rows_at_most(records, DIM)))
+        decoder.submit(records[:1], spill.reserve(rows_at_most(records[:1], DIM)))  # a batch ahead
         answer = decoder.answer()
         ahead = decoder.answer()
     finally:
@@ -122,8 +122,9 @@ def test_routes_decoded_apart_fold_as_decoded_here(spill: SpillFile) -> None:
         assert np.array_equal(written[first : first + 3], rv.utterance_vectors)
         assert not rv.utterance_vectors.flags.writeable
         assert not rv.negative_vectors.flags.writeable
-    # the batch after took the rows after it
-    assert [r.first_row for r in ahead.routes] == [answer.routes[-1].first_row + 3]
+    # the batch after took rows of its own, after these
+    assert ahead.at.segment_start >= answer.at.segment_start + answer.at.segment_rows
+    assert [r.first_row for r in ahead.routes] == [ahead.at.segment_start]
 
 
 def assert_same_fold(apart: FoldedMutations, here: FoldedMutations) -> None:
@@ -155,28 +156,27 @@ def assert_same_fold(apart: FoldedMutations, here: FoldedMutations) -> None:
         assert other.negative_vectors.shape == rv.negative_vectors.shape
 
 
-def submit_and_answer(decoder: ReplayDecoder) -> None:
-    decoder.submit(mixed_batch())
+def submit_and_answer(decoder: ReplayDecoder, spill: SpillFile) -> None:
+    records = mixed_batch()
+    decoder.submit(records, spill.reserve(rows_at_most(records, DIM)))
     decoder.answer()
 
 
 def test_a_decode_process_that_dies_stops_the_replay_with_its_last_words(spill: SpillFile) -> None:
-    decoder = ReplayDecoder.start(spill.path, spill.position(), FP, DIM, LIMITS)
-    decoder.submit(mixed_batch())
-    decoder.answer()
+    decoder = ReplayDecoder.start(spill.path, FP, DIM, LIMITS)
+    submit_and_answer(decoder, spill)
     decoder._process.kill()  # as the kernel's OOM killer would
     with pytest.raises(ReplayDecodeFailed, match=r"decode process \(pid \d+\) failed: .*exited with -9"):
-        submit_and_answer(decoder)
+        submit_and_answer(decoder, spill)
     decoder.close()
     assert decoder._process.returncode is not None  # reaped
 
 
 def test_a_decode_process_that_cannot_start_names_why(tmp_path: Path) -> None:
-    missing = tmp_path / "missing" / "replay.f32"
-    decoder = ReplayDecoder.start(missing, SpillFile(tmp_path, DIM).position(), FP, DIM, LIMITS)
+    decoder = ReplayDecoder.start(tmp_path / "missing" / "replay.f32", FP, DIM, LIMITS)
     try:
         with pytest.raises(ReplayDecodeFailed, match="FileNotFoundError"):
-            submit_and_answer(decoder)
+            submit_and_answer(decoder, SpillFile(tmp_path, DIM))
     finally:
         decoder.close()
 
@@ -184,11 +184,11 @@ def test_a_decode_process_that_cannot_start_names_why(tmp_path: Path) -> None:
 def test_a_decode_process_that_hangs_is_stopped_after_the_timeout(
     spill: SpillFile, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decoder = ReplayDecoder.start(spill.path, spill.position(), FP, DIM, LIMITS)
+    decoder = ReplayDecoder.start(spill.path, FP, DIM, LIMITS)
     try:
         decoder._process.send_signal(signal.SIGSTOP)  # alive, answering nothing
         monkeypatch.setattr(decoder_module, "DECODE_TIMEOUT_S", 0.2)
-        decoder.submit(mixed_batch())
+        decoder.submit(mixed_batch(), spill.reserve(100))
         with pytest.raises(ReplayDecodeFailed, match="no answer within"):
             decoder.answer()
     finally:

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,35 @@ async def test_a_decode_process_that_fails_stops_the_replica_loudly(
     monkeypatch.setattr(replica_module, "_DECODE_APART_FROM_RECORDS", 1)
     async with replica_running(settings, pool, store) as restarted:  # the next start replays it all
         assert len(restarted.table) == 43
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+async def test_a_replay_stopped_or_cancelled_while_decoding_apart_leaves_no_process_behind(
+    settings: Settings, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr(replica_module, "_DECODE_APART_FROM_RECORDS", 1)
+    answered, release = threading.Event(), threading.Event()
+    answer = decoder_module.ReplayDecoder.answer
+
+    def first_answered(self: decoder_module.ReplayDecoder) -> decoder_module.DecodedBatch:
+        made = answer(self)
+        answered.set()
+        release.wait(30)  # the replay holds here, mid-way, until stopped or cancelled
+        return made
+
+    monkeypatch.setattr(decoder_module.ReplayDecoder, "answer", first_answered)
+    replica = RouteReplica(settings, pool, store_path=tmp_path / "r.db")
+    task = asyncio.create_task(replica.run())
+    assert await asyncio.to_thread(answered.wait, 30)
+    assert decode_children()  # decoding apart, mid-replay
+    if how == "stop":
+        await replica.stop()
+        release.set()
+        await asyncio.wait_for(task, timeout=30)
+    else:
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not replica.ready.is_set()
+    assert not decode_children()

@@ -196,7 +196,8 @@ def cpu_seconds() -> dict[str, Any]:
             threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     # children: the processes reaped so far (a fresh replay's decode processes, the index build)
     return {"user": round(times.user, 2), "system": round(times.system, 2),
-            "children_user": round(times.children_user, 2), "children_system": round(times.children_system, 2),
+            "children_user": round(times.children_user, 2),
+            "children_system": round(times.children_system, 2),
             "threads": {k: round(v, 2) for k, v in sorted(threads.items())}}  # fmt: skip
 
 

@@ -10,7 +10,10 @@ large log costs one table update instead of thousands.
 A fresh replica replaying a large log (:func:`_defers_store`) writes nothing to its store until it
 is ready: its decoded vectors go to a spill file (:mod:`worker.routing.spill`) that the first index
 build reads, and its batches are written to the store after ``ready``, in log order, each with its
-own offsets, as they would have been before (see :meth:`RouteReplica._store_held`).
+own offsets, as they would have been before (see :meth:`RouteReplica._store_held`). Its records
+are decoded in processes of their own (:mod:`worker.replication.decoder`), beside the event loop's
+fetching instead of taking turns with it on the GIL; what they cannot decode as usable shipped
+routes is decoded here, as always.
 
 Stored offsets are resumed from only when that is safe (:mod:`worker.replication.resume`): when
 records the replica has not read may have been removed (its offsets below the log start, or it has
@@ -404,7 +407,7 @@ class RouteReplica:
         """Apply the log up to its end offsets to the store; the table gets it all at once when ready.
 
         One batch is decoded while the previous one is written: decoding holds the GIL, SQLite
-        mostly does not, so on a fresh replica the two overlap. A large fresh replay decodes in a
+        mostly does not, so on a fresh replica the two overlap. A large fresh replay decodes in
         processes of its own (:mod:`worker.replication.decoder`), batches ahead of the one folded here.
         """
         store, _ = self._require()

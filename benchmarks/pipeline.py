@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets import banking77, clinc150
 from machine import machine_info
 from pipeline_kit import (
+    CpuShares,
     IntentReader,
     Worker,
     backlog,
@@ -195,10 +196,11 @@ def pool_encoder(pool: EncoderPool, texts: list[str], batch: int) -> dict[str, f
 
 
 @contextlib.contextmanager
-def broker(kind: str) -> Iterator[str]:
+def broker(kind: str) -> Iterator[tuple[str, int | None]]:
+    """The broker's bootstrap address and its process id (for its CPU share)."""
     service: Any = LocalKafka() if kind == "kafka" else LocalBroker()
     with service as running:
-        yield running.bootstrap
+        yield running.bootstrap, (running.nodes[0].pid if kind == "kafka" else running.pid)
 
 
 async def calibration_in_service(log: Path, worker: Worker, within: float = 120.0) -> None:
@@ -214,6 +216,7 @@ async def calibration_in_service(log: Path, worker: Worker, within: float = 120.
 
 async def measure_worker(
     bootstrap: str,
+    broker_pid: int | None,
     names: dict[str, str],
     env: dict[str, str],
     log: Path,
@@ -235,12 +238,17 @@ async def measure_worker(
         await calibration_in_service(log, worker)
         jiffies = cpu_jiffies()
         texts = [text for text, _ in rows[: args.backlog]]
+        pids = {"worker": worker.proc.pid, "broker": broker_pid, "benchmark": os.getpid()}
+        cpu = CpuShares(pids)
         sustained = await backlog(bootstrap, names["queries"], reader, texts, "b", port)
+        sustained["cpu_per_wall_s"] = cpu.shares()
         right = [reader.routes[f"b-{i}"] == label for i, (_, label) in enumerate(rows[: args.backlog])]
         rate = sustained["per_second"] / 2
+        cpu = CpuShares(pids)
         latency = await paced(
             bootstrap, names["queries"], reader, rate, args.seconds, port, texts=texts, tag="p"
         )
+        latency["cpu_per_wall_s"] = cpu.shares()
         steal = steal_share(jiffies, cpu_jiffies())
     finally:
         code = worker.stop()
@@ -285,7 +293,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 served_calibration, shipped[variant], encoders[variant]
             )
             out["encoder"][variant] = {}
-        with broker(args.broker) as bootstrap:
+        with broker(args.broker) as (bootstrap, broker_pid):
             for variant in args.variants:
                 mutations = f"route-mutations-{variant}"
                 await create_topics(bootstrap, topic_names(f"setup-{variant}", mutations), args.partitions)
@@ -299,7 +307,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     env = worker_env(
                         bootstrap, names, workdir / f"store-{variant}.sqlite3", model_variant=variant,
                         batch_size=batch, local_cache_size=0, health_port=free_port(),
-                        kafka_fetch_max_wait_ms=args.fetch_max_wait_ms,
+                        kafka_fetch_max_wait_ms=args.fetch_max_wait_ms, **dict(args.worker_setting),
                     )  # fmt: skip
                     # side by side: the naive encoder and this variant's pool alone (calls of this
                     # batch size) just before the worker runs, the naive encoder again just after
@@ -310,7 +318,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"pipeline {variant}, batch {batch}: naive {before['per_second']} texts/s, "
                         f"encoder alone {alone['per_second']} texts/s"
                     )
-                    figures = await measure_worker(bootstrap, names, env, workdir / f"{tag}.log", rows, args)
+                    log = workdir / f"{tag}.log"
+                    figures = await measure_worker(bootstrap, broker_pid, names, env, log, rows, args)
                     after = await asyncio.to_thread(naive_encoder, naive, encoder_texts)
                     naive_runs += [before, after]
                     sustained = figures["sustained"]["per_second"]
@@ -454,6 +463,14 @@ def main() -> int:
         "Kafka answers a waiting fetch when a record lands; Tansu holds it (produce -> consumer p50 "
         "27 ms at 100, 130 ms at 500, 3.6 ms at 5), so run Tansu with 5",
     )
+    parser.add_argument(
+        "--worker-setting",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)),
+        metavar="NAME=VALUE",
+        help="a setting of every worker of the run (repeatable), e.g. encoder_ready_batches=0",
+    )
     parser.add_argument("--quick", action="store_true", help="small runs, to check the benchmark itself")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -491,6 +508,7 @@ def main() -> int:
             "latency_seconds": args.seconds,
             "encoder_texts": args.encoder_texts,
             "embedding_cache": "off (local_cache_size=0, no Redis)",
+            "worker_settings": dict(args.worker_setting),
         },
         "results": results,
     }

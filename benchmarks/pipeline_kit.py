@@ -366,6 +366,42 @@ def cpu_jiffies() -> tuple[int, int]:
     return sum(fields[:8]), fields[7]
 
 
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far; 0 when it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuShares:
+    """Who used the machine's CPUs during a phase: CPU seconds per second of wall time of each named
+    process, of the whole machine (busy: not idle, not waiting for I/O, not stolen) and of the
+    rest. The machine has 2 vCPUs, about one physical core for the encoder: 1.0 is one vCPU."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self._pids = pids
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, dict[str, float], float]:
+        with open("/proc/stat") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:]]
+        busy = (sum(fields[:8]) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")
+        return time.monotonic(), {n: process_cpu_s(p) for n, p in self._pids.items()}, busy
+
+    def shares(self) -> dict[str, float]:
+        (t0, p0, b0), (t1, p1, b1) = self._start, self._read()
+        wall = max(t1 - t0, 1e-9)
+        out = {name: round((p1[name] - p0[name]) / wall, 3) for name in self._pids}
+        out["machine"] = round((b1 - b0) / wall, 3)
+        out["rest"] = round(out["machine"] - sum(out[name] for name in self._pids), 3)
+        return out
+
+
 def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     """Share of the machine's CPU time the hypervisor gave to other guests between two readings."""
     total = after[0] - before[0]

@@ -11,6 +11,11 @@ itself (:class:`OnFile`) instead of the parent writing them all out for it.
 The file is mapped in segments of :data:`_SEGMENT_BYTES` (one mapping, and one descriptor, per
 segment rather than per batch); a batch that does not fit in the current segment starts the next
 one, on a mapping boundary. Rows that no route names (a segment's unused end) read as zeros.
+
+A large replay is decoded in processes of their own (:mod:`worker.replication.decoder`), which
+write the vectors they decode into the file themselves (:class:`SpillRows`), each batch into a
+segment set apart for it (:meth:`SpillFile.reserve`, sized for the most rows the batch can hold),
+so that they write at once; the replica maps each such segment once it has the batch's answer.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ the first index build reads their rows from it, making the same index, vectors f
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from test_vectors_file import DIM, FP, IVF, VERSION, _by_name, _on_file, _routes, _same_answers
 
-from worker.routing import RouteTable
+from worker.routing import RouteTable, build_job
 from worker.routing import spill as spill_module
 from worker.routing.builder import build_main
 from worker.routing.errors import IndexBuildFailed
@@ -108,3 +109,29 @@ def test_segments_set_apart_for_other_writers_are_never_written_over(tmp_path: P
     for rv, on_file in zip(routes, [*own, *more], strict=True):  # the own rows are intact
         assert np.array_equal(on_file.utterance_vectors, rv.utterance_vectors)
     spill.remove()
+
+
+def test_the_jobs_vectors_file_is_allocated_at_once_or_else_extended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocated = tmp_path / "allocated"
+    with open(allocated, "wb") as out:
+        build_job._allocate(out.fileno(), 1 << 20)
+    assert allocated.stat().st_size == 1 << 20
+    assert allocated.stat().st_blocks * 512 >= 1 << 20  # blocks there already, not a sparse file
+
+    def unsupported(descriptor: int, offset: int, size: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as out:
+        build_job._allocate(out.fileno(), 1 << 20)
+    assert sparse.stat().st_size == 1 << 20
+
+    def full(descriptor: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with open(tmp_path / "full", "wb") as out, pytest.raises(OSError, match="No space"):
+        build_job._allocate(out.fileno(), 1 << 20)  # now, not later in a write through a mapping

@@ -265,7 +265,7 @@ if __name__ == "__main__":
         "batch_size": BATCH,
         "batch_wait_ms": defaults.batch_wait_ms,
         "max_in_flight_batches": defaults.max_in_flight_batches,
-        "encoder_threads": 1,
+        "encoder_threads": defaults.encoder_threads,
         "commit_interval_ms": defaults.commit_interval_ms,
         "transaction_interval_ms_default": defaults.transaction_interval_ms,
         "backlog": options.backlog,

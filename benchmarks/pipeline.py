@@ -12,8 +12,10 @@ batch size, side by side (the same minute, nothing else of this run on the CPU m
 1. the naive encoder: fp32 through fastembed, batches of 32 in arrival order, one thread, just
    before and just after the worker runs (the faster of the two is that run's reference);
 2. the variant's encoder pool alone on the same texts, in calls of the batch size (length-ordered
-   runs, one thread): the pipeline's efficiency is its sustained rate over this;
-3. a real `routeworker run` process (served defaults, one encoder session, no embedding cache):
+   runs shared by the worker's sessions, one thread each, one call at a time): the pipeline's
+   efficiency is its sustained rate over this;
+3. a real `routeworker run` process (served defaults: one encoder session per CPU; no embedding
+   cache):
    a backlog of the texts drained as fast as it goes (sustained routed queries/s, counted once
    the load generator has stopped producing), then the texts offered at half that rate (produce
    -> routed intent latency from the records' timestamps, broken down by the intents' own
@@ -70,7 +72,7 @@ from pipeline_kit import (
 
 from worker.app.serving import scoring_config, self_fit_config
 from worker.cli.console import console, table
-from worker.config import load_settings
+from worker.config import Settings, load_settings
 from worker.contracts import RouteDefinition, ShippedEmbeddings, encode
 from worker.embedding import EncoderPool, ModelSpec, fastembed_session, resolve_model
 from worker.embedding.session import TextSession
@@ -147,11 +149,11 @@ def served_calibration(definitions: list[RouteDefinition], pool: EncoderPool) ->
 
 
 def timed(work: Any, count: int) -> dict[str, float]:
-    """Run ``work()``; texts per second of wall time and of this thread's CPU time."""
+    """Run ``work()``; texts per second of wall time and of this process's CPU time."""
     load_before, jiffies = load_average(), cpu_jiffies()
-    cpu, wall = time.thread_time(), time.perf_counter()
+    cpu, wall = time.process_time(), time.perf_counter()
     work()
-    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return {
         "texts": count,
         "per_second": round(count / wall, 1),
@@ -159,6 +161,11 @@ def timed(work: Any, count: int) -> dict[str, float]:
         "load_average_before_after": [load_before, load_average()],
         "steal_share": steal_share(jiffies, cpu_jiffies()),
     }
+
+
+def worker_settings(args: argparse.Namespace) -> Settings:
+    """The settings the run's workers get (the defaults, and ``--worker-setting``)."""
+    return load_settings(**dict(args.worker_setting))
 
 
 def naive_session(spec: ModelSpec) -> TextSession:
@@ -179,12 +186,16 @@ def naive_encoder(session: TextSession, texts: list[str]) -> dict[str, float]:
 
 
 def pool_encoder(pool: EncoderPool, texts: list[str], batch: int) -> dict[str, float]:
-    """The pool alone, one call per ``batch`` texts (as the pipeline calls it)."""
+    """The pool alone, one call per ``batch`` texts, one call at a time (as the pipeline calls it,
+    its sessions sharing each call)."""
     before = (pool.stats.runs, pool.stats.tokens, pool.stats.padded_tokens)
 
-    def work() -> None:
+    async def calls() -> None:
         for start in range(0, len(texts), batch):
-            pool.embed_sync(texts[start : start + batch])
+            await pool.embed(texts[start : start + batch])
+
+    def work() -> None:
+        asyncio.run(calls())
 
     figures = timed(work, len(texts))
     runs, tokens, padded = (pool.stats.runs - before[0], pool.stats.tokens - before[1],
@@ -276,6 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     routes = route_utterances(args.datasets)
     workdir = Path(tempfile.mkdtemp(prefix="routeworker-bench-"))
     out: dict[str, Any] = {"encoder": {}, "pipeline": []}
+    sessions = worker_settings(args).encoder_threads  # the workers' pool, and the encoder alone's
     console.print(f"naive encoder: fp32, fastembed, batches of {NAIVE_BATCH} in arrival order")
     fp32 = resolve_model(load_settings(model_variant="fp32"))
     naive = await asyncio.to_thread(naive_session, fp32)
@@ -287,7 +299,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         encoders: dict[str, EncoderPool] = {}
         for variant in args.variants:
             spec = resolve_model(load_settings(model_variant=variant))
-            encoders[variant] = pools.enter_context(await asyncio.to_thread(EncoderPool, spec, 1))
+            encoders[variant] = pools.enter_context(await asyncio.to_thread(EncoderPool, spec, sessions))
             shipped[variant] = await asyncio.to_thread(shipped_routes, routes, encoders[variant])
             calibrations[variant] = await asyncio.to_thread(
                 served_calibration, shipped[variant], encoders[variant]
@@ -499,7 +511,7 @@ def main() -> int:
             "variants": args.variants,
             "batch_sizes": args.batch_sizes,
             "served_defaults": served,
-            "encoder_threads": 1,
+            "encoder_threads": worker_settings(args).encoder_threads,
             "encoder_run_tokens": defaults.encoder_run_tokens,
             "batch_wait_ms": defaults.batch_wait_ms,
             "fetch_max_wait_ms": args.fetch_max_wait_ms,

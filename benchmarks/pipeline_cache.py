@@ -195,7 +195,7 @@ if __name__ == "__main__":
         "utterances_per_route": PER_ROUTE,
         "batch_size": BATCH,
         "batch_wait_ms": defaults.batch_wait_ms,
-        "encoder_threads": 1,
+        "encoder_threads": defaults.encoder_threads,
         "partitions": options.partitions,
         "max_in_flight_batches": defaults.max_in_flight_batches,
         "kafka_fetch_max_wait_ms": 5,

@@ -283,7 +283,7 @@ def worker_env(bootstrap: str, names: dict[str, str], store: Path, **extra: obje
     values: dict[str, object] = {
         "kafka_bootstrap": bootstrap, "group_id": names["group"], "topic_queries": names["queries"],
         "topic_intents": names["intents"], "topic_mutations": names["mutations"], "topic_dlq": names["dlq"],
-        "store_path": store, "batch_size": BATCH, "encoder_threads": 1, "kafka_fetch_max_wait_ms": 5,
+        "store_path": store, "batch_size": BATCH, "kafka_fetch_max_wait_ms": 5,
         "max_mutation_bytes": 8 * 1024 * 1024, **extra,
     }  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTEWORKER_")}

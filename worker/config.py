@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from worker.contracts.limits import MAX_TOP_N, ContractMode, Limits
 from worker.embedding.batching import DEFAULT_RUN_TOKENS
+from worker.embedding.cpus import available_cpus
 from worker.embedding.model import DEFAULT_MODEL, Variant
 from worker.errors import ConfigError
 
@@ -131,7 +132,11 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(None, description="Directory of an ONNX export; default: prepared cache.")
     cache_dir: Path = Field(default_factory=_default_cache_dir, description="Model exports and weights.")
     encoder_threads: int = Field(
-        1, ge=1, le=64, description="ONNX sessions in the pool (1 intra-op thread each)."
+        default_factory=available_cpus,
+        ge=1,
+        le=64,
+        description="ONNX sessions in the pool, 1 intra-op thread each, all sharing every batch; "
+        "default: one per CPU this process may use (its affinity, capped by its cgroup CPU quota).",
     )
     encoder_max_pending: int = Field(8, ge=1, description="Embedding batches queued before callers wait.")
     encoder_run_tokens: int = Field(
@@ -141,7 +146,9 @@ class Settings(BaseSettings):
         description="Most tokens (padding included) per model run: a batch's texts go in length order.",
     )
     # --- batching and flow control ---
-    batch_size: int = Field(32, ge=1, le=4096, description="Most queries per batch.")
+    # 256: a batch is this large only when a backlog waits (batches grow with the load), and there
+    # two sessions drain it faster than in batches of 32 (benchmarks/pipeline.py runs both)
+    batch_size: int = Field(256, ge=1, le=4096, description="Most queries per batch.")
     # 0 by default: a batch is formed when the embedding stage can take one, and takes every query
     # that arrived meanwhile (so batches grow with the load); waiting on top of that only delays a
     # query that arrives at an idle encoder, where companions within a few ms are rare

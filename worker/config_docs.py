@@ -25,9 +25,12 @@ def _type_name(field: FieldInfo) -> str:
 
 def _default(name: str, field: FieldInfo) -> str:
     if field.default_factory is not None:
-        return {"cache_dir": "`~/.cache/routeworker`", "replica_id": "`<hostname>-<pid>`"}.get(
-            name, "(computed)"
-        )
+        computed = {
+            "cache_dir": "`~/.cache/routeworker`",
+            "replica_id": "`<hostname>-<pid>`",
+            "encoder_threads": "CPUs available",
+        }
+        return computed.get(name, "(computed)")
     value = field.default
     if value is None:
         return "unset"

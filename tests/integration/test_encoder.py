@@ -92,6 +92,17 @@ def test_a_text_gets_the_same_bits_alone_and_in_any_batch(variant: Literal["fp32
         assert pool.fingerprint == _spec(variant).fingerprint
 
 
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+async def test_sessions_sharing_a_call_give_one_sessions_bits(variant: Literal["fp32", "int8"]) -> None:
+    # an async call is cut into runs on both sessions at once; each text's vector is the one a
+    # single session gives it
+    texts = [*TEXTS, *(f"{t} again" for t in TEXTS), *(f"question {i}" for i in range(20))]
+    with EncoderPool(_spec(variant)) as one, EncoderPool(_spec(variant), pool_size=2) as two:
+        runs = two.stats.runs
+        assert np.array_equal(await two.embed(texts), one.embed_sync(texts))
+        assert two.stats.runs - runs >= 2
+
+
 def test_real_model_routes_paraphrases(fp32: EncoderPool) -> None:
     routes = {
         "weather": ["what's the weather today", "will it rain tomorrow", "how hot is it outside"],

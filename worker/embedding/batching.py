@@ -58,3 +58,45 @@ def plan_runs(
         runs.append(order[start[j] : j])
         j = int(start[j])
     return runs[::-1]
+
+
+def share_runs(
+    runs: Sequence[Sequence[int]],
+    lengths: Sequence[int],
+    sessions: int,
+    overhead: float = DEFAULT_RUN_OVERHEAD,
+    slack: float = 0.1,
+) -> list[list[list[int]]]:
+    """``runs`` (of :func:`plan_runs`) dealt to at most ``sessions`` sessions that run at once, so the
+    batch is done when its busiest session is.
+
+    The runs go, costliest first, to the least loaded session. While the busiest session has more
+    than ``1 + slack`` times its fair share of the work, and at most four runs a session so far,
+    the costliest run is cut in two where the larger half costs least (a run is ascending by length,
+    so each half stays ascending) and the runs are dealt again. Each returned part is one session's
+    runs; every index is in exactly one run. A cut adds one run's overhead of work, on a session
+    that would otherwise wait: a call of 32 texts is embedded in little more than half the time on
+    two sessions.
+    """
+    if sessions < 1:
+        raise ValueError("sessions must be at least 1")
+
+    def cost(run: Sequence[int]) -> float:
+        return overhead + len(run) * lengths[run[-1]]
+
+    pieces = [list(run) for run in runs if run]
+    while True:
+        parts: list[list[list[int]]] = [[] for _ in range(min(sessions, len(pieces)))]
+        loads = [0.0] * len(parts)
+        for piece in sorted(pieces, key=cost, reverse=True):
+            least = loads.index(min(loads))
+            parts[least].append(piece)
+            loads[least] += cost(piece)
+        fair = sum(loads) / sessions
+        cuttable = [i for i, piece in enumerate(pieces) if len(piece) > 1]
+        if not cuttable or max(loads) <= fair * (1 + slack) or len(pieces) >= 4 * sessions:
+            return parts
+        costliest = max(cuttable, key=lambda i: cost(pieces[i]))
+        run = pieces[costliest]
+        cut = min(range(1, len(run)), key=lambda k: max(cost(run[:k]), cost(run[k:])))
+        pieces[costliest : costliest + 1] = [run[:cut], run[cut:]]

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from worker.cache import AsyncEncoder
 from worker.config import Settings
 from worker.errors import ErrorCode
-from worker.pipeline.backpressure import EmbedGate, EmbedPass, FlowControl
+from worker.pipeline.backpressure import EMBED_PLACES, EmbedGate, EmbedPass, FlowControl
 from worker.pipeline.batcher import Batcher
 from worker.pipeline.clients import output_producer, query_consumer, raw_fetch, transactional_producer
 from worker.pipeline.commit import Committer
@@ -98,7 +98,7 @@ class QueryPipeline:
             )
             self._batcher.admits = self.exactly_once.admits
         self._flow = FlowControl(self._consumer, self.tracker, settings.max_in_flight_batches, metrics)
-        self.embed_gate = EmbedGate(settings.encoder_threads + 1)
+        self.embed_gate = EmbedGate(EMBED_PLACES)
         self.committer = Committer(self._consumer, self.tracker, settings.commit_interval_ms / 1000, metrics)
         self.processor = BatchProcessor(
             settings, encoder, router, telemetry.tracer, metrics, remember_decisions=remember_decisions

@@ -60,14 +60,19 @@ class FlowControl:
         self._paused -= set(partitions)
 
 
+#: batches in the embedding stage: the one being embedded and the next, ready
+EMBED_PLACES = 2
+
+
 class EmbedGate:
     """At most ``places`` batches in the embedding stage; the next batch is fetched only when one frees.
 
-    The pipeline gives it one place per encoder session plus one: every session is busy, one batch
-    waits ready (decoded, looked up in the cache) so no session idles between batches, and the
-    queries arriving meanwhile stay in the consumer's buffer until a place frees, to be taken all
-    at once. Batches grow with the load (embedding per text is cheapest in big batches), and a
-    query arriving at an idle worker is embedded at once, never behind a queue of tiny batches.
+    The pipeline gives it two places (:data:`EMBED_PLACES`): one batch is embedded (the encoder pool
+    shares each batch among all its sessions), one waits ready (decoded, looked up in the cache) so
+    no session idles between batches, and the queries arriving meanwhile stay in the consumer's
+    buffer until a place frees, to be taken all at once. Batches grow with the load (embedding per
+    text is cheapest in big batches), and a query arriving at an idle worker is embedded at once,
+    never behind a queue of tiny batches.
     """
 
     def __init__(self, places: int) -> None:

@@ -1,4 +1,5 @@
-"""Length-aware runs: every text once, runs in length order, within the budget, of least cost."""
+"""Length-aware runs: every text once, runs in length order, within the budget, of least cost; and
+shared among sessions: every text once, the busiest session near its fair share."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.embedding.batching import plan_runs
+from worker.embedding.batching import plan_runs, share_runs
 
 
 def _cost(runs: list[list[int]], lengths: list[int], overhead: float) -> float:
@@ -55,3 +56,34 @@ def test_the_overhead_decides_between_padding_and_more_runs() -> None:
     assert plan_runs([], 10) == []
     with pytest.raises(ValueError, match="at least 1"):
         plan_runs([1], 0)
+
+
+@given(st.lists(st.integers(1, 300), max_size=200), st.integers(1, 5000), st.integers(1, 8))
+def test_shared_runs_cover_every_text_once_each_run_ascending(
+    lengths: list[int], budget: int, sessions: int
+) -> None:
+    parts = share_runs(plan_runs(lengths, budget), lengths, sessions)
+    assert len(parts) <= sessions
+    runs = [run for part in parts for run in part]
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    for part in parts:
+        assert part  # no session is handed nothing
+    for run in runs:
+        assert run
+        assert [lengths[i] for i in run] == sorted(lengths[i] for i in run)
+
+
+def test_a_call_is_cut_so_two_sessions_share_its_work() -> None:
+    lengths = [12] * 32  # one run of 32 from plan_runs
+    parts = share_runs(plan_runs(lengths, 4096), lengths, 2)
+    assert sorted(len(run) for part in parts for run in part) == [16, 16]
+    assert share_runs(plan_runs(lengths, 4096), lengths, 1) == [[list(range(32))]]  # one session: as planned
+    assert share_runs([[0]], [7], 2) == [[[0]]]  # one text: one session
+    assert share_runs([], [], 2) == []
+    # uneven runs are dealt so the busiest session is within the slack of its fair share
+    lengths = [5] * 20 + [40] * 6
+    parts = share_runs(plan_runs(lengths, 4096), lengths, 2)
+    loads = [sum(10 + len(run) * lengths[run[-1]] for run in part) for part in parts]
+    assert max(loads) <= 1.1 * sum(loads) / 2
+    with pytest.raises(ValueError, match="at least 1"):
+        share_runs([[0]], [1], 0)

@@ -89,6 +89,62 @@ def test_token_sessions_get_a_call_tokenised_once_and_run_in_length_order() -> N
         assert pool.stats.padded_tokens == 2 + (1 + 2 * 3 + 4 + 7)
 
 
+class _GatedTokenSession(_TokenSession):
+    """A token session whose runs all wait at one barrier: returns only if the sessions run at once."""
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        super().__init__()
+        self.barrier = barrier
+
+    def embed_tokens(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        if self.barrier.parties > 1:
+            self.barrier.wait(5)
+        return super().embed_tokens(rows)
+
+
+async def test_an_async_call_is_shared_by_every_session_at_once() -> None:
+    barrier = threading.Barrier(1)  # the dimension probe runs alone
+    sessions: list[_GatedTokenSession] = []
+
+    def make() -> _GatedTokenSession:
+        sessions.append(_GatedTokenSession(barrier))
+        return sessions[-1]
+
+    texts = [" ".join(["w" * (1 + i)] * 4) for i in range(8)]  # 4 tokens each: one run of 8
+    with EncoderPool(ModelSpec("fake"), pool_size=1, session_factory=_TokenSession) as one:
+        want = one.embed_sync(texts)
+    with EncoderPool(ModelSpec("fake"), pool_size=2, session_factory=make) as pool:
+        for session in sessions:
+            session.runs.clear()
+            session.tokenized.clear()
+        barrier = threading.Barrier(2)  # each run of the call waits for a run on the other session
+        for session in sessions:
+            session.barrier = barrier
+        got = await pool.embed(texts)
+        assert np.array_equal(got, want)  # the same bits as one session, in the caller's order
+        assert [len(s.runs) for s in sessions] == [1, 1]  # one run of 8 cut in two, one per session
+        assert sorted(len(run) for s in sessions for run in s.runs) == [4, 4]
+        assert sum(len(s.tokenized) for s in sessions) == 1  # tokenised once
+        assert pool.stats.texts == 1 + len(texts)
+
+
+async def test_text_sessions_share_a_call_in_contiguous_chunks() -> None:
+    sessions: list[_Session] = []
+
+    def make() -> _Session:
+        sessions.append(_Session())
+        return sessions[-1]
+
+    with EncoderPool(ModelSpec("fake"), pool_size=2, batch_size=2, session_factory=make) as pool:
+        for session in sessions:
+            session.batches.clear()
+        texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+        vectors = await pool.embed(texts)
+        assert np.array_equal(vectors, pool.embed_sync(texts))
+        calls = sorted(batch for s in sessions for batch in s.batches[:2])
+        assert calls == [["a", "bb"], ["ccc"], ["dddd", "eeeee"]]  # 3 texts, then 2, each in batches of 2
+
+
 def test_the_configured_variant_names_the_fingerprint_whatever_the_folder_is_called(tmp_path: Path) -> None:
     # An explicit model path with variant int8: the variant comes from the settings, not from the
     # folder's name (the pool once took "my-export" for the variant and published a fingerprint

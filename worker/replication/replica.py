@@ -28,7 +28,6 @@ import asyncio
 import functools
 import gc
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ from worker.config import Settings
 from worker.contracts import CALIBRATION_KEY
 from worker.contracts.evolution import FirstSightings
 from worker.embedding import EncoderPool
+from worker.embedding.cpus import available_cpus
 from worker.errors import ContractError, ErrorCode
 from worker.replication.calibrations import (
     CalibrationContext,
@@ -849,7 +849,7 @@ def _defers_store(table: RouteTable, stored: Mapping[int, int], log: MutationLog
 def _decode_processes() -> int:
     """How many decode processes a replay decoding apart runs: one per CPU this process may use
     (the replica itself mostly waits for them), four at most."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    return min(4, available_cpus())
 
 
 def _to_replay(log: MutationLog) -> int:

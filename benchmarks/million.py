@@ -194,7 +194,10 @@ def cpu_seconds() -> dict[str, Any]:
             name = names.get(int(task.name)) or (task / "comm").read_text().strip()
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             threads[name] = threads.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    # children: the processes reaped so far (a fresh replay's decode processes, the index build)
     return {"user": round(times.user, 2), "system": round(times.system, 2),
+            "children_user": round(times.children_user, 2),
+            "children_system": round(times.children_system, 2),
             "threads": {k: round(v, 2) for k, v in sorted(threads.items())}}  # fmt: skip
 
 
@@ -324,6 +327,7 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     from worker.embedding.pool import encoder_pool
     from worker.replication import RouteReplica
     from worker.replication import replica as replica_module
+    from worker.replication.decoder import ReplayDecoder
     from worker.replication.log import MutationLog
     from worker.routing import store as store_module
 
@@ -331,6 +335,8 @@ async def replica_phase(args: argparse.Namespace) -> dict[str, Any]:
     timers = Timers()
     timers.wrap(MutationLog, "next_batch", "fetch", coroutine=True)
     timers.wrap(RouteReplica, "_prepare", "decode")
+    # a large fresh replay decodes in a process of its own: the replica waits for each batch there
+    timers.wrap(ReplayDecoder, "answer", "decode_process")
     timers.wrap(store_module.RouteStore, "apply", "store_write")
     timers.wrap(store_module.RouteStore, "load", "store_load")
     timers.wrap(RouteReplica, "_install_pending", "table_install", coroutine=True)

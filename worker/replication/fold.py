@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,13 +111,30 @@ class FoldedMutations:
         self._fold_in(record, limits, _decoded(record, limits, resolve))
 
     def add_checked(
-        self, records: Sequence[LogRecord], limits: Limits, resolve: Resolver, check: BatchCheck
+        self,
+        records: Sequence[LogRecord],
+        limits: Limits,
+        resolve: Resolver,
+        check: BatchCheck,
+        elsewhere: Mapping[int, RouteVectors] | None = None,
     ) -> None:
         """Fold ``records`` in as :meth:`add` each, with the vectors ``resolve`` made checked by one
         call of ``check`` for them all (a record it finds fault with is skipped, as if ``resolve``
-        had raised)."""
-        decoded = [_decoded(record, limits, resolve) for record in records]
-        resolved = [d for d in decoded if d is not None and d.vectors is not None]
+        had raised).
+
+        ``elsewhere`` holds the records (by their index in ``records``) that another process has
+        decoded, resolved and checked already, as this would have: each a usable route with shipped
+        vectors of this model and no unknown fields (see :mod:`worker.replication.decode_child`).
+        They are folded in as such, in their place; every other record is decoded here.
+        """
+        elsewhere = elsewhere or {}
+        decoded = [
+            _decoded(record, limits, resolve) if i not in elsewhere else _decoded_elsewhere(elsewhere[i])
+            for i, record in enumerate(records)
+        ]
+        resolved = [
+            d for i, d in enumerate(decoded) if d is not None and d.vectors is not None and i not in elsewhere
+        ]
         vectors = [d.vectors for d in resolved if d.vectors is not None]
         for checked, fault in zip(resolved, check(vectors), strict=True):
             if fault is not None:
@@ -224,6 +241,17 @@ def _decoded(record: LogRecord, limits: Limits, resolve: Resolver | None) -> _De
     return _Decoded(mutation, vectors, unknown)
 
 
+#: the definition folded in for a route decoded in another process (``add_checked``'s ``elsewhere``):
+#: only its vectors (``FoldedMutations.vectors``) are known here, which is all that is asked of
+#: a route with shipped vectors (see :func:`~worker.replication.resolve.resolve_changes`)
+DECODED_ELSEWHERE = RouteDefinition.model_construct(name="(decoded in another process)", utterances=["-"])
+_NO_UNKNOWN: Counter[str] = Counter()
+
+
+def _decoded_elsewhere(vectors: RouteVectors) -> _Decoded:
+    return _Decoded(RouteMutation(name=vectors.name, definition=DECODED_ELSEWHERE), vectors, _NO_UNKNOWN)
+
+
 def _route_name(key: bytes | None) -> str | None:
     """The route a record's key names, if it names one (a key that is not UTF-8 names none)."""
     if not key:
@@ -241,6 +269,7 @@ def fold(
     *,
     check: BatchCheck | None = None,
     yield_gil: bool = True,
+    elsewhere: Mapping[int, RouteVectors] | None = None,
 ) -> FoldedMutations:
     """Fold ``records`` (in log order per partition) into their net effect.
 
@@ -249,15 +278,19 @@ def fold(
     records (see below); a replica replaying its log before it is ready turns it off: nothing is
     searching yet, and on a busy machine each voluntary switch cost milliseconds (a 20k-route replay
     spent 19 s of its 30 s in them). It then also pauses the cyclic garbage collector for the batch.
+    ``elsewhere`` (with ``check`` and ``yield_gil`` off only): records decoded in another process
+    (see :meth:`FoldedMutations.add_checked`).
     """
     folded = FoldedMutations()
+    if elsewhere and (yield_gil or check is None or resolve is None):
+        raise ValueError("records decoded elsewhere are folded with check and resolve, yield_gil off")
     if not yield_gil:
         # replaying before ready: the routes decoded here live until the table is built, and the
         # cyclic collector's passes meanwhile only re-scan them (and the replay's growing heap):
         # a sixth of a shipped route's decoding
         with collector_paused():
             if check is not None and resolve is not None:
-                folded.add_checked(list(records), limits, resolve, check)
+                folded.add_checked(list(records), limits, resolve, check, elsewhere)
             else:
                 for record in records:
                     folded.add(record, limits, resolve)

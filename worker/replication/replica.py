@@ -10,7 +10,10 @@ large log costs one table update instead of thousands.
 A fresh replica replaying a large log (:func:`_defers_store`) writes nothing to its store until it
 is ready: its decoded vectors go to a spill file (:mod:`worker.routing.spill`) that the first index
 build reads, and its batches are written to the store after ``ready``, in log order, each with its
-own offsets, as they would have been before (see :meth:`RouteReplica._store_held`).
+own offsets, as they would have been before (see :meth:`RouteReplica._store_held`). Its records
+are decoded in processes of their own (:mod:`worker.replication.decoder`), beside the event loop's
+fetching instead of taking turns with it on the GIL; what they cannot decode as usable shipped
+routes is decoded here, as always.
 
 Stored offsets are resumed from only when that is safe (:mod:`worker.replication.resume`): when
 records the replica has not read may have been removed (its offsets below the log start, or it has
@@ -40,6 +43,7 @@ from worker.config import Settings
 from worker.contracts import CALIBRATION_KEY
 from worker.contracts.evolution import FirstSightings
 from worker.embedding import EncoderPool
+from worker.embedding.cpus import available_cpus
 from worker.errors import ContractError, ErrorCode
 from worker.replication.calibrations import (
     CalibrationContext,
@@ -47,6 +51,7 @@ from worker.replication.calibrations import (
     installable,
     stored_calibration,
 )
+from worker.replication.decoder import ReplayDecoder, routes_of, rows_at_most
 from worker.replication.events import ReplicaEvents
 from worker.replication.fold import FoldedMutations, LogRecord, SkippedRecord, fold
 from worker.replication.log import MutationLog
@@ -61,7 +66,14 @@ from worker.replication.resume import (
 from worker.replication.stats import ReplicaStats
 from worker.replication.topic_config import mutation_retention
 from worker.replication.vectors import embed_isolated, shipped_unchecked, unit_faults
-from worker.routing import IndexSettings, RouteStore, RouteTable, RouteVectors, TableVersion, make_version
+from worker.routing import (
+    IndexSettings,
+    RouteStore,
+    RouteTable,
+    RouteVectors,
+    TableVersion,
+    make_version,
+)
 from worker.routing.index_file import MANIFEST, Persisted, load_stored
 from worker.routing.native import release_free_memory
 from worker.routing.spill import SpillFile, remove_stale
@@ -78,6 +90,10 @@ _FREEZE_AFTER_RECORDS = 10_000
 #: a fresh replica (empty store and table) with at least this many records to replay writes its
 #: store after ``ready`` instead of during the replay (see :meth:`RouteReplica._store_held`)
 _DEFER_STORE_FROM_RECORDS = 10_000
+
+#: a fresh replay holding its store writes (see above) with at least this many records to replay
+#: decodes them in a process of its own (:mod:`worker.replication.decoder`); a smaller one in a thread
+_DECODE_APART_FROM_RECORDS = 10_000
 
 #: while tailing at the log's end, how often the "caught up at" time is written to the store
 _MARK_EVERY_MS = 30_000
@@ -139,6 +155,12 @@ class RouteReplica:
         self._held_offsets: dict[int, int] = {}
         #: where a fresh replay's vectors are written as they are decoded (while ``_held``)
         self._spill: SpillFile | None = None
+        #: whether that replay decodes in a process of its own (:mod:`worker.replication.decoder`)
+        self._decode_apart = False
+        #: the routes of such a replay that were decoded here and are not spilled yet
+        self._unspilled: set[str] = set()
+        #: the batch of a replay being written or held in a thread (see :meth:`_take`)
+        self._writing: asyncio.Future[None] | None = None
         #: a calibration stored but not yet in service (only while catching up)
         self._pending_calibration: CalibrationInstall | None = None
         #: live mutations are decoded and written here, at a lower priority than the queries
@@ -284,7 +306,7 @@ class RouteReplica:
                 "replaying %s from %s up to %s", self.settings.topic_mutations, self._stored, log.ends
             )
             if _defers_store(self.table, self._stored, log):
-                self._hold_store_writes()
+                self._hold_store_writes(decode_apart=_to_replay(log) >= _DECODE_APART_FROM_RECORDS)
             with _collector_off_until_ready(lambda: self.stats.replayed_on_start >= _FREEZE_AFTER_RECORDS):
                 await self._catch_up_or_replay(log, on_start=True)
                 if self._stopping.is_set():
@@ -339,6 +361,7 @@ class RouteReplica:
         self._stored = {}
         self._pending = {}
         self._pending_calibration = None
+        self._unspilled = set()
         if self._held is not None:
             self._held, self._held_offsets = [], {}
         self._caught_up_ms = self._marked_ms = None
@@ -384,31 +407,79 @@ class RouteReplica:
         """Apply the log up to its end offsets to the store; the table gets it all at once when ready.
 
         One batch is decoded while the previous one is written: decoding holds the GIL, SQLite
-        mostly does not, so on a fresh replica the two overlap.
+        mostly does not, so on a fresh replica the two overlap. A large fresh replay decodes in
+        processes of its own (:mod:`worker.replication.decoder`), batches ahead of the one folded here.
         """
-        store, table = self._require()
-        writing: asyncio.Future[None] | None = None
+        store, _ = self._require()
+        decoders: list[ReplayDecoder] = []
         held = await asyncio.to_thread(store.held_open)  # keeps the WAL file between batches
         try:
+            spill = self._spill if self._decode_apart else None
+            if spill is not None:
+                for _ in range(_decode_processes()):
+                    decoders.append(await asyncio.to_thread(self._start_decoder, spill))
+            submitted: list[tuple[list[LogRecord], ReplayDecoder]] = []
+            turns = 0
             async for records in log.up_to_end(self._stopping.is_set):
-                folded, resolved, install = await self._resolve(records)
-                if on_start:
-                    self.stats.replayed_on_start += folded.records
-                if writing is not None:
-                    await writing
-                if self._held is not None:
-                    job = functools.partial(self._hold, resolved, install, folded.offsets)
-                else:
-                    job = functools.partial(
-                        self._commit, store, table, resolved, install, folded.offsets, True
-                    )
-                writing = asyncio.ensure_future(asyncio.to_thread(job))
+                if spill is None:
+                    await self._take(records, None, on_start)
+                    continue
+                # in turn to each process, each batch's rows in a segment of the spill file set apart
+                decoder = decoders[turns % len(decoders)]
+                turns += 1
+                region = spill.reserve(rows_at_most(records, self.encoder.dim))
+                await asyncio.to_thread(decoder.submit, records, region)
+                submitted.append((records, decoder))
+                if len(submitted) > len(decoders):
+                    await self._take(*submitted.pop(0), on_start)
+            while submitted:
+                await self._take(*submitted.pop(0), on_start)
         finally:
             try:
-                if writing is not None:
-                    await writing
+                await self._written()
             finally:
-                await asyncio.to_thread(held.close)
+                try:
+                    for decoder in decoders:  # always reaped, also when cancelled
+                        await asyncio.to_thread(decoder.close)
+                finally:
+                    await asyncio.to_thread(held.close)
+        if decoders:
+            # the decode processes are gone: the routes decoded here go to the spill file now
+            await asyncio.to_thread(self._spill_rest)
+
+    async def _take(self, records: list[LogRecord], decoder: ReplayDecoder | None, on_start: bool) -> None:
+        """Decode and resolve one batch of the replay, then have it written (or held) in a thread
+        while the next one is decoded."""
+        store, table = self._require()
+        folded, resolved, install = await self._resolve(records, decoder=decoder)
+        if on_start:
+            self.stats.replayed_on_start += folded.records
+        await self._written()
+        if self._held is not None:
+            job = functools.partial(self._hold, resolved, install, folded.offsets, decoder is not None)
+        else:
+            job = functools.partial(self._commit, store, table, resolved, install, folded.offsets, True)
+        self._writing = asyncio.ensure_future(asyncio.to_thread(job))
+
+    async def _written(self) -> None:
+        """Wait for the batch being written or held (if any)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    def _start_decoder(self, spill: SpillFile) -> ReplayDecoder:
+        encoder = self.encoder
+        return ReplayDecoder.start(spill.path, encoder.fingerprint, encoder.dim, self.settings.limits)
+
+    def _spill_rest(self) -> None:
+        """Spill the routes of a replay decoded apart that were decoded here (see :meth:`_hold`),
+        those of them still pending: their vectors become views of the spill file, as the others'."""
+        spill, names = self._spill, self._unspilled
+        self._unspilled = set()
+        if spill is None:
+            return
+        routes = [rv for rv in map(self._pending.get, sorted(names)) if rv is not None]
+        self._pending.update((rv.name, rv) for rv in spill.spill(routes))
 
     async def _apply(self, records: list[LogRecord]) -> None:
         """Apply one batch of live records: store, then table, then wake position waiters.
@@ -425,13 +496,17 @@ class RouteReplica:
         await self._notify()
 
     async def _resolve(
-        self, records: list[LogRecord], *, background: bool = False
+        self, records: list[LogRecord], *, background: bool = False, decoder: ReplayDecoder | None = None
     ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # catching up (nothing else to do yet) runs at full speed in the default executor
         executor = self._background if background else None
         loop = asyncio.get_running_loop()
         # before the first ``ready`` nothing searches this process's tables: no need to yield the GIL
-        prepare = functools.partial(self._prepare, records, yield_gil=self.ready.is_set())
+        prepare: Callable[[], tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]]
+        if decoder is not None:
+            prepare = functools.partial(self._prepare_apart, records, decoder)
+        else:
+            prepare = functools.partial(self._prepare, records, yield_gil=self.ready.is_set())
         folded, resolved, install = await loop.run_in_executor(executor, prepare)
         if resolved.to_embed:
             # Answers keep using the previous definitions until these vectors exist.
@@ -449,7 +524,11 @@ class RouteReplica:
         return folded, resolved, install
 
     def _prepare(
-        self, records: list[LogRecord], *, yield_gil: bool = True
+        self,
+        records: list[LogRecord],
+        *,
+        yield_gil: bool = True,
+        elsewhere: Mapping[int, RouteVectors] | None = None,
     ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
         # Runs in a worker thread: decoding and checking vectors (and a calibration's weights) is CPU work.
         fingerprint, dim = self.encoder.fingerprint, self.encoder.dim
@@ -459,6 +538,7 @@ class RouteReplica:
             lambda d: shipped_unchecked(d, fingerprint, dim),
             check=unit_faults,
             yield_gil=yield_gil,
+            elsewhere=elsewhere,
         )
         self.stats.records += folded.records
         self._report_skipped(folded.skipped)
@@ -466,6 +546,20 @@ class RouteReplica:
         change = folded.calibration
         install = installable(change, self._calibration_context()) if change is not None else None
         return folded, resolve_changes(folded, self._current, fingerprint, self.stats), install
+
+    def _prepare_apart(
+        self, records: list[LogRecord], decoder: ReplayDecoder
+    ) -> tuple[FoldedMutations, ResolvedChanges, CalibrationInstall | None]:
+        """:meth:`_prepare` of a replay's batch with its usable shipped routes decoded by ``decoder``
+        (their vectors written to the spill file by it); the other records are decoded here."""
+        # Runs in a worker thread, which waits for the decode process without the GIL.
+        spill = self._spill
+        assert spill is not None
+        answer = decoder.answer()
+        elsewhere, placed = routes_of(answer, records, spill, self.encoder.fingerprint, self.encoder.dim)
+        folded, resolved, install = self._prepare(records, yield_gil=False, elsewhere=elsewhere)
+        resolved.placed = placed
+        return folded, resolved, install
 
     def _report_unknown(self, unknown: Counter[str]) -> None:
         if not unknown:
@@ -508,21 +602,39 @@ class RouteReplica:
             )
             self.events.overlay_rows(table.snapshot().overlay.rows)
 
-    def _hold_store_writes(self) -> None:
+    def _hold_store_writes(self, *, decode_apart: bool = False) -> None:
         """From now on until ready, batches go to the table's pending changes and a spill file only;
-        the store gets them after ``ready`` (see :meth:`_store_held`)."""
+        the store gets them after ``ready`` (see :meth:`_store_held`). With ``decode_apart`` the
+        replay is decoded in a process of its own (see :mod:`worker.replication.decoder`)."""
         logger.info("a fresh replay of a large log: the store is written once the table is ready")
         self._held, self._held_offsets = [], {}
         self._spill = SpillFile(index_dir_for(self.store_path), self.encoder.dim)
+        self._decode_apart = decode_apart
 
     def _hold(
-        self, resolved: ResolvedChanges, install: CalibrationInstall | None, offsets: dict[int, int]
+        self,
+        resolved: ResolvedChanges,
+        install: CalibrationInstall | None,
+        offsets: dict[int, int],
+        apart: bool = False,
     ) -> None:
         # Runs in a worker thread, beside the next batch's decoding, instead of :meth:`_commit`:
         # the vectors go to the spill file (the routes keep views of it, not heap copies).
+        # ``apart``: decoded in the decode process, which alone appends to the spill file while it
+        # runs; the routes decoded here (any but a usable shipped one) are spilled after it
+        # (:meth:`_spill_rest`), those of them still pending then.
         assert self._held is not None
         assert self._spill is not None
-        resolved.upserts = self._spill.spill(resolved.upserts)
+        if apart:
+            placed = resolved.placed
+            for rv in resolved.upserts:
+                if id(rv) in placed:
+                    self._unspilled.discard(rv.name)
+                else:
+                    self._unspilled.add(rv.name)
+            self._spill.spill([rv for rv in resolved.upserts if id(rv) in placed], placed)
+        else:
+            resolved.upserts = self._spill.spill(resolved.upserts, resolved.placed)
         self._held.append(_HeldBatch(resolved.upserts, resolved.deletes, install, offsets))
         self._held_offsets.update(offsets)
         self._collect(resolved, install)
@@ -731,8 +843,18 @@ def _defers_store(table: RouteTable, stored: Mapping[int, int], log: MutationLog
     snapshot = table.snapshot()
     if stored or len(snapshot) or snapshot.overlay.rows:
         return False
-    records = sum(max(0, end - log.starts.get(partition, 0)) for partition, end in log.ends.items())
-    return records >= _DEFER_STORE_FROM_RECORDS
+    return _to_replay(log) >= _DEFER_STORE_FROM_RECORDS
+
+
+def _decode_processes() -> int:
+    """How many decode processes a replay decoding apart runs: one per CPU this process may use
+    (the replica itself mostly waits for them), four at most."""
+    return min(4, available_cpus())
+
+
+def _to_replay(log: MutationLog) -> int:
+    """The records a replay of the whole of ``log`` reads (at most: compaction leaves gaps)."""
+    return sum(max(0, end - log.starts.get(partition, 0)) for partition, end in log.ends.items())
 
 
 @contextmanager

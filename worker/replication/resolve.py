@@ -18,6 +18,9 @@ class ResolvedChanges:
     upserts: list[RouteVectors] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     to_embed: list[Route] = field(default_factory=list)
+    #: upserts (by ``id``) whose utterance vectors are rows of the replay's spill file already
+    #: (decoded in another process), with their first row there (see ``SpillFile.spill``)
+    placed: dict[int, int] = field(default_factory=dict)
 
 
 def resolve_changes(

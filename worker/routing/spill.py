@@ -11,10 +11,16 @@ itself (:class:`OnFile`) instead of the parent writing them all out for it.
 The file is mapped in segments of :data:`_SEGMENT_BYTES` (one mapping, and one descriptor, per
 segment rather than per batch); a batch that does not fit in the current segment starts the next
 one, on a mapping boundary. Rows that no route names (a segment's unused end) read as zeros.
+
+A large replay is decoded in processes of their own (:mod:`worker.replication.decoder`), which
+write the vectors they decode into the file themselves (:class:`SpillRows`), each batch into a
+segment set apart for it (:meth:`SpillFile.reserve`, sized for the most rows the batch can hold),
+so that they write at once; the replica maps each such segment once it has the batch's answer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
 import os
@@ -54,12 +60,86 @@ class OnFile:
     first_rows: Mapping[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class SpillPosition:
+    """Where a spill file's next rows go: its current segment (first row and rows; 0 rows before
+    the first) and the next free row in it. The replica's own appends go on from one to the next;
+    a replay's decode process (:mod:`worker.replication.decode_child`) is given a segment of its
+    own for each batch (:meth:`SpillFile.reserve`)."""
+
+    segment_start: int = 0
+    segment_rows: int = 0
+    rows: int = 0
+
+
+class SpillRows:
+    """The writing half of a spill file: appends rows where a :class:`SpillPosition` says, in
+    segments on mapping boundaries, extending the file as they need, and reads a few back.
+
+    The replica's :class:`SpillFile` writes with one; a replay's decode process opens its own on
+    the same file (``descriptor`` its own), so the vectors it decodes never pass through the replica.
+    """
+
+    def __init__(self, descriptor: int, path: Path, dim: int) -> None:
+        self.descriptor = descriptor
+        self.path = path
+        self.dim = dim
+        self.row_bytes = dim * 4
+        # batches start on a mapping boundary: a whole number of rows and of granules
+        self._align_rows = lcm(mmap.ALLOCATIONGRANULARITY, self.row_bytes) // self.row_bytes
+
+    def append(
+        self, at: SpillPosition, matrices: Sequence[Vectors], *, grow: bool = True
+    ) -> tuple[SpillPosition, int]:
+        """Write ``matrices`` one after the other from ``at``: the position after them, and the row
+        the first is at. All of them go in one segment (a new one if the current has no room;
+        without ``grow``, none: they must fit)."""
+        total = sum(int(m.shape[0]) for m in matrices)
+        if not grow and at.rows + total > at.segment_start + at.segment_rows:
+            raise IndexBuildFailed(
+                f"spill file {self.path}: {total} rows do not fit in the segment of {at.segment_rows} "
+                f"rows from row {at.segment_start} ({at.rows - at.segment_start} taken)"
+            )
+        at = self._room_for(at, total)
+        start = at.rows
+        views: list[memoryview] = [memoryview(m).cast("B") for m in matrices if m.size]  # type: ignore[arg-type]
+        _write_all(self.descriptor, views, start * self.row_bytes, self.path)
+        return dataclasses.replace(at, rows=start + total), start
+
+    def _room_for(self, at: SpillPosition, rows: int) -> SpillPosition:
+        """``at`` if ``rows`` more fit in its segment, else a new segment after it (the file extended)."""
+        if at.segment_rows and at.rows + rows <= at.segment_start + at.segment_rows:
+            return at
+        return self.segment(at, max(rows, _SEGMENT_BYTES // self.row_bytes))
+
+    def segment(self, at: SpillPosition, rows: int) -> SpillPosition:
+        """A new segment of at least ``rows`` rows after ``at``'s (the file extended to hold it)."""
+        start = -(-at.rows // self._align_rows) * self._align_rows  # on a mapping boundary
+        length = max(1, -(-rows // self._align_rows)) * self._align_rows
+        end = (start + length) * self.row_bytes
+        if os.fstat(self.descriptor).st_size < end:  # never shorter: other segments may be mapped
+            os.ftruncate(self.descriptor, end)
+        return SpillPosition(start, length, start)
+
+    def check(self, matrices: Sequence[Vectors], first_rows: Sequence[int], names: Sequence[str]) -> None:
+        """Read a few of ``matrices`` back from their first rows; raise if the file differs."""
+        for i in spread_sample(len(matrices), _COMPARED):
+            # read back, not through a mapping: a touch maps a whole folio (up to 2 MB) of the
+            # page cache into the reading process, and a replay spills hundreds of batches
+            wanted = matrices[i]
+            back = os.pread(self.descriptor, wanted.nbytes, first_rows[i] * self.row_bytes)
+            if back != np.ascontiguousarray(wanted, dtype="<f4").tobytes():
+                raise IndexBuildFailed(f"spill file {self.path} does not hold route {names[i]!r}")
+
+
 class SpillFile:
     """The file a fresh replay appends its routes' vectors to (see the module docstring).
 
     Not thread-safe: one thread spills at a time (the replay's writer). Routes returned by
     :meth:`spill` keep their mappings alive; :meth:`remove` unlinks the file (mapped pages stay
-    readable until the last view goes).
+    readable until the last view goes). Rows may also be written by other processes (a replay's
+    decode processes), each batch in a segment :meth:`reserve` sets apart; :meth:`adopt` maps
+    it, and :meth:`rows` gives views of it.
     """
 
     def __init__(self, directory: Path, dim: int) -> None:
@@ -67,60 +147,83 @@ class SpillFile:
         remove_stale(directory)
         self.path = directory / f"{PREFIX}{uuid.uuid4().hex[:16]}.f32"
         self.dim = dim
-        self._row_bytes = dim * 4
-        # batches start on a mapping boundary: a whole number of rows and of granules
-        self._align_rows = lcm(mmap.ALLOCATIONGRANULARITY, self._row_bytes) // self._row_bytes
         self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._writer = SpillRows(self._descriptor, self.path, dim)
         self._first_rows: dict[str, int] = {}
-        #: the current segment: its first row, its rows, and them mapped
-        self._segment_start = 0
-        self._segment_rows = 0
+        #: where this process's own next rows go (after every segment set apart too)
+        self._at = SpillPosition()
+        #: the segment of ``_at`` mapped (None: none yet)
         self._segment: Vectors | None = None
-        #: the next free row of the current segment
-        self._rows = 0
+        #: the segment another writer filled that :meth:`adopt` mapped last: its first row, and it
+        self._adopted: tuple[int, Vectors] | None = None
 
-    def spill(self, routes: Sequence[RouteVectors]) -> list[RouteVectors]:
-        """``routes`` again, their utterance vectors now views of rows appended to the file."""
-        counts = [int(rv.utterance_vectors.shape[0]) for rv in routes]
-        total = sum(counts)
-        if not total:
-            return list(routes)
-        segment = self._room_for(total)
-        start = self._rows
-        views = [memoryview(v).cast("B") for v in map(_VECTORS, routes) if v.size]
-        _write_all(self._descriptor, views, start * self._row_bytes, self.path)
-        self._rows = start + total
-        at = start - self._segment_start
-        made: list[RouteVectors] = []
+    def reserve(self, rows: int) -> SpillPosition:
+        """A segment of at least ``rows`` rows after all the others, for another writer to fill
+        (this process's own rows go after it)."""
+        region = self._writer.segment(self._at, rows)
+        end = region.segment_start + region.segment_rows
+        self._at = SpillPosition(region.segment_start, region.segment_rows, end)  # full
+        return region
+
+    def adopt(self, at: SpillPosition) -> None:
+        """Another writer filled the segment ``at`` is in (one :meth:`reserve` gave): map it."""
+        if not at.segment_rows or (self._adopted is not None and self._adopted[0] == at.segment_start):
+            return
+        self._adopted = (at.segment_start, self._map(at))
+
+    def rows(self, first: int, count: int) -> Vectors:
+        """A read-only view of ``count`` rows from row ``first`` of the segment :meth:`adopt` mapped last."""
+        if self._adopted is None:
+            raise IndexBuildFailed(f"spill file {self.path}: no segment mapped for rows {first}+{count}")
+        start, segment = self._adopted
+        at = first - start
+        if at < 0 or at + count > len(segment):
+            raise IndexBuildFailed(f"spill file {self.path}: rows {first}+{count} are not in its segment")
+        return segment[at : at + count]
+
+    def spill(
+        self, routes: Sequence[RouteVectors], placed: Mapping[int, int] | None = None
+    ) -> list[RouteVectors]:
+        """``routes`` again, their utterance vectors now views of rows appended to the file.
+
+        ``placed`` maps the ``id`` of routes whose rows another writer already appended (their
+        vectors are views of them, see :meth:`rows`) to their first row: only named, not written.
+        """
+        placed = placed or {}
         first_rows, trusted = self._first_rows, RouteVectors.trusted
-        for rv, count in zip(routes, counts, strict=True):
-            first_rows[rv.route.name] = self._segment_start + at
-            rows = segment[at : at + count]
-            made.append(trusted(rv.route, rows, rv.negative_vectors, rv.fingerprint, rv.digest))
-            at += count
-        for i in spread_sample(len(routes), _COMPARED):
-            # read back, not through the mapping: a touch maps a whole folio (up to 2 MB) of the
-            # page cache into this process, and a replay spills hundreds of batches
-            wanted = routes[i].utterance_vectors
-            first = first_rows[routes[i].route.name] * self._row_bytes
-            back = os.pread(self._descriptor, wanted.nbytes, first)
-            if back != np.ascontiguousarray(wanted, dtype="<f4").tobytes():
-                raise IndexBuildFailed(f"spill file {self.path} does not hold route {routes[i].name!r}")
-        return made
+        written = [rv for rv in routes if id(rv) not in placed]
+        counts = [int(rv.utterance_vectors.shape[0]) for rv in written]
+        total = sum(counts)
+        made: dict[int, RouteVectors] = {}
+        if total:
+            matrices = list(map(_VECTORS, written))
+            at, start = self._writer.append(self._at, matrices)
+            if at.segment_start != self._at.segment_start or self._segment is None:
+                self._segment = self._map(at)
+            self._at = at
+            segment, segment_start = self._segment, at.segment_start
+            starts = np.cumsum([start, *counts[:-1]]).tolist()
+            for rv, first, count in zip(written, starts, counts, strict=True):
+                rows = segment[first - segment_start : first - segment_start + count]
+                made[id(rv)] = trusted(rv.route, rows, rv.negative_vectors, rv.fingerprint, rv.digest)
+                first_rows[rv.route.name] = first
+            self._writer.check(matrices, starts, [rv.name for rv in written])
+        out: list[RouteVectors] = []
+        for rv in routes:
+            key = id(rv)
+            if key in placed:
+                first_rows[rv.route.name] = placed[key]
+                out.append(rv)
+            else:
+                out.append(made.get(key, rv))
+        return out
 
-    def _room_for(self, rows: int) -> Vectors:
-        """The current segment if ``rows`` more fit in it, else a new one after it."""
-        if self._segment is not None and self._rows + rows <= self._segment_start + self._segment_rows:
-            return self._segment
-        start = -(-self._rows // self._align_rows) * self._align_rows  # on a mapping boundary
-        wanted = max(rows, _SEGMENT_BYTES // self._row_bytes)
-        length = -(-wanted // self._align_rows) * self._align_rows
-        os.ftruncate(self._descriptor, (start + length) * self._row_bytes)
-        size, offset = length * self._row_bytes, start * self._row_bytes
+    def _map(self, at: SpillPosition) -> Vectors:
+        """``at``'s segment, mapped read-only."""
+        size, offset = at.segment_rows * self._writer.row_bytes, at.segment_start * self._writer.row_bytes
         mapped = mmap.mmap(self._descriptor, size, access=mmap.ACCESS_READ, offset=offset)
         mapped.madvise(mmap.MADV_RANDOM)  # read a route at a time, if at all: no read-ahead into RSS
-        segment: Vectors = np.frombuffer(mapped, dtype="<f4").reshape(length, self.dim)
-        self._segment, self._segment_start, self._segment_rows, self._rows = segment, start, length, start
+        segment: Vectors = np.frombuffer(mapped, dtype="<f4").reshape(at.segment_rows, self.dim)
         return segment
 
     def on_file(self) -> OnFile:

@@ -135,9 +135,11 @@ class Route:
         return made
 
     @classmethod
-    def stored_lazily(cls, name: str, definition: str) -> Route:
+    def stored_lazily(cls, name: str, definition: str, canonical: str | None = None) -> Route:
         """The route ``name`` whose :meth:`canonical_json` the store holds as ``definition``, read
         only when one of its other fields is first asked for (then as :meth:`stored` reads it).
+        ``canonical``: its :meth:`canonical_json`, when ``definition`` is another JSON text of it
+        (a replay's decode process hands over both: the fields in the order the record had them).
 
         A restart makes 200k routes and serves from their names and vectors; a decision reads the
         threshold of its winner alone. Parsing every definition up front was a fifth of a restart.
@@ -147,6 +149,8 @@ class Route:
         """
         made = object.__new__(cls)
         made.__dict__.update(name=name, _definition=definition)
+        if canonical is not None:
+            made.__dict__["_canonical"] = canonical  # what the cached property would have made
         return made
 
     def _read_definition(self) -> None:

@@ -20,7 +20,8 @@ def _met(value: float, limit: float) -> str:
 
 def _breakdown(phase: dict[str, Any]) -> str:
     parts = phase["breakdown_s"]
-    names = {"fetch": "fetch", "decode": "decode", "store_write": "store write",
+    names = {"fetch": "fetch", "decode": "decode in the replica",
+             "decode_process": "waiting for the decode processes", "store_write": "store write",
              "table_install": "index build + install", "store_load": "store load",
              "table_from_store": "table from store"}  # fmt: skip
     return ", ".join(

@@ -471,3 +471,60 @@ async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_
         rv.name: rv.digest for rv in RouteStore(tmp_path / "reference.db").load().routes
     }
     assert not list((tmp_path / "held.db.index").glob("replay-*"))  # the spill file is gone
+
+
+async def test_a_replica_stopped_while_its_store_catches_up_finishes_the_writes_and_restarts_on_them(
+    broker: LocalBroker, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
+    await create_mutation_topic(settings)
+    whole_batches = MutationLog.up_to_end
+
+    async def in_fours(log: MutationLog, stopping: Any = lambda: False) -> AsyncIterator[list[LogRecord]]:
+        async for records in whole_batches(log, stopping):
+            for start in range(0, len(records), 4):
+                yield records[start : start + 4]
+
+    monkeypatch.setattr(MutationLog, "up_to_end", in_fours)
+    await apply_routes(settings, routes(30), encoder=pool)
+    await publish(settings, [RouteMutation(name="route-3", definition=None)])
+    async with replica_running(settings, pool, tmp_path / "reference.db") as reference:
+        expected, version = reference.table.digest(), reference.table.version
+    monkeypatch.setattr(replica_module, "_DEFER_STORE_FROM_RECORDS", 1)
+    real_apply, calls = RouteStore.apply, []
+    writing, release = threading.Event(), threading.Event()
+
+    def held_at_the_second(self: RouteStore, *args: Any, **kwargs: Any) -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:  # after ready: the replay's first held batch is in, the rest wait
+            writing.set()
+            assert release.wait(30), "the test never let the store write go on"
+        real_apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(RouteStore, "apply", held_at_the_second)
+    store_path = tmp_path / "r.db"
+    replica = RouteReplica(settings, pool, store_path=store_path)
+    task = asyncio.create_task(replica.run())
+    try:
+        assert await asyncio.to_thread(writing.wait, 30)
+        assert replica.ready.is_set()  # serving while its store catches up
+        await replica.stop()  # asked to stop in the middle of the held writes
+        release.set()
+        await asyncio.wait_for(task, timeout=30)  # returns cleanly, after the writes
+    finally:
+        release.set()
+        await replica.stop()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(calls) > 2  # the held batches after the stop request were written too
+    store = RouteStore(store_path)
+    assert store.caught_up_at_ms() is not None  # so the next start can trust its offsets
+    assert store.load().version == version
+    assert {rv.name: rv.digest for rv in store.load().routes} == {
+        rv.name: rv.digest for rv in RouteStore(tmp_path / "reference.db").load().routes
+    }
+    monkeypatch.setattr(RouteStore, "apply", real_apply)
+    async with replica_running(settings, pool, store_path) as restarted:  # from its store, no replay
+        assert restarted.stats.rebuilt_from_log == 0
+        assert restarted.stats.replayed_on_start == 0
+        assert restarted.table.digest() == expected
+    assert not list((tmp_path / "r.db.index").glob("replay-*"))  # the spill file is gone

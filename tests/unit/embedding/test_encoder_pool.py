@@ -128,6 +128,27 @@ async def test_an_async_call_is_shared_by_every_session_at_once() -> None:
         assert pool.stats.texts == 1 + len(texts)
 
 
+class _PoisonedTokenSession(_TokenSession):
+    """Fails on any run holding a row of exactly 9 tokens (the poison text)."""
+
+    def embed_tokens(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        if any(len(row) == 9 for row in rows):
+            raise RuntimeError("cannot embed the poison text")
+        return super().embed_tokens(rows)
+
+
+async def test_a_run_failing_in_a_shared_call_fails_the_call_and_frees_every_session() -> None:
+    with EncoderPool(ModelSpec("fake"), pool_size=2, session_factory=_PoisonedTokenSession) as pool:
+        poison = " ".join(["p"] * 9)
+        texts = [" ".join(["w"] * 4)] * 6 + [poison]
+        with pytest.raises(RuntimeError, match="poison"):
+            await pool.embed(texts)
+        # both sessions went back to the pool: further calls, shared or not, do not wait forever
+        for _ in range(3):
+            assert (await asyncio.wait_for(pool.embed(texts[:6]), 5)).shape == (6, 3)
+        assert pool.embed_sync(texts[:1]).shape == (1, 3)
+
+
 async def test_text_sessions_share_a_call_in_contiguous_chunks() -> None:
     sessions: list[_Session] = []
 

@@ -117,7 +117,7 @@ async def run(plan: Plan, rounds: int, workdir: Path) -> dict[str, Any]:
         replicas.start()
         replicas.start()
         await serving(replicas, 2)
-        stream, _, _, _ = records(plan, 0)
+        stream = records(plan, 0).records
         load = asyncio.create_task(produce_paced(bootstrap, topics.queries, stream, plan.seconds))
         results: list[Rebalance] = []
         await asyncio.sleep(plan.seconds * 0.1)

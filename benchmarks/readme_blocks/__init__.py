@@ -46,5 +46,15 @@ def markdown_table(columns: list[str], rows: list[list[str]], align: str = "") -
     return "\n".join(lines)
 
 
+def cpu_name(machine: dict[str, Any]) -> str:
+    """The CPU a result was measured on and the instruction sets that set the encoder's speed
+    (int8's above all: VNNI); results from before they were recorded say so."""
+    features = machine.get("cpu_features")
+    if not isinstance(features, list):
+        return f"{machine['cpu']} (instruction sets not recorded)"
+    vnni = "with VNNI" if {"avx512_vnni", "avx_vnni"} & set(features) else "without VNNI"
+    return f"{machine['cpu']} ({', '.join(features)}: {vnni})"
+
+
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

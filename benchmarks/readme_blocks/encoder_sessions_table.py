@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readme_blocks import block, load, markdown_table
+from readme_blocks import block, cpu_name, load, markdown_table
 
 
 @block("encoder-sessions-table")
@@ -32,7 +32,8 @@ def encoder_sessions(results: Path) -> str:
         table
         + "\n\nEach cell: texts per second · median time of a call · speed over one session. "
         + f"{settings['texts']} texts ({settings['workload']}), one call at a time, one intra-op "
-        f"thread a session, median of {settings['repetitions']} alternating repetitions. The kernel's "
+        f"thread a session, median of {settings['repetitions']} alternating repetitions, on "
+        f"{cpu_name(data['machine'])}. The kernel's "
         f"CPUs sharing a core: {siblings}. Load average {noise['load_average_before'][0]} at the start, "
         f"{noise['load_average_after'][0]} at the end."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readme_blocks import block, load, markdown_table
+from readme_blocks import block, cpu_name, load, markdown_table
 
 #: (what is decided, the graph with it, the graph without it), as benchmarks/encoder_graphs.py;
 #: whether the encoder uses it is read from the figures (>= KEEP_ABOVE faster), except that the
@@ -57,7 +57,8 @@ def encoder(results: Path) -> str:
         markdown_table(
             ["optimisation", "texts per CPU second (with vs without)", "speed-up", ""], rows, "lrrl"
         )
-        + f"\n\n{data['settings']['texts']:,} texts in batches of 32 sorted by length, one thread, "
+        + f"\n\n{data['settings']['texts']:,} texts in batches of 32 sorted by length, one thread on "
+        f"{cpu_name(data['machine'])}, "
         f"{weights}, "
         f"median of {data['settings']['repetitions']} alternating repetitions; load average "
         f"{load_before:.1f} at the start (provisional: the machine was shared)."

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readme_blocks import block, load, markdown_table
+from readme_blocks import block, cpu_name, load, markdown_table
 
 
 @block("pipeline-table")
@@ -68,7 +68,7 @@ def pipeline(results: Path) -> str:
         markdown_table(["", "sustained ÷ naive encoder", "p99 produce → intent, half load"], targets, "lrr"),
         f"The naive encoder (fp32, fastembed, batches of 32 in arrival order) is measured just "
         f"before and just after each worker, and the faster of the two is that row's reference; "
-        f"the fastest of the whole run was {naive:.0f} texts/s, on {_cpu_name(data['machine'])}. "
+        f"the fastest of the whole run was {naive:.0f} texts/s, on {cpu_name(data['machine'])}. "
         f"Workers ran "
         f"{data['settings']['encoder_threads']} encoder session(s) of one thread each. vCPUs busy: "
         f"CPU seconds per second of the whole machine (of 2) and, in brackets, of the worker · "
@@ -89,12 +89,3 @@ def _cpu(phase: dict[str, object]) -> str:
         return "–"  # runs from before the benchmark measured it
     parts = " · ".join(f"{shares[k]:.2f}" for k in ("worker", "broker", "benchmark", "rest"))
     return f"{shares['machine']:.2f} ({parts})"
-
-
-def _cpu_name(machine: dict[str, object]) -> str:
-    """The CPU and the instruction sets that set the encoder's speed (int8's above all: VNNI)."""
-    features = machine.get("cpu_features")
-    if not isinstance(features, list):
-        return f"{machine['cpu']} (instruction sets not recorded)"
-    vnni = "with VNNI" if {"avx512_vnni", "avx_vnni"} & set(features) else "without VNNI"
-    return f"{machine['cpu']} ({', '.join(features)}: {vnni})"

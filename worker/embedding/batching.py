@@ -20,8 +20,9 @@ import numpy as np
 #: default of ``Settings.encoder_run_tokens``: most padded token positions of one run
 DEFAULT_RUN_TOKENS = 4096
 #: the fixed cost of one model run, in token positions: benchmarks/encoder_runs.py measured 9.4
-#: (fp32) and 6.2 (int8) on one core, and planning with 10 embedded real texts in calls of 32 about
-#: 11% faster than with 40 (encoder_runs.json)
+#: (fp32) and 6.2 (int8) on an AVX2 core, where planning with 10 embedded real texts in calls of 32
+#: about 11% faster than with 40; on an AVX-512 core a position costs 2.4x less and the fixed cost
+#: is 17-18 positions, and 10 and 40 plan within 2% of each other (encoder_runs.json)
 DEFAULT_RUN_OVERHEAD = 10
 
 

@@ -1,10 +1,11 @@
 """How many CPUs this process may use: the default number of encoder sessions.
 
 One session per CPU, each with one intra-op thread: on the project's 2-core machines two sessions
-embed 1.9-2.1x the texts of one (``benchmarks/encoder_sessions.py``), while one session with two
-intra-op threads gains little on the small runs a router makes. The count is the process's CPU
-affinity, capped by its cgroup's CPU quota (a container limited to 1.5 CPUs gets one session), so a
-replica neither idles cores it has nor oversubscribes a quota it cannot see in the affinity mask.
+embed 1.8-2.0x the texts of one in large calls (``benchmarks/encoder_sessions.py``), while one
+session with two intra-op threads gains little on the small runs a router makes. The count is the
+process's CPU affinity, capped by its cgroup's CPU quota (a container limited to 1.5 CPUs gets one
+session), so a replica neither idles cores it has nor oversubscribes a quota it cannot see in the
+affinity mask.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class EncoderPool:
     times faster on a batch, not ``pool_size`` encoders taking a batch each: a batch waits for no
     other batch but the one before it, and output order needs no reordering. Each session runs one
     intra-op thread; sessions on separate cores run side by side (two sessions on this project's
-    2-core machines embed 1.9-2.1x the texts of one: ``benchmarks/encoder_sessions.py``).
+    2-core machines embed 1.8-2.0x the texts of one in large calls: ``benchmarks/encoder_sessions.py``).
     """
 
     def __init__(

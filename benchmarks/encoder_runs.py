@@ -6,7 +6,9 @@
 1. Run cost: per variant, the ONNX session (:class:`worker.embedding.OnnxSession`, one thread)
    on padded shapes of 1 to 64 rows x 8 to 64 tokens; a least-squares fit of CPU seconds to
    ``a + b x positions`` (relative errors) gives the fixed cost of a run in token positions
-   (``a / b``).
+   (``a / b``). Where the fixed cost goes: ONNX Runtime's own profile of runs of one token, by
+   operator type, beside the bytes of the weight matrices every run reads (a run of one token
+   reads each once, and they are far larger than a core's caches).
 2. Plans: per variant, Banking77 + CLINC150 test texts (shuffled, seed 0) tokenised once and
    embedded in calls of 32 and 256 texts, each call planned by :func:`plan_runs` with several
    overheads and budgets, and in arrival order (one run per call, the naive plan); texts per CPU
@@ -23,6 +25,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,59 @@ def run_cost(session: OnnxSession, repetitions: int) -> dict[str, Any]:
         "per_position_us": round(1e6 * slope, 3),
         "overhead_positions": round(intercept / slope, 1),
         "shapes_ms": {f"{r}x{w}": round(1000 * statistics.median(seconds[(r, w)]), 3) for r, w in SHAPES},
+    }
+
+
+#: the operators whose second input is a weight matrix (fp32, and the static int8 graph's)
+WEIGHT_OPS = {"MatMul", "MatMulIntegerToFloat", "MatMulInteger", "FusedMatMul", "Gemm"}
+
+
+def one_token_profile(model: Path, runs: int = 40) -> dict[str, Any]:
+    """ONNX Runtime's profile of ``runs`` runs of one token (after 10 unprofiled-in-the-figures
+    warm-up runs): the median run, the kernels' time by operator type, and the weight bytes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model)).graph
+    initializers = {t.name: t for t in graph.initializer}
+    weight_bytes = sum(
+        numpy_helper.to_array(initializers[node.input[1]]).nbytes
+        for node in graph.node
+        if node.op_type in WEIGHT_OPS and len(node.input) > 1 and node.input[1] in initializers
+    )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as folder:
+        options.profile_file_prefix = str(Path(folder) / "run")
+        session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        ids = np.full((1, 1), 1037, dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        for _ in range(10 + runs):
+            session.run(None, {k: v for k, v in feed.items() if k in names})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    timed = [e for e in events if e.get("name") == "model_run"][10:]
+    first, last = timed[0]["ts"], timed[-1]["ts"] + timed[-1]["dur"]
+    by_op: dict[str, float] = {}
+    for event in events:
+        if (
+            event.get("cat") == "Node"
+            and event["name"].endswith("_kernel_time")
+            and first <= event["ts"] <= last
+        ):
+            op = event["args"].get("op_name", "?")
+            by_op[op] = by_op.get(op, 0.0) + event["dur"] / len(timed)
+    kernels = sum(by_op.values())
+    return {
+        "runs": len(timed),
+        "run_us_median": statistics.median(e["dur"] for e in timed),
+        "kernels_us": round(kernels, 1),
+        "outside_kernels_us": round(statistics.median(e["dur"] for e in timed) - kernels, 1),
+        "by_op_us": {op: round(us, 1) for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])},
+        "weight_matrices_mb": round(weight_bytes / 1e6, 1),
     }
 
 
@@ -141,7 +197,19 @@ def main() -> int:
             f"{variant}: a run costs {cost['fixed_ms']} ms + {cost['per_position_us']} us a position "
             f"(overhead {cost['overhead_positions']} positions)"
         )
-        variants[variant] = {"run_cost": cost, "plans": plans(session, ids, args.repetitions)}
+        profile = one_token_profile(spec.path / "model.onnx")
+        weights = profile["weight_matrices_mb"]
+        matmuls = sum(us for op, us in profile["by_op_us"].items() if op in WEIGHT_OPS)
+        console.print(
+            f"  a run of one token: {profile['run_us_median']:.0f} us, {matmuls:.0f} us of it in the "
+            f"weight matmuls ({weights} MB of weights), "
+            f"{profile['outside_kernels_us']:.0f} us outside kernels"
+        )
+        variants[variant] = {
+            "run_cost": cost,
+            "one_token_profile": profile,
+            "plans": plans(session, ids, args.repetitions),
+        }
     doc = {
         "benchmark": "encoder_runs",
         "command": "python benchmarks/encoder_runs.py " + " ".join(sys.argv[1:]),

@@ -1,7 +1,7 @@
 """Length-aware runs: the texts of a batch sorted by token count and cut where it saves work.
 
-A model run is padded to its longest text, and each run also costs a fixed overhead (some 200
-ONNX nodes dispatched, buffers allocated): one run of 32 texts of 5 to 40 tokens computes 1,280
+A model run is padded to its longest text, and each run also costs a fixed overhead (every weight
+matrix read from memory once, some 200 ONNX nodes dispatched): one run of 32 texts of 5 to 40 tokens computes 1,280
 token positions for 700 real tokens, while 32 runs of one text each pay the overhead 32 times.
 :func:`plan_runs` sorts the texts by token count and cuts the sorted sequence where the cost
 ``overhead + texts x longest`` (in token positions) summed over the runs is least, an exact
@@ -21,8 +21,9 @@ import numpy as np
 DEFAULT_RUN_TOKENS = 4096
 #: the fixed cost of one model run, in token positions: benchmarks/encoder_runs.py measured 9.4
 #: (fp32) and 6.2 (int8) on an AVX2 core, where planning with 10 embedded real texts in calls of 32
-#: about 11% faster than with 40; on an AVX-512 core a position costs 2.4x less and the fixed cost
-#: is 17-18 positions, and 10 and 40 plan within 2% of each other (encoder_runs.json)
+#: about 11% faster than with 40; on an AVX-512 core a position costs 2.4-2.7x less, the fixed cost
+#: is 17-21 positions (it is mostly reading the weight matrices: 42.5 MB a run in fp32), and 10 and
+#: 40 plan within 2.5% of each other (encoder_runs.json)
 DEFAULT_RUN_OVERHEAD = 10
 
 

@@ -1,8 +1,9 @@
 """Length-aware runs: the texts of a batch sorted by token count and cut where it saves work.
 
 A model run is padded to its longest text, and each run also costs a fixed overhead (every weight
-matrix read from memory once, some 200 ONNX nodes dispatched): one run of 32 texts of 5 to 40 tokens computes 1,280
-token positions for 700 real tokens, while 32 runs of one text each pay the overhead 32 times.
+matrix read from memory once, some 200 ONNX nodes dispatched): one run of 32 texts of 5 to 40
+tokens computes 1,280 token positions for 700 real tokens, while 32 runs of one text each pay the
+overhead 32 times.
 :func:`plan_runs` sorts the texts by token count and cuts the sorted sequence where the cost
 ``overhead + texts x longest`` (in token positions) summed over the runs is least, an exact
 dynamic programme over the cut points; no run's padded size passes ``max_tokens`` (which bounds

@@ -65,9 +65,11 @@ async def test_sigterm_stops_cleanly_after_committing_everything_it_produced(
     any_broker: BrokerService, tmp_path: Path
 ) -> None:
     topics = await prepared(any_broker)
-    worker = WorkerProcess(
-        topics.env(any_broker.bootstrap, tmp_path / "store.sqlite3", replica_id="w1"), tmp_path / "w1.log"
-    )
+    # batches of 32: the in-flight window (4 batches) stays far below the stream, so the stop lands
+    # mid-stream on a fast machine too (with batches of 256 a worker could have all 2,000 in flight
+    # by the time the reader has seen 100 intents, and finish them all before stopping)
+    env = topics.env(any_broker.bootstrap, tmp_path / "store.sqlite3", replica_id="w1", batch_size=32)
+    worker = WorkerProcess(env, tmp_path / "w1.log")
     try:
         async with TopicReader(any_broker.bootstrap, [topics.intents]) as reader:
             await produce(any_broker.bootstrap, topics.queries, queries(0, 2000))

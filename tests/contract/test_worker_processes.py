@@ -111,6 +111,13 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
             await reader.wait_for(
                 lambda rs: {i.query_id for i in routed(rs, topics.intents)} >= set(positions)
             )
+            # every query has an intent by now, but maybe only from the first worker (its output
+            # past its last commit): the second is done once the group has committed the log end
+            end = await log_end(any_broker.bootstrap, topics.queries, 1500)
+            async with asyncio.timeout(60):
+                while await committed_offsets(any_broker.bootstrap, topics.group, topics.queries) != end:
+                    assert second.proc.poll() is None, second.log()
+                    await asyncio.sleep(0.1)
             second.signal(signal.SIGTERM)
             assert await second.wait(60) == 0, second.log()
             counts = Counter(i.query_id for i in routed(reader.records, topics.intents))
@@ -121,7 +128,7 @@ async def test_kill_9_mid_stream_then_restart_loses_nothing(
             partition, offset = positions[qid]
             assert offset >= committed_at_crash.get(partition, 0), (qid, positions[qid], committed_at_crash)
         final = await committed_offsets(any_broker.bootstrap, topics.group, topics.queries)
-        assert final == await log_end(any_broker.bootstrap, topics.queries, 1500), second.log()
+        assert final == end, second.log()
     finally:
         first.close()
         if second is not None:

@@ -2,7 +2,7 @@
 
     flock /work/.bench.lock .venv/bin/python benchmarks/pipeline.py \
         [--datasets ../shared/datasets] [--broker kafka|tansu] [--variants fp32 int8] \
-        [--batch-sizes 32 64 128 256] [--fetch-max-wait-ms N] [--quick]
+        [--batch-sizes 32 64 128 256] [--fetch-max-wait-ms N] [--lower-loads 0.25 0.1] [--quick]
 
 The workload is the Banking77 and CLINC150 test texts (8,580), shuffled with a fixed seed. The
 route table holds both datasets' routes (227), 10 train utterances each, their vectors shipped
@@ -19,7 +19,9 @@ batch size, side by side (the same minute, nothing else of this run on the CPU m
    a backlog of the texts drained as fast as it goes (sustained routed queries/s, counted once
    the load generator has stopped producing), then the texts offered at half that rate (produce
    -> routed intent latency from the records' timestamps, broken down by the intents' own
-   timings), and the backlog's top-1 accuracy through Kafka;
+   timings), then at lower shares of it (``--lower-loads``, default a quarter and a tenth: the
+   highest load measured within the p99 target is reported), and the backlog's top-1 accuracy
+   through Kafka;
 4. the same half-load rate through the broker alone (produce -> a consumer that fetches as the
    worker does): the latency no worker setting can remove.
 
@@ -260,6 +262,13 @@ async def measure_worker(
             bootstrap, names["queries"], reader, rate, args.seconds, port, texts=texts, tag="p"
         )
         latency["cpu_per_wall_s"] = cpu.shares()
+        # lower loads: where the latency goes once the CPUs have room (the target is for half load)
+        lower = []
+        for i, fraction in enumerate(args.lower_loads):
+            cpu = CpuShares(pids)
+            at = await paced(bootstrap, names["queries"], reader, sustained["per_second"] * fraction,
+                             args.seconds, port, texts=texts, tag=f"l{i}")  # fmt: skip
+            lower.append({"fraction_of_sustained": fraction, **at, "cpu_per_wall_s": cpu.shares()})
         steal = steal_share(jiffies, cpu_jiffies())
     finally:
         code = worker.stop()
@@ -273,6 +282,7 @@ async def measure_worker(
     return {
         "sustained": sustained,
         "latency_at_half_load": latency,
+        "latency_at_lower_loads": lower,
         "broker_alone_at_half_load": floor,
         "top1_accuracy_through_kafka": round(float(np.mean(right)), 4),
         "steal_share": steal,
@@ -378,8 +388,23 @@ def verdicts(results: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
                 "met": ratio >= TARGET_RATIO,
             },
             "p99_at_half_load_ms": {"value": p99, "target": TARGET_P99_MS, "met": p99 <= TARGET_P99_MS},
+            "p99_within_target_up_to": within_target(run),
         }
     return out
+
+
+def within_target(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The highest measured load (half, or a lower one) whose p99 is within the target; None if none."""
+    loads = [(0.5, run["latency_at_half_load"])]
+    loads += [(at["fraction_of_sustained"], at) for at in run.get("latency_at_lower_loads", [])]
+    for fraction, at in sorted(loads, key=lambda pair: -pair[0]):
+        if at["produce_to_intent_ms"]["p99"] <= TARGET_P99_MS:
+            return {
+                "fraction_of_sustained": fraction,
+                "offered_per_second": at["offered_per_second"],
+                "p99_ms": at["produce_to_intent_ms"]["p99"],
+            }
+    return None
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
@@ -483,6 +508,14 @@ def main() -> int:
         metavar="NAME=VALUE",
         help="a setting of every worker of the run (repeatable), e.g. encoder_ready_batches=0",
     )
+    parser.add_argument(
+        "--lower-loads",
+        nargs="*",
+        type=float,
+        default=[0.25, 0.1],
+        metavar="FRACTION",
+        help="shares of each run's sustained rate, below half, at which the latency is measured too",
+    )
     parser.add_argument("--quick", action="store_true", help="small runs, to check the benchmark itself")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -518,6 +551,7 @@ def main() -> int:
             "partitions": args.partitions,
             "backlog": args.backlog,
             "latency_seconds": args.seconds,
+            "lower_loads": args.lower_loads,
             "encoder_texts": args.encoder_texts,
             "embedding_cache": "off (local_cache_size=0, no Redis)",
             "worker_settings": dict(args.worker_setting),

@@ -4,6 +4,7 @@ on repeated queries (pipeline_cache.json)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from readme_blocks import block, cpu_name, load, markdown_table
 
@@ -61,11 +62,22 @@ def pipeline(results: Path) -> str:
         ])  # fmt: skip
     noise = data["noise"]
     cache = load(results, "pipeline_cache.json")
+    by_load = _latency_by_load(figures["pipeline"], served)
+    within = verdicts.get("served_defaults", {}).get("p99_within_target_up_to", "not measured")
+    if by_load and within != "not measured":
+        target = verdicts["served_defaults"]["p99_at_half_load_ms"]["target"]
+        by_load.append(
+            f"The served defaults' p99 is within {target:g} ms up to {within['fraction_of_sustained']:g} of "
+            f"their sustained rate ({within['offered_per_second']:.0f} queries/s) among the loads measured."
+            if within
+            else f"The served defaults' p99 is above {target:g} ms at every load measured."
+        )
     zipf = cache["results"]["no_cache"]["zipf_no_cache"]["per_second"]
     warm = cache["results"]["cache"]["zipf_redis_cache_warm"]["per_second"]
     return "\n\n".join([
         table,
         markdown_table(["", "sustained ÷ naive encoder", "p99 produce → intent, half load"], targets, "lrr"),
+        *by_load,
         f"The naive encoder (fp32, fastembed, batches of 32 in arrival order) is measured just "
         f"before and just after each worker, and the faster of the two is that row's reference; "
         f"the fastest of the whole run was {naive:.0f} texts/s, on {cpu_name(data['machine'])}. "
@@ -89,3 +101,26 @@ def _cpu(phase: dict[str, object]) -> str:
         return "–"  # runs from before the benchmark measured it
     parts = " · ".join(f"{shares[k]:.2f}" for k in ("worker", "broker", "benchmark", "rest"))
     return f"{shares['machine']:.2f} ({parts})"
+
+
+def _latency_by_load(runs: list[dict[str, Any]], served: dict[str, Any]) -> list[str]:
+    """The served defaults' latency at half and at lower shares of their sustained rate (runs
+    from before the benchmark measured lower loads have none)."""
+    wanted = [served["variant"], served["batch_size"]]
+    run = next((r for r in runs if [r["variant"], r["batch_size"]] == wanted), None)
+    if run is None or not run.get("latency_at_lower_loads"):
+        return []
+    loads = [{"fraction_of_sustained": 0.5, **run["latency_at_half_load"]}, *run["latency_at_lower_loads"]]
+    rows = [
+        [
+            f"{at['fraction_of_sustained']:g} of sustained",
+            f"{at['offered_per_second']:.0f}",
+            f"{at['produce_to_intent_ms']['p50']:.0f} / {at['produce_to_intent_ms']['p99']:.0f}",
+            f"{at['worker']['mean_batch_size']:.1f}",
+            _cpu(at),
+        ]
+        for at in sorted(loads, key=lambda at: -at["fraction_of_sustained"])
+    ]
+    columns = ["served defaults, offered load", "queries/s", "p50 / p99 ms produce → intent", "mean batch",
+               "vCPUs busy"]  # fmt: skip
+    return [markdown_table(columns, rows, "lrrrr")]

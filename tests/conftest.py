@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from worker.config import DEFAULT_MODEL, Settings, load_settings
+from worker.embedding import EncoderPool
+from worker.embedding.hashing import hashing_pool
 from worker.embedding.model import ModelSpec, resolve_model
 from worker.embedding.prepare import prepare
 from worker.local.broker import LocalBroker
@@ -27,6 +29,14 @@ def broker() -> Iterator[LocalBroker]:
     """Tansu: in memory, starts in milliseconds; no compaction, transactions or librdkafka clients."""
     with LocalBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[EncoderPool]:
+    """A 64-dimension hashing encoder pool (no model), one per test module: what the replication and
+    mutation-log tests embed with. A module that needs another dimension defines its own."""
+    with hashing_pool(64) as made:
+        yield made
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from the offsets in its store after a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,10 @@ from replication_harness import create_mutation_topic, mutation_settings, publis
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
-from worker.embedding.hashing import hashing_pool
 from worker.local.capabilities import BrokerService
 from worker.replication import apply_routes, with_embeddings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[EncoderPool]:
-    with hashing_pool(64) as made:
-        yield made
 
 
 @pytest.fixture

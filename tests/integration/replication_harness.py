@@ -10,7 +10,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.config import Settings, load_settings
@@ -24,7 +26,9 @@ from worker.replication import (
     TopicSpec,
     ensure_topics,
 )
+from worker.replication.fold import LogRecord
 from worker.replication.kafka import running
+from worker.replication.log import MutationLog
 from worker.replication.topics import mutation_topic_configs
 from worker.replication.vectors import shipped_vectors
 from worker.routing import RouteVectors
@@ -193,3 +197,16 @@ async def clean_until_gone(settings: Settings, key: bytes, timeout_s: float = 60
         assert time.monotonic() < deadline, f"{key!r} still in the log after {timeout_s} s"
         await produce_raw(settings, [(b"tick", tick)])
         await asyncio.sleep(0.3)
+
+
+def replay_in_batches_of(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every log read up to the end (a replay) comes in batches of ``size`` records: many batches
+    from a small log."""
+    whole_batches = MutationLog.up_to_end
+
+    async def in_batches(log: MutationLog, stopping: Any = lambda: False) -> AsyncIterator[list[LogRecord]]:
+        async for records in whole_batches(log, stopping):
+            for start in range(0, len(records), size):
+                yield records[start : start + size]
+
+    monkeypatch.setattr(MutationLog, "up_to_end", in_batches)

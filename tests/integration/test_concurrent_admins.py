@@ -4,7 +4,6 @@ check runs inside a transaction that fences the other admin; Tansu gets the chec
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,11 @@ from replication_harness import create_mutation_topic, mutation_settings, replic
 from worker.config import Settings
 from worker.contracts import RouteDefinition
 from worker.embedding import EncoderPool
-from worker.embedding.hashing import hashing_pool
 from worker.local.broker import LocalBroker
 from worker.local.kafka import LocalKafka
 from worker.replication import LogMoved, PublishHooks, apply_routes, plan_routes, publish_plan, read_routes
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[EncoderPool]:
-    with hashing_pool(64) as made:
-        yield made
 
 
 def route(name: str, *words: str) -> RouteDefinition:

@@ -10,7 +10,6 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from replication_harness import (
     mutation_settings,
     produce_raw,
     publish,
+    replay_in_batches_of,
     replica_running,
     routes,
 )
@@ -30,22 +30,13 @@ import worker.replication.replica as replica_module
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation, encode
 from worker.embedding import EncoderPool
-from worker.embedding.hashing import hashing_pool
 from worker.local.broker import LocalBroker
 from worker.replication import RouteReplica, with_embeddings
 from worker.replication import decoder as decoder_module
 from worker.replication.decoder import ReplayDecodeFailed
-from worker.replication.fold import LogRecord
-from worker.replication.log import MutationLog
 from worker.routing import IndexSettings, RouteStore
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[EncoderPool]:
-    with hashing_pool(64) as made:
-        yield made
 
 
 @pytest.fixture
@@ -77,14 +68,7 @@ async def settings(broker: LocalBroker, pool: EncoderPool, monkeypatch: pytest.M
         (b"route-6", encode(shipped[7])),  # key mismatch
         (b"route-8", encode(shipped[8].model_copy(update={"threshold": 0.5}))),  # again: the last wins
     ])  # fmt: skip
-    whole_batches = MutationLog.up_to_end
-
-    async def in_fives(log: MutationLog, stopping: Any = lambda: False) -> AsyncIterator[list[LogRecord]]:
-        async for records in whole_batches(log, stopping):
-            for start in range(0, len(records), 5):
-                yield records[start : start + 5]
-
-    monkeypatch.setattr(MutationLog, "up_to_end", in_fives)
+    replay_in_batches_of(5, monkeypatch)
     monkeypatch.setattr(replica_module, "_DEFER_STORE_FROM_RECORDS", 1)  # a fresh replay, spilled
     # an approximate index, as a large table's: built from the spill file, its own file and vectors file
     ivf = functools.partial(IndexSettings, approximate_above=0, list_rows=8, probe_lists=2)

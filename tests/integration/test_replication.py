@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from replication_harness import (
     mutation_settings,
     produce_raw,
     publish,
+    replay_in_batches_of,
     replica_running,
     routes,
     wait_for,
@@ -31,7 +32,7 @@ import worker.routing.table as table_module
 from worker.config import Settings
 from worker.contracts import RouteDefinition, RouteMutation, encode
 from worker.embedding import EncoderPool, ModelSpec
-from worker.embedding.hashing import HashingSession, hashing_pool
+from worker.embedding.hashing import HashingSession
 from worker.local.broker import LocalBroker
 from worker.replication import (
     ReplayReason,
@@ -49,12 +50,6 @@ from worker.replication.vectors import embed_routes
 from worker.routing import EncoderError, Router, RouteStore, RouteVectors, l2_normalise
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[EncoderPool]:
-    with hashing_pool(64) as made:
-        yield made
 
 
 @pytest.fixture
@@ -404,15 +399,7 @@ async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_
 ) -> None:
     settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
     await create_mutation_topic(settings)
-    whole_batches = MutationLog.up_to_end
-
-    async def in_fours(log: MutationLog, stopping: Any = lambda: False) -> AsyncIterator[list[LogRecord]]:
-        # the replay comes in many batches, held until ready, then stored one by one
-        async for records in whole_batches(log, stopping):
-            for start in range(0, len(records), 4):
-                yield records[start : start + 4]
-
-    monkeypatch.setattr(MutationLog, "up_to_end", in_fours)
+    replay_in_batches_of(4, monkeypatch)  # many batches, held until ready, then stored one by one
     await apply_routes(settings, routes(30), encoder=pool)
     await publish(settings, [RouteMutation(name="route-3", definition=None)])  # a delete among them
     async with replica_running(settings, pool, tmp_path / "reference.db") as reference:
@@ -478,14 +465,7 @@ async def test_a_replica_stopped_while_its_store_catches_up_finishes_the_writes_
 ) -> None:
     settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
     await create_mutation_topic(settings)
-    whole_batches = MutationLog.up_to_end
-
-    async def in_fours(log: MutationLog, stopping: Any = lambda: False) -> AsyncIterator[list[LogRecord]]:
-        async for records in whole_batches(log, stopping):
-            for start in range(0, len(records), 4):
-                yield records[start : start + 4]
-
-    monkeypatch.setattr(MutationLog, "up_to_end", in_fours)
+    replay_in_batches_of(4, monkeypatch)  # many batches, held until ready, then stored one by one
     await apply_routes(settings, routes(30), encoder=pool)
     await publish(settings, [RouteMutation(name="route-3", definition=None)])
     async with replica_running(settings, pool, tmp_path / "reference.db") as reference:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ from replication_harness import (
 import worker.replication.replica as replica_module
 from worker.contracts import RouteDefinition, RouteMutation
 from worker.embedding import EncoderPool
-from worker.embedding.hashing import hashing_pool
 from worker.local.kafka import LocalKafka
 from worker.replication import (
     MutationPublisher,
@@ -37,12 +35,6 @@ from worker.replication import (
 from worker.replication.replica import index_dir_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[EncoderPool]:
-    with hashing_pool(64) as made:
-        yield made
 
 
 def routes(count: int) -> list[RouteDefinition]:

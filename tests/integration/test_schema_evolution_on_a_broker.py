@@ -38,7 +38,6 @@ from worker.app.replica_telemetry import ReplicaTelemetry
 from worker.contracts import DeadLetter, RouteDefinition, RoutedIntent, encode
 from worker.contracts.limits import ContractMode
 from worker.embedding import EncoderPool
-from worker.embedding.hashing import hashing_pool
 from worker.embedding.model import ModelSpec
 from worker.local.broker import LocalBroker
 from worker.pipeline import QueryPipeline
@@ -47,12 +46,6 @@ from worker.routing import Router
 from worker.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[EncoderPool]:
-    with hashing_pool(64) as made:
-        yield made
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from log_records import Record
 from pydantic import ValidationError
 
 from worker.contracts import (
@@ -29,15 +29,6 @@ from worker.routing.self_fit import SelfFitConfig
 DIM = 16
 FP = "synthetic"
 LIMITS = Limits()
-
-
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    topic: str = "route-mutations"
 
 
 def _routes(seed: int = 0, count: int = 6) -> list[RouteVectors]:

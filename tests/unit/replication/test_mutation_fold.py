@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from log_records import Record
 
 from worker.contracts import Limits, RouteDefinition, encode
 from worker.replication import fold
@@ -22,16 +22,6 @@ from worker.replication.vectors import (
 from worker.routing import RouteVectors, l2_normalise
 
 LIMITS = Limits()
-
-
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    topic: str = "route-mutations"
-    timestamp: int = -1
 
 
 def upsert(partition: int, offset: int, name: str, *utterances: str) -> Record:

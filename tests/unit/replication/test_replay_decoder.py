@@ -7,12 +7,12 @@ from __future__ import annotations
 import base64
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+from log_records import Record
 
 from worker.contracts import RESERVED_KEY_PREFIX, Limits, RouteDefinition, encode
 from worker.replication import decoder as decoder_module
@@ -26,16 +26,6 @@ DIM = 8
 FP = "test-model@fp32:0123456789ab"
 #: small enough that one record below is too large
 LIMITS = Limits(max_mutation_bytes=4096)
-
-
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    topic: str = "route-mutations"
-    timestamp: int = -1
 
 
 def shipped(name: str, seed: int, *, negatives: int = 0, fingerprint: str = FP, dim: int = DIM,

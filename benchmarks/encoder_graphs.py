@@ -24,7 +24,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets import banking77, clinc150
+from datasets import shuffled_test_texts
 from machine import machine_info
 from rich.console import Console
 
@@ -217,8 +216,7 @@ def main() -> int:
 
     prepared = prepare(load_settings().cache_dir)
     fp32, int8 = prepared.variant_dir("fp32") / "model.onnx", prepared.variant_dir("int8") / "model.onnx"
-    texts = banking77(args.datasets).test.texts + clinc150(args.datasets).test.texts
-    random.Random(0).shuffle(texts)
+    texts = shuffled_test_texts(args.datasets)
     tokenizer = load_tokenizer(prepared.variant_dir("fp32"))
     # encode_batch pads to the longest of the call; each row keeps its own tokens only
     ids = [e.ids[: sum(e.attention_mask)] for e in tokenizer.encode_batch(texts[: args.texts])]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets import banking77, clinc150
+from datasets import shuffled_test_texts
 from machine import machine_info
 from rich.console import Console
 
@@ -183,8 +182,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=["fp32", "int8"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
-    texts = banking77(args.datasets).test.texts + clinc150(args.datasets).test.texts
-    random.Random(0).shuffle(texts)
+    texts = shuffled_test_texts(args.datasets)
     load_before, started = os.getloadavg(), time.perf_counter()
     variants: dict[str, Any] = {}
     for variant in args.variants:

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets import banking77, clinc150
+from datasets import shuffled_test_texts
 from machine import machine_info
 from rich.console import Console
 from rich.table import Table
@@ -145,8 +144,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    texts = banking77(args.datasets).test.texts + clinc150(args.datasets).test.texts
-    random.Random(0).shuffle(texts)
+    texts = shuffled_test_texts(args.datasets)
     texts = texts[: args.texts]
     load_before, started = os.getloadavg(), time.perf_counter()
     variants = {variant: measure(variant, texts, args) for variant in args.variants}

@@ -38,7 +38,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets import banking77, clinc150
+from datasets import banking77, clinc150, shuffled_test_texts
 from encoder_graphs import dynamic_int8, measure, session, sorted_batches, steal_jiffies
 from machine import machine_info
 from rich.console import Console
@@ -398,8 +398,7 @@ def main() -> int:
             )
 
     if args.speed:
-        all_texts = banking77(args.datasets).test.texts + clinc150(args.datasets).test.texts
-        random.Random(0).shuffle(all_texts)
+        all_texts = shuffled_test_texts(args.datasets)
         tokenizer = load_tokenizer(prepared.variant_dir("fp32"))
         ids = [e.ids[: sum(e.attention_mask)] for e in tokenizer.encode_batch(all_texts[: args.texts])]
         measured = speed(fp32_path, models, sorted_batches(ids), args.repetitions)

@@ -28,6 +28,8 @@ from worker.routing.types import Vectors, l2_normalise
 logger = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], EmbeddingSession]
+#: runs (text indices) with their vectors, as one session made them
+RunVectors = list[tuple[list[int], Vectors]]
 
 
 @dataclass
@@ -133,25 +135,20 @@ class EncoderPool:
     def _embed_in_runs(self, session: TokenSession, texts: list[str]) -> Vectors:
         ids = session.tokenize(texts)
         runs = plan_runs([len(row) for row in ids], self.run_tokens)
-        rows, vectors = self._run(session, ids, runs)
-        return self._assemble(ids, [(rows, vectors)], runs)
+        return self._assemble(ids, self._run(session, ids, runs), runs)
 
     @staticmethod
-    def _run(
-        session: TokenSession, ids: Sequence[TokenIds], runs: list[list[int]]
-    ) -> tuple[list[int], Vectors]:
-        """The vectors of ``runs``, run one after another on ``session``, and their text indices."""
-        rows: list[int] = []
-        out: list[Vectors] = []
+    def _run(session: TokenSession, ids: Sequence[TokenIds], runs: list[list[int]]) -> RunVectors:
+        """Each of ``runs`` (text indices) with its vectors, run one after another on ``session``."""
+        done: RunVectors = []
         for run in runs:
             vectors = np.asarray(session.embed_tokens([ids[i] for i in run]), dtype=np.float32)
             if vectors.shape[0] != len(run):
                 raise EncoderError(f"the model returned {vectors.shape[0]} vectors for {len(run)} texts")
-            rows += run
-            out.append(vectors)
-        return rows, np.concatenate(out)
+            done.append((run, vectors))
+        return done
 
-    def _run_part(self, ids: Sequence[TokenIds], runs: list[list[int]]) -> tuple[list[int], Vectors]:
+    def _run_part(self, ids: Sequence[TokenIds], runs: list[list[int]]) -> RunVectors:
         """One session's share of a call (on a pool thread: a session is always free for it)."""
         session = self._sessions.get()
         try:
@@ -160,11 +157,10 @@ class EncoderPool:
         finally:
             self._sessions.put(session)
 
-    def _assemble(
-        self, ids: Sequence[TokenIds], parts: list[tuple[list[int], Vectors]], runs: list[list[int]]
-    ) -> Vectors:
-        out = np.empty((len(ids), parts[0][1].shape[1]), dtype=np.float32)
-        for rows, vectors in parts:
+    def _assemble(self, ids: Sequence[TokenIds], done: RunVectors, runs: list[list[int]]) -> Vectors:
+        """The rows of ``done`` in text order (and the run statistics counted)."""
+        out = np.empty((len(ids), done[0][1].shape[1]), dtype=np.float32)
+        for rows, vectors in done:
             out[rows] = vectors
         with self._stats_lock:
             self.stats.texts += len(ids)
@@ -179,17 +175,18 @@ class EncoderPool:
         if self._tokenizer is None:  # fastembed sessions: a contiguous share of the texts each
             share = -(-len(texts) // self.pool_size)
             chunks = [texts[start : start + share] for start in range(0, len(texts), share)]
-            done = await asyncio.gather(
+            embedded = await asyncio.gather(
                 *(loop.run_in_executor(self._executor, self.embed_sync, chunk) for chunk in chunks)
             )
-            return np.concatenate(done)
+            return np.concatenate(embedded)
         ids = await loop.run_in_executor(self._tokenizing, self._tokenizer.tokenize, texts)
         lengths = [len(row) for row in ids]
         parts = share_runs(plan_runs(lengths, self.run_tokens), lengths, self.pool_size)
         shares = await asyncio.gather(
             *(loop.run_in_executor(self._executor, self._run_part, ids, part) for part in parts)
         )
-        return l2_normalise(self._assemble(ids, list(shares), [run for part in parts for run in part]))
+        done = [pair for share in shares for pair in share]
+        return l2_normalise(self._assemble(ids, done, [run for run, _ in done]))
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed ``texts`` on the pool's threads; waits while ``max_pending`` calls are in flight."""

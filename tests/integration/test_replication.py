@@ -394,14 +394,23 @@ async def test_a_fresh_replica_serves_its_replayed_routes_from_a_main_index_not_
         assert restarted.table.digest() == digest
 
 
+async def thirty_routes_and_a_delete(
+    broker: LocalBroker, pool: EncoderPool, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """A log of 30 routes and a delete among them, replayed in batches of four: many batches, held
+    until ready, then stored one by one."""
+    settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
+    await create_mutation_topic(settings)
+    replay_in_batches_of(4, monkeypatch)
+    await apply_routes(settings, routes(30), encoder=pool)
+    await publish(settings, [RouteMutation(name="route-3", definition=None)])
+    return settings
+
+
 async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_it_is_done_loses_nothing(
     broker: LocalBroker, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
-    await create_mutation_topic(settings)
-    replay_in_batches_of(4, monkeypatch)  # many batches, held until ready, then stored one by one
-    await apply_routes(settings, routes(30), encoder=pool)
-    await publish(settings, [RouteMutation(name="route-3", definition=None)])  # a delete among them
+    settings = await thirty_routes_and_a_delete(broker, pool, monkeypatch)
     async with replica_running(settings, pool, tmp_path / "reference.db") as reference:
         assert reference.stats.batches > 3
         expected = reference.table.digest()  # stored during its replay (too small a log to hold)
@@ -463,11 +472,7 @@ async def test_a_fresh_replica_stores_its_replay_after_ready_and_a_crash_before_
 async def test_a_replica_stopped_while_its_store_catches_up_finishes_the_writes_and_restarts_on_them(
     broker: LocalBroker, pool: EncoderPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = mutation_settings(broker.bootstrap, overlay_max_rows=8)
-    await create_mutation_topic(settings)
-    replay_in_batches_of(4, monkeypatch)  # many batches, held until ready, then stored one by one
-    await apply_routes(settings, routes(30), encoder=pool)
-    await publish(settings, [RouteMutation(name="route-3", definition=None)])
+    settings = await thirty_routes_and_a_delete(broker, pool, monkeypatch)
     async with replica_running(settings, pool, tmp_path / "reference.db") as reference:
         expected, version = reference.table.digest(), reference.table.version
     monkeypatch.setattr(replica_module, "_DEFER_STORE_FROM_RECORDS", 1)
